@@ -1,0 +1,13 @@
+//! meshroute: HTTPRoutes and SMI TrafficSplits compiled into immutable routing tables, served by
+//! an embedded hyper proxy.
+//!
+//! ```text
+//! sources ──SourceEvent──▶ index ──▶ compile() ──▶ Arc<RouteTable> ──arc-swap──▶ proxy
+//!  (file dir | kube watch)  (pure)    (pure)        (immutable)                    (hyper)
+//!                                       └──▶ statuses ──▶ status writer (kube) / `check` (file)
+//! ```
+//!
+//! `model`, `index`, `compile` and `table` are pure: no tokio, no sockets, no kube client.
+#![forbid(unsafe_code)]
+
+pub mod table;

@@ -1,0 +1,485 @@
+//! The compiled routing table: immutable, built once by `compile`, shared by every request as an
+//! `Arc<RouteTable>` and swapped whole. Lookups never allocate on the common path and never lock.
+//!
+//! Shape: Service (`name.namespace`) → port → [`ParentPort`], which holds every rule match that
+//! applies to that parent port, already sorted by Gateway API precedence (see [`matching`]). A
+//! parent without accepted routes holds one synthetic passthrough rule to its own endpoints, so the
+//! proxy always deals with exactly one kind of thing: a [`Rule`].
+
+pub mod matching;
+pub mod weighted;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use serde::Serialize;
+
+pub use matching::{HeaderMatch, PathMatch, QueryMatch, RequestMatch, ValueMatch};
+pub use weighted::WeightedBackends;
+
+/// Default Kubernetes cluster domain used to recognise `<svc>.<ns>.svc.<domain>` authorities.
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// The whole compiled table. Immutable once built.
+#[derive(Debug, Default, Serialize)]
+pub struct RouteTable {
+    /// Monotonic number of this table, set by the publisher (0 = not yet published).
+    pub generation: u64,
+    /// Cluster domain accepted in authorities (`cluster.local` unless configured).
+    pub cluster_domain: String,
+    /// `"<name>.<namespace>"` → the Service's parent ports.
+    services: HashMap<Box<str>, ParentService>,
+}
+
+/// One Service that requests can be addressed to.
+#[derive(Debug, Serialize)]
+pub struct ParentService {
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    /// Sorted by port number; never empty.
+    pub ports: Vec<Arc<ParentPort>>,
+}
+
+/// One port of a parent Service, with its rules in precedence order.
+#[derive(Debug, Serialize)]
+pub struct ParentPort {
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    pub port: u16,
+    /// Every (match, rule) pair that applies to this parent port, most specific first. A
+    /// passthrough parent has exactly one entry: a match-all rule with no route.
+    pub matches: Vec<(RequestMatch, Arc<Rule>)>,
+}
+
+/// Which object a rule came from (for metrics, logs and `/debug/table`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct RouteRef {
+    /// `HTTPRoute` or `TrafficSplit`.
+    pub kind: &'static str,
+    /// API group: `gateway.networking.k8s.io`, `policy.linkerd.io` or `split.smi-spec.io`.
+    pub group: &'static str,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+}
+
+/// One rule of one route, compiled. Shared between all parent ports it applies to.
+#[derive(Debug, Serialize)]
+pub struct Rule {
+    /// `None` for the synthetic passthrough rule of a parent without routes.
+    pub route: Option<RouteRef>,
+    /// Index of the rule within its route (`spec.rules[i]`).
+    pub index: usize,
+    pub filters: Vec<Filter>,
+    pub backends: WeightedBackends,
+    pub timeouts: Timeouts,
+}
+
+/// GEP-1742 timeouts; `None` means disabled (absent or `0s`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Timeouts {
+    #[serde(with = "opt_duration")]
+    pub request: Option<Duration>,
+    #[serde(with = "opt_duration", rename = "backendRequest")]
+    pub backend_request: Option<Duration>,
+}
+
+/// A backendRef as compiled: its weight and where it leads.
+#[derive(Debug, Serialize)]
+pub struct Backend {
+    pub weight: u32,
+    pub target: BackendTarget,
+    pub filters: Vec<Filter>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "type")]
+pub enum BackendTarget {
+    Service(Arc<ServiceBackend>),
+    /// A backendRef that did not resolve. It keeps its weight and answers 500 for its share.
+    Invalid { reason: String },
+}
+
+/// Upstream protocol of a Service port (from `appProtocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Protocol {
+    Http1,
+    /// `appProtocol: kubernetes.io/h2c` (or `h2c`, `grpc`).
+    H2c,
+}
+
+/// A resolved backend Service port and its endpoints.
+#[derive(Debug, Serialize)]
+pub struct ServiceBackend {
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    pub port: u16,
+    /// Linkerd multicluster: the `mirror.linkerd.io/cluster-name` of a mirrored Service.
+    pub cluster: Option<Arc<str>>,
+    /// Gateway-mode mirrors: authority to send upstream (`mirror.linkerd.io/remote-svc-fq-name`
+    /// plus port); otherwise the request keeps its own authority.
+    #[serde(serialize_with = "ser_opt_header_value")]
+    pub authority: Option<HeaderValue>,
+    pub protocol: Protocol,
+    /// Every known endpoint, ready or not (for `/debug/table`).
+    pub endpoints: Vec<Endpoint>,
+    /// Indices into `endpoints` of the ready ones: the only ones that take traffic.
+    #[serde(skip)]
+    pub ready: Vec<usize>,
+}
+
+/// One endpoint address. `load` is shared across table generations (see
+/// [`RouteTable::inherit_load`]) so load-aware balancing survives a swap.
+#[derive(Debug, Clone, Serialize)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub ready: bool,
+    #[serde(skip)]
+    pub load: Arc<EndpointLoad>,
+}
+
+/// Live load of one endpoint: requests in flight through this process.
+#[derive(Debug, Default)]
+pub struct EndpointLoad {
+    in_flight: AtomicU64,
+}
+
+impl EndpointLoad {
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+    /// Count one request in flight until the guard drops.
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+}
+
+/// Decrements the endpoint's in-flight count on drop.
+#[derive(Debug)]
+pub struct InFlight(Arc<EndpointLoad>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A filter, at rule or backendRef level.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type")]
+pub enum Filter {
+    RequestHeaderModifier(HeaderModifier),
+    ResponseHeaderModifier(HeaderModifier),
+    RequestRedirect(Redirect),
+    #[serde(rename = "URLRewrite")]
+    UrlRewrite(UrlRewrite),
+    RequestMirror(Mirror),
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HeaderModifier {
+    #[serde(serialize_with = "ser_header_pairs")]
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    #[serde(serialize_with = "ser_header_pairs")]
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    #[serde(serialize_with = "ser_header_names")]
+    pub remove: Vec<HeaderName>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum PathModifier {
+    ReplaceFullPath(String),
+    /// Replaces the part of the path matched by the rule's `PathPrefix` match.
+    ReplacePrefixMatch(String),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Redirect {
+    pub scheme: Option<String>,
+    pub hostname: Option<String>,
+    pub path: Option<PathModifier>,
+    pub port: Option<u16>,
+    /// 301, 302 (default), 303, 307 or 308.
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UrlRewrite {
+    pub hostname: Option<String>,
+    pub path: Option<PathModifier>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Mirror {
+    /// Where copies go. A mirror to an unresolved backend is dropped at compile time.
+    pub backend: Arc<ServiceBackend>,
+    /// Fraction of requests mirrored: numerator / denominator (100/100 by default).
+    pub numerator: u32,
+    pub denominator: u32,
+}
+
+/// Result of binding a request to the table.
+#[derive(Debug)]
+pub enum Lookup<'a> {
+    /// The authority names no known Service (or is not a Service authority at all).
+    UnknownAuthority,
+    /// A known parent with routes, none of which matches.
+    NoMatch(&'a ParentPort),
+    /// The winning rule and the match that selected it.
+    Matched {
+        parent: &'a ParentPort,
+        matched: &'a RequestMatch,
+        rule: &'a Arc<Rule>,
+    },
+}
+
+impl RouteTable {
+    pub fn new(cluster_domain: &str) -> Self {
+        RouteTable {
+            generation: 0,
+            cluster_domain: cluster_domain.to_ascii_lowercase(),
+            services: HashMap::new(),
+        }
+    }
+
+    /// Insert or replace a parent port (used by `compile`).
+    pub fn insert_parent(&mut self, parent: ParentPort) {
+        let key = format!("{}.{}", parent.name, parent.namespace).into_boxed_str();
+        let svc = self.services.entry(key).or_insert_with(|| ParentService {
+            namespace: parent.namespace.clone(),
+            name: parent.name.clone(),
+            ports: Vec::new(),
+        });
+        let parent = Arc::new(parent);
+        match svc.ports.binary_search_by_key(&parent.port, |p| p.port) {
+            Ok(i) => svc.ports[i] = parent,
+            Err(i) => svc.ports.insert(i, parent),
+        }
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &ParentService> {
+        self.services.values()
+    }
+
+    /// Number of parent ports in the table.
+    pub fn parent_count(&self) -> usize {
+        self.services.values().map(|s| s.ports.len()).sum()
+    }
+
+    /// Find the parent port a request authority names. `host` may carry a port; without one,
+    /// `default_port` (80) applies. Accepted forms: `svc.ns`, `svc.ns.svc`,
+    /// `svc.ns.svc.<cluster-domain>` (case-insensitive, optional trailing dot).
+    pub fn parent(&self, authority: &str) -> Option<&ParentPort> {
+        let (host, port) = split_authority(authority)?;
+        let key = service_key(host, &self.cluster_domain)?;
+        let svc = if key.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.services.get(key.to_ascii_lowercase().as_str())?
+        } else {
+            self.services.get(key)?
+        };
+        svc.ports
+            .binary_search_by_key(&port, |p| p.port)
+            .ok()
+            .map(|i| &*svc.ports[i])
+    }
+
+    /// Bind a request to a rule: find the parent by authority, then the first match in
+    /// precedence order.
+    pub fn lookup<'a>(
+        &'a self,
+        authority: &str,
+        req: &matching::RequestView<'_>,
+    ) -> Lookup<'a> {
+        let Some(parent) = self.parent(authority) else {
+            return Lookup::UnknownAuthority;
+        };
+        parent.lookup(req)
+    }
+
+    /// The load counters of every endpoint in this table, by address. `compile` reuses them
+    /// for the next table so in-flight counts (and the balancing that depends on them) survive
+    /// a table swap.
+    pub fn endpoint_loads(&self) -> HashMap<SocketAddr, Arc<EndpointLoad>> {
+        let mut known = HashMap::new();
+        self.for_each_backend(|b| {
+            for e in &b.endpoints {
+                known.entry(e.addr).or_insert_with(|| e.load.clone());
+            }
+        });
+        known
+    }
+
+    fn for_each_backend(&self, mut f: impl FnMut(&Arc<ServiceBackend>)) {
+        for svc in self.services.values() {
+            for port in &svc.ports {
+                for (_, rule) in &port.matches {
+                    for b in rule.backends.iter() {
+                        if let BackendTarget::Service(s) = &b.target {
+                            f(s);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl ParentPort {
+    pub fn lookup<'a>(&'a self, req: &matching::RequestView<'_>) -> Lookup<'a> {
+        for (m, rule) in &self.matches {
+            if m.matches(req) {
+                return Lookup::Matched {
+                    parent: self,
+                    matched: m,
+                    rule,
+                };
+            }
+        }
+        Lookup::NoMatch(self)
+    }
+
+    /// True when this parent has no routes and passes traffic through to its own endpoints.
+    pub fn is_passthrough(&self) -> bool {
+        self.matches.len() == 1 && self.matches[0].1.route.is_none()
+    }
+}
+
+impl ServiceBackend {
+    /// Pick a ready endpoint: power of two choices over in-flight requests. `r1`, `r2` are
+    /// random numbers from the caller's RNG. `None` when nothing is ready.
+    pub fn pick_endpoint(&self, r1: u64, r2: u64) -> Option<&Endpoint> {
+        match self.ready.len() {
+            0 => None,
+            1 => Some(&self.endpoints[self.ready[0]]),
+            n => {
+                let a = &self.endpoints[self.ready[(r1 % n as u64) as usize]];
+                // Choose the second among the other n-1 so the two candidates differ.
+                let mut j = (r2 % (n as u64 - 1)) as usize;
+                let ia = (r1 % n as u64) as usize;
+                if j >= ia {
+                    j += 1;
+                }
+                let b = &self.endpoints[self.ready[j]];
+                if b.load.in_flight() < a.load.in_flight() {
+                    Some(b)
+                } else {
+                    Some(a)
+                }
+            }
+        }
+    }
+
+    /// `name.namespace:port`, for logs and metrics.
+    pub fn display_name(&self) -> String {
+        format!("{}.{}:{}", self.name, self.namespace, self.port)
+    }
+}
+
+/// Split `host[:port]` (or `[v6]:port`) into host and port; port defaults to 80.
+pub fn split_authority(authority: &str) -> Option<(&str, u16)> {
+    if authority.starts_with('[') {
+        // IP literals are never Service names.
+        return None;
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) => {
+            let port: u16 = port.parse().ok()?;
+            Some((host, port))
+        }
+        None => Some((authority, 80)),
+    }
+}
+
+/// Reduce a Service host name to its `name.namespace` key, or `None` if it is not one.
+fn service_key<'h>(host: &'h str, cluster_domain: &str) -> Option<&'h str> {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let first = host.find('.')?;
+    let rest = &host[first + 1..];
+    let (ns, tail) = match rest.find('.') {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (rest, ""),
+    };
+    if host[..first].is_empty() || ns.is_empty() {
+        return None;
+    }
+    let ok_tail = tail.is_empty()
+        || tail.eq_ignore_ascii_case("svc")
+        || tail
+            .strip_prefix("svc.")
+            .or_else(|| tail.strip_prefix("SVC."))
+            .is_some_and(|d| d.eq_ignore_ascii_case(cluster_domain));
+    if !ok_tail {
+        return None;
+    }
+    Some(&host[..first + 1 + ns.len()])
+}
+
+mod opt_duration {
+    use serde::Serializer;
+    use std::time::Duration;
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&format!("{}ms", d.as_millis())),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+fn ser_opt_header_value<S: serde::Serializer>(
+    v: &Option<HeaderValue>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v.as_ref().and_then(|v| v.to_str().ok()) {
+        Some(v) => s.serialize_str(v),
+        None => s.serialize_none(),
+    }
+}
+
+fn ser_header_pairs<S: serde::Serializer>(
+    v: &[(HeaderName, HeaderValue)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(v.len()))?;
+    for (n, val) in v {
+        seq.serialize_element(&(n.as_str(), val.to_str().unwrap_or("<binary>")))?;
+    }
+    seq.end()
+}
+
+fn ser_header_names<S: serde::Serializer>(v: &[HeaderName], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|n| n.as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_authorities_are_recognised() {
+        let d = "cluster.local";
+        assert_eq!(service_key("web.shop", d), Some("web.shop"));
+        assert_eq!(service_key("web.shop.svc", d), Some("web.shop"));
+        assert_eq!(service_key("web.shop.svc.cluster.local", d), Some("web.shop"));
+        assert_eq!(service_key("web.shop.svc.cluster.local.", d), Some("web.shop"));
+        assert_eq!(service_key("Web.Shop.SVC.Cluster.Local", d), Some("Web.Shop"));
+        assert_eq!(service_key("web.shop.svc.other.domain", d), None);
+        assert_eq!(service_key("web.shop.example.com", d), None);
+        assert_eq!(service_key("web", d), None);
+        assert_eq!(service_key(".shop", d), None);
+        assert_eq!(service_key("web.", d), None);
+    }
+
+    #[test]
+    fn authority_ports_default_to_80_and_reject_junk() {
+        assert_eq!(split_authority("a.b"), Some(("a.b", 80)));
+        assert_eq!(split_authority("a.b:8080"), Some(("a.b", 8080)));
+        assert_eq!(split_authority("a.b:99999"), None);
+        assert_eq!(split_authority("a.b:x"), None);
+        assert_eq!(split_authority("[::1]:80"), None);
+    }
+}
