@@ -11,3 +11,8 @@
 #![forbid(unsafe_code)]
 
 pub mod table;
+pub mod model;
+pub mod compile;
+pub mod index;
+pub mod sources;
+pub mod cli;

@@ -1,0 +1,481 @@
+//! `compile(&index) -> (RouteTable, statuses)`: binds admitted routes to their Service parents,
+//! resolves backends to endpoints, orders matches by precedence and computes each route's
+//! status. Pure and deterministic: the same objects in any order give the same table.
+
+pub mod status;
+pub mod validate;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use http::HeaderValue;
+use k8s_openapi::api::core::v1::{Service, ServicePort};
+
+use crate::index::Index;
+use crate::model::ObjectKey;
+use crate::table::{
+    Backend, BackendTarget, Endpoint, EndpointLoad, Filter, Mirror, ParentPort, Protocol, RequestMatch, RouteRef,
+    RouteTable, Rule, ServiceBackend, WeightedBackends, DEFAULT_CLUSTER_DOMAIN,
+};
+use status::{condition, ParentStatus, RouteStatus, CONTROLLER_NAME};
+use validate::{is_core, AdmittedRoute, BackendRefSpec, FilterSpec, RouteKind, RuleSpec};
+
+pub const MIRRORED_LABEL: &str = "mirror.linkerd.io/mirrored-service";
+pub const CLUSTER_LABEL: &str = "mirror.linkerd.io/cluster-name";
+pub const REMOTE_FQ_NAME: &str = "mirror.linkerd.io/remote-svc-fq-name";
+
+#[derive(Debug, Clone)]
+pub struct CompileOptions {
+    pub cluster_domain: String,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        CompileOptions { cluster_domain: DEFAULT_CLUSTER_DOMAIN.into() }
+    }
+}
+
+/// The result of compiling an index.
+#[derive(Debug)]
+pub struct Compiled {
+    pub table: RouteTable,
+    /// One per admitted route-like object, in key order.
+    pub statuses: Vec<RouteStatus>,
+}
+
+/// Compile the index. `prev` (the live table, if any) lends its endpoint load counters so
+/// load-aware balancing carries over a swap.
+pub fn compile(index: &Index, opts: &CompileOptions, prev: Option<&RouteTable>) -> Compiled {
+    let loads = prev.map(|t| t.endpoint_loads()).unwrap_or_default();
+    let mut cx = Cx { index, loads, backends: HashMap::new(), endpoints: endpoints_by_service(index) };
+
+    // (parent ns, parent name, port) → matches collected from every accepted route.
+    let mut buckets: BTreeMap<(String, String, u16), Vec<Entry>> = BTreeMap::new();
+    let mut statuses = Vec::new();
+
+    for (key, route) in &index.routes {
+        let mut rs = RouteStatus {
+            kind: route.kind,
+            api_version: route.api_version.clone(),
+            namespace: route.namespace.clone(),
+            name: route.name.clone(),
+            generation: route.generation,
+            parents: vec![],
+        };
+        let route_ref = RouteRef {
+            kind: route.kind.kind(),
+            group: route.kind.group(),
+            namespace: route.namespace.as_str().into(),
+            name: route.name.as_str().into(),
+        };
+        let rules = expand_rules(index, route);
+        for parent in &route.parents {
+            if !(is_core(&parent.group) && parent.kind.eq_ignore_ascii_case("Service")) {
+                // Gateways and other parents belong to other controllers.
+                continue;
+            }
+            let g = route.generation;
+            let mut conds = Vec::new();
+            let ports = match parent_ports(index, &parent.namespace, &parent.name, parent.port) {
+                Ok(p) => p,
+                Err(msg) => {
+                    conds.push(condition("Accepted", false, "NoMatchingParent", msg, g));
+                    conds.push(condition("ResolvedRefs", true, "ResolvedRefs", "not evaluated: parent not accepted", g));
+                    rs.parents.push(ParentStatus { parent_ref: parent.into(), controller_name: CONTROLLER_NAME, conditions: conds });
+                    continue;
+                }
+            };
+            let mut problems: Vec<(&'static str, String)> = Vec::new();
+            let mut dropped: Vec<String> = rules.dropped.clone();
+            let mut kept = 0usize;
+            for port in &ports {
+                for (ri, rule) in rules.rules.iter().enumerate() {
+                    let Some(rule) = rule else { continue };
+                    let compiled = cx.rule(route_ref.clone(), rules.index[ri], rule, *port, &mut problems);
+                    if *port == ports[0] {
+                        kept += 1;
+                    }
+                    for (mi, m) in rule.matches.iter().enumerate() {
+                        buckets.entry((parent.namespace.clone(), parent.name.clone(), *port)).or_default().push(Entry {
+                            m: m.clone(),
+                            rule: compiled.clone(),
+                            created: route.created,
+                            key: key.clone(),
+                            rule_index: rules.index[ri],
+                            match_index: mi,
+                        });
+                    }
+                }
+            }
+            problems.sort();
+            problems.dedup();
+            if kept == 0 {
+                if dropped.is_empty() {
+                    dropped.push("route has no rules".into());
+                }
+                conds.push(condition("Accepted", false, "UnsupportedValue", format!("no valid rules: {}", dropped.join("; ")), g));
+            } else {
+                conds.push(condition("Accepted", true, "Accepted", "route accepted by meshroute", g));
+            }
+            if problems.is_empty() {
+                conds.push(condition("ResolvedRefs", true, "ResolvedRefs", "all references resolved", g));
+            } else {
+                let reason = if problems.iter().any(|(r, _)| *r == "InvalidKind") { "InvalidKind" } else { problems[0].0 };
+                let msg = problems.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>().join("; ");
+                conds.push(condition("ResolvedRefs", false, reason, msg, g));
+            }
+            if kept > 0 && !dropped.is_empty() {
+                conds.push(condition("PartiallyInvalid", true, "UnsupportedValue", format!("rules dropped: {}", dropped.join("; ")), g));
+            }
+            rs.parents.push(ParentStatus { parent_ref: parent.into(), controller_name: CONTROLLER_NAME, conditions: conds });
+        }
+        statuses.push(rs);
+    }
+
+    let mut table = RouteTable::new(&opts.cluster_domain);
+    // Every Service port is a parent; those with accepted routes get their rules, the rest
+    // pass through to their own endpoints.
+    for ((ns, name), svc) in &index.services {
+        if service_type(svc) == "ExternalName" {
+            continue;
+        }
+        for sp in svc.spec.as_ref().and_then(|s| s.ports.as_ref()).into_iter().flatten() {
+            let Ok(port) = u16::try_from(sp.port) else { continue };
+            let entries = buckets.remove(&(ns.clone(), name.clone(), port));
+            let matches = match entries {
+                Some(mut entries) => {
+                    entries.sort_by(Entry::cmp);
+                    entries.into_iter().map(|e| (e.m, e.rule)).collect()
+                }
+                None => {
+                    let mut problems = Vec::new();
+                    let target = cx.backend(ns, name, Some(port), port, &mut problems);
+                    let rule = Rule {
+                        route: None,
+                        index: 0,
+                        filters: vec![],
+                        backends: WeightedBackends::new(vec![Backend { weight: 1, target, filters: vec![] }]),
+                        timeouts: Default::default(),
+                    };
+                    vec![(RequestMatch::default(), Arc::new(rule))]
+                }
+            };
+            table.insert_parent(ParentPort { namespace: ns.as_str().into(), name: name.as_str().into(), port, matches });
+        }
+    }
+    Compiled { table, statuses }
+}
+
+/// One (match, rule) pair destined for a parent port, with its tie-breakers.
+struct Entry {
+    m: RequestMatch,
+    rule: Arc<Rule>,
+    created: Option<i64>,
+    key: ObjectKey,
+    rule_index: usize,
+    match_index: usize,
+}
+
+impl Entry {
+    /// Precedence, then oldest route, then namespace/name, then rule and match order. The
+    /// group is a last resort so two kinds with the same name still order deterministically.
+    fn cmp(a: &Entry, b: &Entry) -> std::cmp::Ordering {
+        a.m.precedence(&b.m)
+            .then_with(|| a.created.unwrap_or(i64::MAX).cmp(&b.created.unwrap_or(i64::MAX)))
+            .then_with(|| a.key.namespace.cmp(&b.key.namespace))
+            .then_with(|| a.key.name.cmp(&b.key.name))
+            .then_with(|| a.key.group.cmp(b.key.group))
+            .then_with(|| a.rule_index.cmp(&b.rule_index))
+            .then_with(|| a.match_index.cmp(&b.match_index))
+    }
+}
+
+/// A route's rules after rule-level checks that need the index (SMI groups, unsupported
+/// filters). `rules[i]` is `None` when rule `i` was dropped; `index[i]` is its position.
+struct ExpandedRules {
+    rules: Vec<Option<RuleSpec>>,
+    index: Vec<usize>,
+    dropped: Vec<String>,
+}
+
+fn expand_rules(index: &Index, route: &AdmittedRoute) -> ExpandedRules {
+    let mut out = ExpandedRules { rules: vec![], index: vec![], dropped: vec![] };
+    for (i, rule) in route.rules.iter().enumerate() {
+        let unsupported: Vec<&str> = rule
+            .filters
+            .iter()
+            .chain(rule.backends.iter().flat_map(|b| b.filters.iter()))
+            .filter_map(|f| match f {
+                FilterSpec::Unsupported(n) => Some(n.as_str()),
+                _ => None,
+            })
+            .collect();
+        if !unsupported.is_empty() {
+            out.dropped.push(format!("spec.rules[{i}]: filter {} is not supported", unsupported.join(", ")));
+            out.rules.push(None);
+        } else {
+            out.rules.push(Some(rule.clone()));
+        }
+        out.index.push(i);
+    }
+    if route.kind == RouteKind::TrafficSplit && !route.smi_groups.is_empty() {
+        // The split applies to requests matching its HTTPRouteGroups; the rest go to the apex.
+        let mut matches = Vec::new();
+        for g in &route.smi_groups {
+            match index.groups.get(&(route.namespace.clone(), g.clone())) {
+                None => out.dropped.push(format!("spec.matches: HTTPRouteGroup {}/{g} not found", route.namespace)),
+                Some(group) => {
+                    for entry in &group.spec.matches {
+                        match validate::group_matches(group, entry) {
+                            Ok(ms) => matches.extend(ms),
+                            Err(errs) => out.dropped.push(format!(
+                                "HTTPRouteGroup {}/{g}: {}",
+                                route.namespace,
+                                errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+                            )),
+                        }
+                    }
+                }
+            }
+        }
+        match out.rules.first_mut().and_then(|r| r.as_mut()) {
+            Some(rule) if !matches.is_empty() => rule.matches = matches,
+            _ => out.rules.iter_mut().for_each(|r| *r = None),
+        }
+        if let Some(apex) = route.parents.first() {
+            out.rules.push(Some(RuleSpec {
+                matches: vec![RequestMatch::default()],
+                filters: vec![],
+                backends: vec![BackendRefSpec {
+                    group: String::new(),
+                    kind: "Service".into(),
+                    namespace: apex.namespace.clone(),
+                    name: apex.name.clone(),
+                    port: None,
+                    weight: 1,
+                    filters: vec![],
+                }],
+                timeouts: Default::default(),
+            }));
+            out.index.push(route.rules.len());
+        }
+    }
+    out
+}
+
+fn service_type(svc: &Service) -> &str {
+    svc.spec.as_ref().and_then(|s| s.type_.as_deref()).unwrap_or("ClusterIP")
+}
+
+fn service_ports(svc: &Service) -> &[ServicePort] {
+    svc.spec.as_ref().and_then(|s| s.ports.as_deref()).unwrap_or_default()
+}
+
+/// The ports of a parent Service a parentRef binds to, or why it binds to none.
+fn parent_ports(index: &Index, ns: &str, name: &str, port: Option<u16>) -> Result<Vec<u16>, String> {
+    let Some(svc) = index.service(ns, name) else {
+        return Err(format!("Service {ns}/{name} not found"));
+    };
+    if service_type(svc) == "ExternalName" {
+        return Err(format!("Service {ns}/{name} is of type ExternalName and cannot be a parent"));
+    }
+    if svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some("None") {
+        return Err(format!("Service {ns}/{name} is headless (clusterIP: None) and cannot be a parent"));
+    }
+    let ports: Vec<u16> = service_ports(svc).iter().filter_map(|p| u16::try_from(p.port).ok()).collect();
+    match port {
+        Some(p) if ports.contains(&p) => Ok(vec![p]),
+        Some(p) => Err(format!(
+            "Service {ns}/{name} has no port {p} (ports: {})",
+            ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+        )),
+        None if ports.is_empty() => Err(format!("Service {ns}/{name} has no ports")),
+        None => Ok(ports),
+    }
+}
+
+/// Endpoints of one Service, merged from its EndpointSlices (or Endpoints when it has none).
+#[derive(Default)]
+struct ServiceEndpoints {
+    /// (port name, port number, address, ready)
+    entries: Vec<(String, u16, IpAddr, bool)>,
+    remote_fq_name: Option<String>,
+}
+
+fn endpoints_by_service(index: &Index) -> HashMap<(String, String), ServiceEndpoints> {
+    let mut out: HashMap<(String, String), ServiceEndpoints> = HashMap::new();
+    for ((ns, _), slice) in &index.slices {
+        let Some(svc) = slice.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")) else {
+            continue;
+        };
+        let e = out.entry((ns.clone(), svc.clone())).or_default();
+        if let Some(fq) = slice.metadata.annotations.as_ref().and_then(|a| a.get(REMOTE_FQ_NAME)) {
+            e.remote_fq_name = Some(fq.clone());
+        }
+        for ep in &slice.endpoints {
+            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            for addr in &ep.addresses {
+                let Ok(ip) = addr.parse::<IpAddr>() else { continue };
+                for p in slice.ports.iter().flatten() {
+                    let Some(port) = p.port.and_then(|p| u16::try_from(p).ok()) else { continue };
+                    e.entries.push((p.name.clone().unwrap_or_default(), port, ip, ready));
+                }
+            }
+        }
+    }
+    for ((ns, name), eps) in &index.endpoints {
+        let key = (ns.clone(), name.clone());
+        if out.contains_key(&key) {
+            continue; // EndpointSlices win, as they do for kube-proxy.
+        }
+        let e = out.entry(key).or_default();
+        if let Some(fq) = eps.metadata.annotations.as_ref().and_then(|a| a.get(REMOTE_FQ_NAME)) {
+            e.remote_fq_name = Some(fq.clone());
+        }
+        for subset in eps.subsets.iter().flatten() {
+            let lists = [(subset.addresses.as_ref(), true), (subset.not_ready_addresses.as_ref(), false)];
+            for (addrs, ready) in lists {
+                for a in addrs.into_iter().flatten() {
+                    let Ok(ip) = a.ip.parse::<IpAddr>() else { continue };
+                    for p in subset.ports.iter().flatten() {
+                        let Ok(port) = u16::try_from(p.port) else { continue };
+                        e.entries.push((p.name.clone().unwrap_or_default(), port, ip, ready));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+struct Cx<'a> {
+    index: &'a Index,
+    loads: HashMap<SocketAddr, Arc<EndpointLoad>>,
+    /// Resolved backends by (namespace, name, port), shared between rules.
+    backends: HashMap<(String, String, u16), Result<Arc<ServiceBackend>, (&'static str, String)>>,
+    endpoints: HashMap<(String, String), ServiceEndpoints>,
+}
+
+impl Cx<'_> {
+    fn rule(
+        &mut self,
+        route: RouteRef,
+        index: usize,
+        spec: &RuleSpec,
+        parent_port: u16,
+        problems: &mut Vec<(&'static str, String)>,
+    ) -> Arc<Rule> {
+        let filters = self.filters(&spec.filters, parent_port, problems);
+        let backends = spec
+            .backends
+            .iter()
+            .map(|b| {
+                let target = if !is_core(&b.group) || b.kind != "Service" {
+                    let msg = format!("backendRef {}: kind {:?} (group {:?}) is not supported; only core Services", b.name, b.kind, b.group);
+                    problems.push(("InvalidKind", msg.clone()));
+                    BackendTarget::Invalid { reason: msg }
+                } else {
+                    self.backend(&b.namespace, &b.name, b.port, parent_port, problems)
+                };
+                Backend { weight: b.weight, target, filters: self.filters(&b.filters, parent_port, problems) }
+            })
+            .collect();
+        Arc::new(Rule { route: Some(route), index, filters, backends: WeightedBackends::new(backends), timeouts: spec.timeouts })
+    }
+
+    fn filters(&mut self, specs: &[FilterSpec], parent_port: u16, problems: &mut Vec<(&'static str, String)>) -> Vec<Filter> {
+        specs
+            .iter()
+            .filter_map(|f| match f {
+                FilterSpec::Ready(f) => Some(f.clone()),
+                FilterSpec::Mirror { backend, numerator, denominator } => {
+                    match self.backend(&backend.namespace, &backend.name, backend.port, parent_port, problems) {
+                        BackendTarget::Service(svc) => Some(Filter::RequestMirror(Mirror {
+                            backend: svc,
+                            numerator: *numerator,
+                            denominator: *denominator,
+                        })),
+                        BackendTarget::Invalid { .. } => None,
+                    }
+                }
+                FilterSpec::Unsupported(_) => None,
+            })
+            .collect()
+    }
+
+    /// Resolve a Service backend; failures are recorded in `problems` and become an
+    /// `Invalid` target that keeps its weight.
+    fn backend(
+        &mut self,
+        ns: &str,
+        name: &str,
+        port: Option<u16>,
+        parent_port: u16,
+        problems: &mut Vec<(&'static str, String)>,
+    ) -> BackendTarget {
+        let port = port.unwrap_or(parent_port);
+        let key = (ns.to_string(), name.to_string(), port);
+        if !self.backends.contains_key(&key) {
+            let resolved = self.resolve(ns, name, port);
+            self.backends.insert(key.clone(), resolved);
+        }
+        match &self.backends[&key] {
+            Ok(b) => BackendTarget::Service(b.clone()),
+            Err((reason, msg)) => {
+                problems.push((reason, msg.clone()));
+                BackendTarget::Invalid { reason: msg.clone() }
+            }
+        }
+    }
+
+    fn resolve(&mut self, ns: &str, name: &str, port: u16) -> Result<Arc<ServiceBackend>, (&'static str, String)> {
+        let Some(svc) = self.index.service(ns, name) else {
+            return Err(("BackendNotFound", format!("backend Service {ns}/{name} not found")));
+        };
+        if service_type(svc) == "ExternalName" {
+            return Err(("InvalidKind", format!("backend Service {ns}/{name} is of type ExternalName, which meshroute does not forward to")));
+        }
+        let Some(sp) = service_ports(svc).iter().find(|p| p.port == i32::from(port)) else {
+            return Err(("BackendNotFound", format!("backend Service {ns}/{name} has no port {port}")));
+        };
+        let labels = svc.metadata.labels.as_ref();
+        let mirrored = labels.and_then(|l| l.get(MIRRORED_LABEL)).is_some_and(|v| v == "true");
+        let cluster = labels.and_then(|l| l.get(CLUSTER_LABEL)).filter(|_| mirrored).map(|c| Arc::<str>::from(c.as_str()));
+        let port_name = sp.name.clone().unwrap_or_default();
+        let eps = self.endpoints.get(&(ns.to_string(), name.to_string()));
+        let mut endpoints: Vec<Endpoint> = Vec::new();
+        for (pname, pnum, ip, ready) in eps.map(|e| e.entries.as_slice()).unwrap_or_default() {
+            // A single unnamed port matches the Service's only port, named or not.
+            if *pname != port_name && !(pname.is_empty() && service_ports(svc).len() == 1) {
+                continue;
+            }
+            let addr = SocketAddr::new(*ip, *pnum);
+            if endpoints.iter().any(|e| e.addr == addr) {
+                continue;
+            }
+            let load = self.loads.entry(addr).or_default().clone();
+            endpoints.push(Endpoint { addr, ready: *ready, load });
+        }
+        endpoints.sort_by_key(|e| e.addr);
+        let ready = endpoints.iter().enumerate().filter(|(_, e)| e.ready).map(|(i, _)| i).collect();
+        let remote = eps
+            .and_then(|e| e.remote_fq_name.clone())
+            .or_else(|| svc.metadata.annotations.as_ref().and_then(|a| a.get(REMOTE_FQ_NAME)).cloned());
+        let authority = remote.and_then(|fq| HeaderValue::from_str(&format!("{fq}:{port}")).ok());
+        let protocol = match sp.app_protocol.as_deref() {
+            Some("kubernetes.io/h2c" | "h2c") => Protocol::H2c,
+            _ => Protocol::Http1,
+        };
+        Ok(Arc::new(ServiceBackend {
+            namespace: ns.into(),
+            name: name.into(),
+            port,
+            cluster,
+            authority,
+            protocol,
+            endpoints,
+            ready,
+        }))
+    }
+}

@@ -1,0 +1,170 @@
+//! Typed models of every input meshroute reads, and [`Object`], the one enum the loader and the
+//! Kubernetes watchers hand to the index.
+
+pub mod linkerd;
+pub mod smi;
+
+use k8s_openapi::api::core::v1::{Endpoints, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+pub use gateway_api::apis::standard::httproutes::HttpRoute as GatewayHttpRoute;
+
+/// A policy.linkerd.io HTTPRoute of any served version.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LinkerdHttpRoute {
+    V1alpha1(linkerd::v1alpha1::HttpRoute),
+    V1beta1(linkerd::v1beta1::HttpRoute),
+    V1beta2(linkerd::v1beta2::HttpRoute),
+    V1beta3(linkerd::v1beta3::HttpRoute),
+}
+
+/// A split.smi-spec.io TrafficSplit of any version.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TrafficSplit {
+    V1alpha1(smi::split_v1alpha1::TrafficSplit),
+    V1alpha2(smi::split_v1alpha2::TrafficSplit),
+    V1alpha3(smi::split_v1alpha3::TrafficSplit),
+    V1alpha4(smi::split_v1alpha4::TrafficSplit),
+}
+
+/// A specs.smi-spec.io HTTPRouteGroup (all versions share one shape).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpRouteGroup {
+    pub api_version: String,
+    pub metadata: ObjectMeta,
+    pub spec: smi::group_v1alpha4::HttpRouteGroupSpec,
+}
+
+/// Every kind of object meshroute understands.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    GatewayHttpRoute(Box<GatewayHttpRoute>),
+    LinkerdHttpRoute(Box<LinkerdHttpRoute>),
+    TrafficSplit(Box<TrafficSplit>),
+    HttpRouteGroup(Box<HttpRouteGroup>),
+    Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
+    Endpoints(Box<Endpoints>),
+}
+
+/// Identity of an object: what the API server keys it by (versions of one kind share it).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    pub group: &'static str,
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = self.kind.to_ascii_lowercase();
+        if self.group.is_empty() {
+            write!(f, "{kind} {}/{}", self.namespace, self.name)
+        } else {
+            write!(f, "{kind}.{} {}/{}", self.group, self.namespace, self.name)
+        }
+    }
+}
+
+pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+pub const LINKERD_GROUP: &str = "policy.linkerd.io";
+pub const SPLIT_GROUP: &str = "split.smi-spec.io";
+pub const SPECS_GROUP: &str = "specs.smi-spec.io";
+pub const DISCOVERY_GROUP: &str = "discovery.k8s.io";
+
+impl LinkerdHttpRoute {
+    pub fn metadata(&self) -> &ObjectMeta {
+        match self {
+            LinkerdHttpRoute::V1alpha1(r) => &r.metadata,
+            LinkerdHttpRoute::V1beta1(r) => &r.metadata,
+            LinkerdHttpRoute::V1beta2(r) => &r.metadata,
+            LinkerdHttpRoute::V1beta3(r) => &r.metadata,
+        }
+    }
+    pub fn version(&self) -> &'static str {
+        match self {
+            LinkerdHttpRoute::V1alpha1(_) => "v1alpha1",
+            LinkerdHttpRoute::V1beta1(_) => "v1beta1",
+            LinkerdHttpRoute::V1beta2(_) => "v1beta2",
+            LinkerdHttpRoute::V1beta3(_) => "v1beta3",
+        }
+    }
+}
+
+impl TrafficSplit {
+    pub fn metadata(&self) -> &ObjectMeta {
+        match self {
+            TrafficSplit::V1alpha1(t) => &t.metadata,
+            TrafficSplit::V1alpha2(t) => &t.metadata,
+            TrafficSplit::V1alpha3(t) => &t.metadata,
+            TrafficSplit::V1alpha4(t) => &t.metadata,
+        }
+    }
+    pub fn version(&self) -> &'static str {
+        match self {
+            TrafficSplit::V1alpha1(_) => "v1alpha1",
+            TrafficSplit::V1alpha2(_) => "v1alpha2",
+            TrafficSplit::V1alpha3(_) => "v1alpha3",
+            TrafficSplit::V1alpha4(_) => "v1alpha4",
+        }
+    }
+}
+
+impl Object {
+    pub fn metadata(&self) -> &ObjectMeta {
+        match self {
+            Object::GatewayHttpRoute(r) => &r.metadata,
+            Object::LinkerdHttpRoute(r) => r.metadata(),
+            Object::TrafficSplit(t) => t.metadata(),
+            Object::HttpRouteGroup(g) => &g.metadata,
+            Object::Service(s) => &s.metadata,
+            Object::EndpointSlice(s) => &s.metadata,
+            Object::Endpoints(e) => &e.metadata,
+        }
+    }
+
+    pub fn group_kind(&self) -> (&'static str, &'static str) {
+        match self {
+            Object::GatewayHttpRoute(_) => (GATEWAY_GROUP, "HTTPRoute"),
+            Object::LinkerdHttpRoute(_) => (LINKERD_GROUP, "HTTPRoute"),
+            Object::TrafficSplit(_) => (SPLIT_GROUP, "TrafficSplit"),
+            Object::HttpRouteGroup(_) => (SPECS_GROUP, "HTTPRouteGroup"),
+            Object::Service(_) => ("", "Service"),
+            Object::EndpointSlice(_) => (DISCOVERY_GROUP, "EndpointSlice"),
+            Object::Endpoints(_) => ("", "Endpoints"),
+        }
+    }
+
+    /// `apiVersion` as written (`group/version` or `v1`).
+    pub fn api_version(&self) -> String {
+        match self {
+            Object::GatewayHttpRoute(_) => format!("{GATEWAY_GROUP}/v1"),
+            Object::LinkerdHttpRoute(r) => format!("{LINKERD_GROUP}/{}", r.version()),
+            Object::TrafficSplit(t) => format!("{SPLIT_GROUP}/{}", t.version()),
+            Object::HttpRouteGroup(g) => g.api_version.clone(),
+            Object::Service(_) | Object::Endpoints(_) => "v1".into(),
+            Object::EndpointSlice(_) => format!("{DISCOVERY_GROUP}/v1"),
+        }
+    }
+
+    /// Key of the object; a missing namespace is `default`, as `kubectl apply` would do.
+    pub fn key(&self) -> ObjectKey {
+        let (group, kind) = self.group_kind();
+        let meta = self.metadata();
+        ObjectKey {
+            group,
+            kind,
+            namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
+            name: meta.name.clone().unwrap_or_default(),
+        }
+    }
+
+    pub fn is_route(&self) -> bool {
+        matches!(
+            self,
+            Object::GatewayHttpRoute(_) | Object::LinkerdHttpRoute(_) | Object::TrafficSplit(_)
+        )
+    }
+}
