@@ -42,7 +42,11 @@ pub struct CheckReport {
 }
 
 pub fn check(dir: &Path) -> CheckReport {
-    let LoadOutcome { index, routes: _, errors } = load_dir(dir);
+    let LoadOutcome {
+        index,
+        routes: _,
+        errors,
+    } = load_dir(dir);
     let Compiled { statuses, .. } = compile(&index, &CompileOptions::default(), None);
     let mut entries = Vec::new();
     let mut other_errors = Vec::new();
@@ -71,12 +75,24 @@ pub fn check(dir: &Path) -> CheckReport {
         };
         entries.push(entry_for(s, message));
     }
-    entries.sort_by(|a, b| (&a.namespace, &a.name, &a.kind, &a.api_version).cmp(&(&b.namespace, &b.name, &b.kind, &b.api_version)));
+    entries.sort_by(|a, b| {
+        (&a.namespace, &a.name, &a.kind, &a.api_version).cmp(&(
+            &b.namespace,
+            &b.name,
+            &b.kind,
+            &b.api_version,
+        ))
+    });
+    // Stricter than "accepted": a dangling backendRef or a dropped rule fails CI too.
     let ok = other_errors.is_empty()
         && entries
             .iter()
-            .all(|e| e.admission == "accepted" && e.status.parents.iter().all(|p| p.condition("Accepted").is_some_and(|c| c.status == "True")));
-    CheckReport { entries, other_errors, ok }
+            .all(|e| e.admission == "accepted" && e.healthy());
+    CheckReport {
+        entries,
+        other_errors,
+        ok,
+    }
 }
 
 fn is_route_kind(kind: &str) -> bool {
@@ -95,9 +111,22 @@ fn entry_for(s: RouteStatus, message: String) -> CheckEntry {
     }
 }
 
+impl CheckEntry {
+    /// Admitted, and every parent has Accepted=True, ResolvedRefs=True, no PartiallyInvalid.
+    pub fn healthy(&self) -> bool {
+        self.status.parents.iter().all(|p| {
+            p.conditions.iter().all(|c| match c.type_ {
+                "PartiallyInvalid" => c.status != "True",
+                _ => c.status == "True",
+            })
+        })
+    }
+}
+
 impl CheckReport {
     pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(&self.entries).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+        serde_json::to_string_pretty(&self.entries)
+            .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
     }
 
     pub fn to_text(&self) -> String {
@@ -105,20 +134,43 @@ impl CheckReport {
         for e in &self.entries {
             let verdict = if e.admission == "rejected" {
                 "REJECTED"
-            } else if e.status.parents.iter().all(|p| p.condition("Accepted").is_some_and(|c| c.status == "True")) {
-                "accepted"
-            } else {
+            } else if e
+                .status
+                .parents
+                .iter()
+                .any(|p| p.condition("Accepted").is_some_and(|c| c.status != "True"))
+            {
                 "NOT ACCEPTED"
+            } else if !e.healthy() {
+                "accepted with problems"
+            } else {
+                "accepted"
             };
-            let _ = writeln!(out, "{} {} {}/{}: {verdict}", e.api_version, e.kind, e.namespace, e.name);
+            let _ = writeln!(
+                out,
+                "{} {} {}/{}: {verdict}",
+                e.api_version, e.kind, e.namespace, e.name
+            );
             if e.admission == "rejected" {
                 let _ = writeln!(out, "  {}", e.message);
             }
             for p in &e.status.parents {
-                let port = p.parent_ref.port.map(|p| format!(":{p}")).unwrap_or_default();
-                let _ = writeln!(out, "  parent {} {}/{}{port}", p.parent_ref.kind, p.parent_ref.namespace, p.parent_ref.name);
+                let port = p
+                    .parent_ref
+                    .port
+                    .map(|p| format!(":{p}"))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "  parent {} {}/{}{port}",
+                    p.parent_ref.kind, p.parent_ref.namespace, p.parent_ref.name
+                );
                 for c in &p.conditions {
-                    let _ = writeln!(out, "    {}={} {}: {}", c.type_, c.status, c.reason, c.message);
+                    let _ = writeln!(
+                        out,
+                        "    {}={} {}: {}",
+                        c.type_, c.status, c.reason, c.message
+                    );
                 }
             }
         }
@@ -150,11 +202,14 @@ pub fn explain(dir: &Path, q: &ExplainQuery) -> Result<String, String> {
 }
 
 pub fn explain_table(table: &RouteTable, q: &ExplainQuery) -> Result<String, String> {
-    let method = Method::from_bytes(q.method.as_bytes()).map_err(|_| format!("--method: {:?} is not an HTTP method", q.method))?;
+    let method = Method::from_bytes(q.method.as_bytes())
+        .map_err(|_| format!("--method: {:?} is not an HTTP method", q.method))?;
     let mut headers = HeaderMap::new();
     for (n, v) in &q.headers {
-        let name = HeaderName::from_bytes(n.as_bytes()).map_err(|_| format!("-H: {n:?} is not a valid header name"))?;
-        let value = HeaderValue::from_str(v).map_err(|_| format!("-H: {v:?} is not a valid header value"))?;
+        let name = HeaderName::from_bytes(n.as_bytes())
+            .map_err(|_| format!("-H: {n:?} is not a valid header name"))?;
+        let value = HeaderValue::from_str(v)
+            .map_err(|_| format!("-H: {v:?} is not a valid header value"))?;
         headers.append(name, value);
     }
     let (path, query) = match q.path.split_once('?') {
@@ -164,44 +219,112 @@ pub fn explain_table(table: &RouteTable, q: &ExplainQuery) -> Result<String, Str
     if !path.starts_with('/') {
         return Err(format!("--path: {path:?} must start with '/'"));
     }
-    let view = RequestView { method: &method, path, query, headers: &headers };
+    let view = RequestView {
+        method: &method,
+        path,
+        query,
+        headers: &headers,
+    };
     let mut out = String::new();
     match table.lookup(&q.host, &view) {
         Lookup::UnknownAuthority => {
-            let _ = writeln!(out, "{}: no such Service: 404 (meshroute-error: unknown-authority)", q.host);
+            let _ = writeln!(
+                out,
+                "{}: no such Service: 404 (meshroute-error: unknown-authority)",
+                q.host
+            );
         }
         Lookup::NoMatch(parent) => {
-            let _ = writeln!(out, "parent Service {}/{} port {}", parent.namespace, parent.name, parent.port);
-            let _ = writeln!(out, "no rule matches {} {path}: 404 (meshroute-error: no-route)", q.method);
+            let _ = writeln!(
+                out,
+                "parent Service {}/{} port {}",
+                parent.namespace, parent.name, parent.port
+            );
+            let _ = writeln!(
+                out,
+                "no rule matches {} {path}: 404 (meshroute-error: no-route)",
+                q.method
+            );
         }
-        Lookup::Matched { parent, matched, rule } => {
-            let _ = writeln!(out, "parent Service {}/{} port {}", parent.namespace, parent.name, parent.port);
+        Lookup::Matched {
+            parent,
+            matched,
+            rule,
+        } => {
+            let _ = writeln!(
+                out,
+                "parent Service {}/{} port {}",
+                parent.namespace, parent.name, parent.port
+            );
             match &rule.route {
                 None => {
-                    let _ = writeln!(out, "no routes attached: passthrough to the Service's own endpoints");
+                    let _ = writeln!(
+                        out,
+                        "no routes attached: passthrough to the Service's own endpoints"
+                    );
                 }
                 Some(r) => {
-                    let _ = writeln!(out, "route {} {}/{}.{} rule {}", r.kind, r.namespace, r.name, r.group, rule.index);
-                    let _ = writeln!(out, "match {}", serde_json::to_string(matched).unwrap_or_default());
+                    let _ = writeln!(
+                        out,
+                        "route {} {}/{}.{} rule {}",
+                        r.kind, r.namespace, r.name, r.group, rule.index
+                    );
+                    let _ = writeln!(
+                        out,
+                        "match {}",
+                        serde_json::to_string(matched).unwrap_or_default()
+                    );
                 }
             }
             let t = &rule.timeouts;
-            let fmt_d = |d: Option<std::time::Duration>| d.map(|d| format!("{}ms", d.as_millis())).unwrap_or_else(|| "none".into());
-            let _ = writeln!(out, "timeouts request={} backendRequest={}", fmt_d(t.request), fmt_d(t.backend_request));
+            let fmt_d = |d: Option<std::time::Duration>| {
+                d.map(|d| format!("{}ms", d.as_millis()))
+                    .unwrap_or_else(|| "none".into())
+            };
+            let _ = writeln!(
+                out,
+                "timeouts request={} backendRequest={}",
+                fmt_d(t.request),
+                fmt_d(t.backend_request)
+            );
             for f in &rule.filters {
-                let _ = writeln!(out, "filter {}", serde_json::to_string(f).unwrap_or_default());
+                let _ = writeln!(
+                    out,
+                    "filter {}",
+                    serde_json::to_string(f).unwrap_or_default()
+                );
             }
             if rule.backends.total() == 0 {
-                let _ = writeln!(out, "no backend can be picked (all weights zero or none): 500");
+                let _ = writeln!(
+                    out,
+                    "no backend can be picked (all weights zero or none): 500"
+                );
             }
             for (b, p) in rule.backends.iter().zip(rule.backends.probabilities()) {
                 match &b.target {
                     BackendTarget::Invalid { reason } => {
-                        let _ = writeln!(out, "backend {:5.1}% weight {} INVALID (answers 500): {reason}", p * 100.0, b.weight);
+                        let _ = writeln!(
+                            out,
+                            "backend {:5.1}% weight {} INVALID (answers 500): {reason}",
+                            p * 100.0,
+                            b.weight
+                        );
                     }
                     BackendTarget::Service(s) => {
-                        let cluster = s.cluster.as_deref().map(|c| format!(" cluster={c}")).unwrap_or_default();
-                        let _ = writeln!(out, "backend {:5.1}% weight {} Service {}/{}:{}{cluster}", p * 100.0, b.weight, s.namespace, s.name, s.port);
+                        let cluster = s
+                            .cluster
+                            .as_deref()
+                            .map(|c| format!(" cluster={c}"))
+                            .unwrap_or_default();
+                        let _ = writeln!(
+                            out,
+                            "backend {:5.1}% weight {} Service {}/{}:{}{cluster}",
+                            p * 100.0,
+                            b.weight,
+                            s.namespace,
+                            s.name,
+                            s.port
+                        );
                         if let Some(a) = s.authority.as_ref().and_then(|a| a.to_str().ok()) {
                             let _ = writeln!(out, "  authority rewritten to {a}");
                         }
@@ -209,10 +332,19 @@ pub fn explain_table(table: &RouteTable, q: &ExplainQuery) -> Result<String, Str
                             let _ = writeln!(out, "  no endpoints: 503");
                         }
                         for e in &s.endpoints {
-                            let _ = writeln!(out, "  endpoint {} {}", e.addr, if e.ready { "ready" } else { "not ready" });
+                            let _ = writeln!(
+                                out,
+                                "  endpoint {} {}",
+                                e.addr,
+                                if e.ready { "ready" } else { "not ready" }
+                            );
                         }
                         for f in &b.filters {
-                            let _ = writeln!(out, "  filter {}", serde_json::to_string(f).unwrap_or_default());
+                            let _ = writeln!(
+                                out,
+                                "  filter {}",
+                                serde_json::to_string(f).unwrap_or_default()
+                            );
                         }
                     }
                 }
@@ -224,23 +356,40 @@ pub fn explain_table(table: &RouteTable, q: &ExplainQuery) -> Result<String, Str
 
 /// The CRDs for the kinds meshroute defines, drop-in compatible with Linkerd's and
 /// linkerd-smi's: same groups and plurals, a superset of their versions, same storage version.
-pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
+pub fn crds(
+) -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
     let mut out = Vec::new();
     let merge = |crds, storage| merge_crds(crds, storage).map_err(|e| format!("{e:?}"));
     if let Ok(c) = merge(
-        vec![linkerd::v1alpha1::HttpRoute::crd(), linkerd::v1beta1::HttpRoute::crd(), linkerd::v1beta2::HttpRoute::crd(), linkerd::v1beta3::HttpRoute::crd()],
+        vec![
+            linkerd::v1alpha1::HttpRoute::crd(),
+            linkerd::v1beta1::HttpRoute::crd(),
+            linkerd::v1beta2::HttpRoute::crd(),
+            linkerd::v1beta3::HttpRoute::crd(),
+        ],
         "v1beta3",
     ) {
         out.push(c);
     }
     if let Ok(c) = merge(
-        vec![smi::split_v1alpha1::TrafficSplit::crd(), smi::split_v1alpha2::TrafficSplit::crd(), smi::split_v1alpha3::TrafficSplit::crd(), smi::split_v1alpha4::TrafficSplit::crd()],
+        vec![
+            smi::split_v1alpha1::TrafficSplit::crd(),
+            smi::split_v1alpha2::TrafficSplit::crd(),
+            smi::split_v1alpha3::TrafficSplit::crd(),
+            smi::split_v1alpha4::TrafficSplit::crd(),
+        ],
         "v1alpha2",
     ) {
         out.push(c);
     }
     if let Ok(c) = merge(
-        vec![smi::group_v1alpha1::HttpRouteGroup::crd(), smi::group_v1alpha2::HttpRouteGroup::crd(), smi::group_v1alpha3::HttpRouteGroup::crd(), smi::group_v1alpha4::HttpRouteGroup::crd()],
+        vec![
+            smi::group_v1alpha1::HttpRouteGroup::crd(),
+            smi::group_v1alpha2::HttpRouteGroup::crd(),
+            smi::group_v1alpha3::HttpRouteGroup::crd(),
+            smi::group_v1alpha4::HttpRouteGroup::crd(),
+        ],
         "v1alpha4",
     ) {
         out.push(c);
@@ -250,9 +399,13 @@ pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensi
 
 /// Render CRDs as one multi-document YAML stream.
 pub fn crds_yaml(gateway_api: bool) -> String {
-    let mut docs: Vec<serde_json::Value> = crds().iter().filter_map(|c| serde_json::to_value(c).ok()).collect();
+    let mut docs: Vec<serde_json::Value> = crds()
+        .iter()
+        .filter_map(|c| serde_json::to_value(c).ok())
+        .collect();
     if gateway_api {
-        docs = vec![serde_json::to_value(crate::model::GatewayHttpRoute::crd()).unwrap_or_default()];
+        docs =
+            vec![serde_json::to_value(crate::model::GatewayHttpRoute::crd()).unwrap_or_default()];
     }
     docs.iter()
         .map(|d| serde_saphyr::to_string(d).unwrap_or_default())

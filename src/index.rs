@@ -50,7 +50,8 @@ impl Index {
             Object::HttpRouteGroup(g) => {
                 self.groups.insert(nn, *g);
             }
-            Object::GatewayHttpRoute(_) | Object::LinkerdHttpRoute(_) | Object::TrafficSplit(_) => {}
+            Object::GatewayHttpRoute(_) | Object::LinkerdHttpRoute(_) | Object::TrafficSplit(_) => {
+            }
         }
         Ok(())
     }
@@ -78,11 +79,16 @@ impl Index {
     }
 
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
-        self.services.get(&(namespace.to_string(), name.to_string()))
+        self.services
+            .get(&(namespace.to_string(), name.to_string()))
     }
 
     /// EndpointSlices of a Service (`kubernetes.io/service-name` label), in name order.
-    pub fn slices_for<'a>(&'a self, namespace: &'a str, service: &'a str) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
+    pub fn slices_for<'a>(
+        &'a self,
+        namespace: &'a str,
+        service: &'a str,
+    ) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
         self.slices
             .range((namespace.to_string(), String::new())..)
             .take_while(move |((ns, _), _)| ns == namespace)

@@ -10,9 +10,11 @@
 //! `model`, `index`, `compile` and `table` are pure: no tokio, no sockets, no kube client.
 #![forbid(unsafe_code)]
 
-pub mod table;
-pub mod model;
+pub mod cli;
 pub mod compile;
 pub mod index;
+pub mod metrics;
+pub mod model;
+pub mod proxy;
 pub mod sources;
-pub mod cli;
+pub mod table;

@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "meshroute", version, about = "Routing engine for Kubernetes traffic shifting")]
+#[command(
+    name = "meshroute",
+    version,
+    about = "Routing engine for Kubernetes traffic shifting"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -67,7 +71,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Command::Explain { dir, host, path, method, headers } => {
+        Command::Explain {
+            dir,
+            host,
+            path,
+            method,
+            headers,
+        } => {
             let mut parsed = Vec::new();
             for h in headers {
                 match h.split_once(':') {
@@ -78,7 +88,12 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            let q = meshroute::cli::ExplainQuery { host, path, method, headers: parsed };
+            let q = meshroute::cli::ExplainQuery {
+                host,
+                path,
+                method,
+                headers: parsed,
+            };
             match meshroute::cli::explain(&dir, &q) {
                 Ok(text) => {
                     print!("{text}");

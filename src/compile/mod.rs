@@ -15,8 +15,9 @@ use k8s_openapi::api::core::v1::{Service, ServicePort};
 use crate::index::Index;
 use crate::model::ObjectKey;
 use crate::table::{
-    Backend, BackendTarget, Endpoint, EndpointLoad, Filter, Mirror, ParentPort, Protocol, RequestMatch, RouteRef,
-    RouteTable, Rule, ServiceBackend, WeightedBackends, DEFAULT_CLUSTER_DOMAIN,
+    Backend, BackendTarget, Endpoint, EndpointLoad, Filter, Mirror, ParentPort, Protocol,
+    RequestMatch, RouteRef, RouteTable, Rule, ServiceBackend, WeightedBackends,
+    DEFAULT_CLUSTER_DOMAIN,
 };
 use status::{condition, ParentStatus, RouteStatus, CONTROLLER_NAME};
 use validate::{is_core, AdmittedRoute, BackendRefSpec, FilterSpec, RouteKind, RuleSpec};
@@ -32,7 +33,9 @@ pub struct CompileOptions {
 
 impl Default for CompileOptions {
     fn default() -> Self {
-        CompileOptions { cluster_domain: DEFAULT_CLUSTER_DOMAIN.into() }
+        CompileOptions {
+            cluster_domain: DEFAULT_CLUSTER_DOMAIN.into(),
+        }
     }
 }
 
@@ -48,7 +51,12 @@ pub struct Compiled {
 /// load-aware balancing carries over a swap.
 pub fn compile(index: &Index, opts: &CompileOptions, prev: Option<&RouteTable>) -> Compiled {
     let loads = prev.map(|t| t.endpoint_loads()).unwrap_or_default();
-    let mut cx = Cx { index, loads, backends: HashMap::new(), endpoints: endpoints_by_service(index) };
+    let mut cx = Cx {
+        index,
+        loads,
+        backends: HashMap::new(),
+        endpoints: endpoints_by_service(index),
+    };
 
     // (parent ns, parent name, port) → matches collected from every accepted route.
     let mut buckets: BTreeMap<(String, String, u16), Vec<Entry>> = BTreeMap::new();
@@ -81,8 +89,18 @@ pub fn compile(index: &Index, opts: &CompileOptions, prev: Option<&RouteTable>) 
                 Ok(p) => p,
                 Err(msg) => {
                     conds.push(condition("Accepted", false, "NoMatchingParent", msg, g));
-                    conds.push(condition("ResolvedRefs", true, "ResolvedRefs", "not evaluated: parent not accepted", g));
-                    rs.parents.push(ParentStatus { parent_ref: parent.into(), controller_name: CONTROLLER_NAME, conditions: conds });
+                    conds.push(condition(
+                        "ResolvedRefs",
+                        true,
+                        "ResolvedRefs",
+                        "not evaluated: parent not accepted",
+                        g,
+                    ));
+                    rs.parents.push(ParentStatus {
+                        parent_ref: parent.into(),
+                        controller_name: CONTROLLER_NAME,
+                        conditions: conds,
+                    });
                     continue;
                 }
             };
@@ -92,19 +110,28 @@ pub fn compile(index: &Index, opts: &CompileOptions, prev: Option<&RouteTable>) 
             for port in &ports {
                 for (ri, rule) in rules.rules.iter().enumerate() {
                     let Some(rule) = rule else { continue };
-                    let compiled = cx.rule(route_ref.clone(), rules.index[ri], rule, *port, &mut problems);
+                    let compiled = cx.rule(
+                        route_ref.clone(),
+                        rules.index[ri],
+                        rule,
+                        *port,
+                        &mut problems,
+                    );
                     if *port == ports[0] {
                         kept += 1;
                     }
                     for (mi, m) in rule.matches.iter().enumerate() {
-                        buckets.entry((parent.namespace.clone(), parent.name.clone(), *port)).or_default().push(Entry {
-                            m: m.clone(),
-                            rule: compiled.clone(),
-                            created: route.created,
-                            key: key.clone(),
-                            rule_index: rules.index[ri],
-                            match_index: mi,
-                        });
+                        buckets
+                            .entry((parent.namespace.clone(), parent.name.clone(), *port))
+                            .or_default()
+                            .push(Entry {
+                                m: m.clone(),
+                                rule: compiled.clone(),
+                                created: route.created,
+                                key: key.clone(),
+                                rule_index: rules.index[ri],
+                                match_index: mi,
+                            });
                     }
                 }
             }
@@ -114,21 +141,57 @@ pub fn compile(index: &Index, opts: &CompileOptions, prev: Option<&RouteTable>) 
                 if dropped.is_empty() {
                     dropped.push("route has no rules".into());
                 }
-                conds.push(condition("Accepted", false, "UnsupportedValue", format!("no valid rules: {}", dropped.join("; ")), g));
+                conds.push(condition(
+                    "Accepted",
+                    false,
+                    "UnsupportedValue",
+                    format!("no valid rules: {}", dropped.join("; ")),
+                    g,
+                ));
             } else {
-                conds.push(condition("Accepted", true, "Accepted", "route accepted by meshroute", g));
+                conds.push(condition(
+                    "Accepted",
+                    true,
+                    "Accepted",
+                    "route accepted by meshroute",
+                    g,
+                ));
             }
             if problems.is_empty() {
-                conds.push(condition("ResolvedRefs", true, "ResolvedRefs", "all references resolved", g));
+                conds.push(condition(
+                    "ResolvedRefs",
+                    true,
+                    "ResolvedRefs",
+                    "all references resolved",
+                    g,
+                ));
             } else {
-                let reason = if problems.iter().any(|(r, _)| *r == "InvalidKind") { "InvalidKind" } else { problems[0].0 };
-                let msg = problems.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>().join("; ");
+                let reason = if problems.iter().any(|(r, _)| *r == "InvalidKind") {
+                    "InvalidKind"
+                } else {
+                    problems[0].0
+                };
+                let msg = problems
+                    .iter()
+                    .map(|(_, m)| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ");
                 conds.push(condition("ResolvedRefs", false, reason, msg, g));
             }
             if kept > 0 && !dropped.is_empty() {
-                conds.push(condition("PartiallyInvalid", true, "UnsupportedValue", format!("rules dropped: {}", dropped.join("; ")), g));
+                conds.push(condition(
+                    "PartiallyInvalid",
+                    true,
+                    "UnsupportedValue",
+                    format!("rules dropped: {}", dropped.join("; ")),
+                    g,
+                ));
             }
-            rs.parents.push(ParentStatus { parent_ref: parent.into(), controller_name: CONTROLLER_NAME, conditions: conds });
+            rs.parents.push(ParentStatus {
+                parent_ref: parent.into(),
+                controller_name: CONTROLLER_NAME,
+                conditions: conds,
+            });
         }
         statuses.push(rs);
     }
@@ -140,8 +203,16 @@ pub fn compile(index: &Index, opts: &CompileOptions, prev: Option<&RouteTable>) 
         if service_type(svc) == "ExternalName" {
             continue;
         }
-        for sp in svc.spec.as_ref().and_then(|s| s.ports.as_ref()).into_iter().flatten() {
-            let Ok(port) = u16::try_from(sp.port) else { continue };
+        for sp in svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.as_ref())
+            .into_iter()
+            .flatten()
+        {
+            let Ok(port) = u16::try_from(sp.port) else {
+                continue;
+            };
             let entries = buckets.remove(&(ns.clone(), name.clone(), port));
             let matches = match entries {
                 Some(mut entries) => {
@@ -155,13 +226,22 @@ pub fn compile(index: &Index, opts: &CompileOptions, prev: Option<&RouteTable>) 
                         route: None,
                         index: 0,
                         filters: vec![],
-                        backends: WeightedBackends::new(vec![Backend { weight: 1, target, filters: vec![] }]),
+                        backends: WeightedBackends::new(vec![Backend {
+                            weight: 1,
+                            target,
+                            filters: vec![],
+                        }]),
                         timeouts: Default::default(),
                     };
                     vec![(RequestMatch::default(), Arc::new(rule))]
                 }
             };
-            table.insert_parent(ParentPort { namespace: ns.as_str().into(), name: name.as_str().into(), port, matches });
+            table.insert_parent(ParentPort {
+                namespace: ns.as_str().into(),
+                name: name.as_str().into(),
+                port,
+                matches,
+            });
         }
     }
     Compiled { table, statuses }
@@ -182,7 +262,11 @@ impl Entry {
     /// group is a last resort so two kinds with the same name still order deterministically.
     fn cmp(a: &Entry, b: &Entry) -> std::cmp::Ordering {
         a.m.precedence(&b.m)
-            .then_with(|| a.created.unwrap_or(i64::MAX).cmp(&b.created.unwrap_or(i64::MAX)))
+            .then_with(|| {
+                a.created
+                    .unwrap_or(i64::MAX)
+                    .cmp(&b.created.unwrap_or(i64::MAX))
+            })
             .then_with(|| a.key.namespace.cmp(&b.key.namespace))
             .then_with(|| a.key.name.cmp(&b.key.name))
             .then_with(|| a.key.group.cmp(b.key.group))
@@ -200,7 +284,11 @@ struct ExpandedRules {
 }
 
 fn expand_rules(index: &Index, route: &AdmittedRoute) -> ExpandedRules {
-    let mut out = ExpandedRules { rules: vec![], index: vec![], dropped: vec![] };
+    let mut out = ExpandedRules {
+        rules: vec![],
+        index: vec![],
+        dropped: vec![],
+    };
     for (i, rule) in route.rules.iter().enumerate() {
         let unsupported: Vec<&str> = rule
             .filters
@@ -212,7 +300,10 @@ fn expand_rules(index: &Index, route: &AdmittedRoute) -> ExpandedRules {
             })
             .collect();
         if !unsupported.is_empty() {
-            out.dropped.push(format!("spec.rules[{i}]: filter {} is not supported", unsupported.join(", ")));
+            out.dropped.push(format!(
+                "spec.rules[{i}]: filter {} is not supported",
+                unsupported.join(", ")
+            ));
             out.rules.push(None);
         } else {
             out.rules.push(Some(rule.clone()));
@@ -224,7 +315,10 @@ fn expand_rules(index: &Index, route: &AdmittedRoute) -> ExpandedRules {
         let mut matches = Vec::new();
         for g in &route.smi_groups {
             match index.groups.get(&(route.namespace.clone(), g.clone())) {
-                None => out.dropped.push(format!("spec.matches: HTTPRouteGroup {}/{g} not found", route.namespace)),
+                None => out.dropped.push(format!(
+                    "spec.matches: HTTPRouteGroup {}/{g} not found",
+                    route.namespace
+                )),
                 Some(group) => {
                     for entry in &group.spec.matches {
                         match validate::group_matches(group, entry) {
@@ -232,7 +326,10 @@ fn expand_rules(index: &Index, route: &AdmittedRoute) -> ExpandedRules {
                             Err(errs) => out.dropped.push(format!(
                                 "HTTPRouteGroup {}/{g}: {}",
                                 route.namespace,
-                                errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+                                errs.iter()
+                                    .map(|e| e.to_string())
+                                    .collect::<Vec<_>>()
+                                    .join("; ")
                             )),
                         }
                     }
@@ -265,30 +362,52 @@ fn expand_rules(index: &Index, route: &AdmittedRoute) -> ExpandedRules {
 }
 
 fn service_type(svc: &Service) -> &str {
-    svc.spec.as_ref().and_then(|s| s.type_.as_deref()).unwrap_or("ClusterIP")
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.type_.as_deref())
+        .unwrap_or("ClusterIP")
 }
 
 fn service_ports(svc: &Service) -> &[ServicePort] {
-    svc.spec.as_ref().and_then(|s| s.ports.as_deref()).unwrap_or_default()
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.ports.as_deref())
+        .unwrap_or_default()
 }
 
 /// The ports of a parent Service a parentRef binds to, or why it binds to none.
-fn parent_ports(index: &Index, ns: &str, name: &str, port: Option<u16>) -> Result<Vec<u16>, String> {
+fn parent_ports(
+    index: &Index,
+    ns: &str,
+    name: &str,
+    port: Option<u16>,
+) -> Result<Vec<u16>, String> {
     let Some(svc) = index.service(ns, name) else {
         return Err(format!("Service {ns}/{name} not found"));
     };
     if service_type(svc) == "ExternalName" {
-        return Err(format!("Service {ns}/{name} is of type ExternalName and cannot be a parent"));
+        return Err(format!(
+            "Service {ns}/{name} is of type ExternalName and cannot be a parent"
+        ));
     }
     if svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some("None") {
-        return Err(format!("Service {ns}/{name} is headless (clusterIP: None) and cannot be a parent"));
+        return Err(format!(
+            "Service {ns}/{name} is headless (clusterIP: None) and cannot be a parent"
+        ));
     }
-    let ports: Vec<u16> = service_ports(svc).iter().filter_map(|p| u16::try_from(p.port).ok()).collect();
+    let ports: Vec<u16> = service_ports(svc)
+        .iter()
+        .filter_map(|p| u16::try_from(p.port).ok())
+        .collect();
     match port {
         Some(p) if ports.contains(&p) => Ok(vec![p]),
         Some(p) => Err(format!(
             "Service {ns}/{name} has no port {p} (ports: {})",
-            ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+            ports
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
         None if ports.is_empty() => Err(format!("Service {ns}/{name} has no ports")),
         None => Ok(ports),
@@ -306,20 +425,35 @@ struct ServiceEndpoints {
 fn endpoints_by_service(index: &Index) -> HashMap<(String, String), ServiceEndpoints> {
     let mut out: HashMap<(String, String), ServiceEndpoints> = HashMap::new();
     for ((ns, _), slice) in &index.slices {
-        let Some(svc) = slice.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")) else {
+        let Some(svc) = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("kubernetes.io/service-name"))
+        else {
             continue;
         };
         let e = out.entry((ns.clone(), svc.clone())).or_default();
-        if let Some(fq) = slice.metadata.annotations.as_ref().and_then(|a| a.get(REMOTE_FQ_NAME)) {
+        if let Some(fq) = slice
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(REMOTE_FQ_NAME))
+        {
             e.remote_fq_name = Some(fq.clone());
         }
         for ep in &slice.endpoints {
             let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
             for addr in &ep.addresses {
-                let Ok(ip) = addr.parse::<IpAddr>() else { continue };
+                let Ok(ip) = addr.parse::<IpAddr>() else {
+                    continue;
+                };
                 for p in slice.ports.iter().flatten() {
-                    let Some(port) = p.port.and_then(|p| u16::try_from(p).ok()) else { continue };
-                    e.entries.push((p.name.clone().unwrap_or_default(), port, ip, ready));
+                    let Some(port) = p.port.and_then(|p| u16::try_from(p).ok()) else {
+                        continue;
+                    };
+                    e.entries
+                        .push((p.name.clone().unwrap_or_default(), port, ip, ready));
                 }
             }
         }
@@ -330,17 +464,30 @@ fn endpoints_by_service(index: &Index) -> HashMap<(String, String), ServiceEndpo
             continue; // EndpointSlices win, as they do for kube-proxy.
         }
         let e = out.entry(key).or_default();
-        if let Some(fq) = eps.metadata.annotations.as_ref().and_then(|a| a.get(REMOTE_FQ_NAME)) {
+        if let Some(fq) = eps
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(REMOTE_FQ_NAME))
+        {
             e.remote_fq_name = Some(fq.clone());
         }
         for subset in eps.subsets.iter().flatten() {
-            let lists = [(subset.addresses.as_ref(), true), (subset.not_ready_addresses.as_ref(), false)];
+            let lists = [
+                (subset.addresses.as_ref(), true),
+                (subset.not_ready_addresses.as_ref(), false),
+            ];
             for (addrs, ready) in lists {
                 for a in addrs.into_iter().flatten() {
-                    let Ok(ip) = a.ip.parse::<IpAddr>() else { continue };
+                    let Ok(ip) = a.ip.parse::<IpAddr>() else {
+                        continue;
+                    };
                     for p in subset.ports.iter().flatten() {
-                        let Ok(port) = u16::try_from(p.port) else { continue };
-                        e.entries.push((p.name.clone().unwrap_or_default(), port, ip, ready));
+                        let Ok(port) = u16::try_from(p.port) else {
+                            continue;
+                        };
+                        e.entries
+                            .push((p.name.clone().unwrap_or_default(), port, ip, ready));
                     }
                 }
             }
@@ -381,16 +528,37 @@ impl Cx<'_> {
                 Backend { weight: b.weight, target, filters: self.filters(&b.filters, parent_port, problems) }
             })
             .collect();
-        Arc::new(Rule { route: Some(route), index, filters, backends: WeightedBackends::new(backends), timeouts: spec.timeouts })
+        Arc::new(Rule {
+            route: Some(route),
+            index,
+            filters,
+            backends: WeightedBackends::new(backends),
+            timeouts: spec.timeouts,
+        })
     }
 
-    fn filters(&mut self, specs: &[FilterSpec], parent_port: u16, problems: &mut Vec<(&'static str, String)>) -> Vec<Filter> {
+    fn filters(
+        &mut self,
+        specs: &[FilterSpec],
+        parent_port: u16,
+        problems: &mut Vec<(&'static str, String)>,
+    ) -> Vec<Filter> {
         specs
             .iter()
             .filter_map(|f| match f {
                 FilterSpec::Ready(f) => Some(f.clone()),
-                FilterSpec::Mirror { backend, numerator, denominator } => {
-                    match self.backend(&backend.namespace, &backend.name, backend.port, parent_port, problems) {
+                FilterSpec::Mirror {
+                    backend,
+                    numerator,
+                    denominator,
+                } => {
+                    match self.backend(
+                        &backend.namespace,
+                        &backend.name,
+                        backend.port,
+                        parent_port,
+                        problems,
+                    ) {
                         BackendTarget::Service(svc) => Some(Filter::RequestMirror(Mirror {
                             backend: svc,
                             numerator: *numerator,
@@ -424,24 +592,45 @@ impl Cx<'_> {
             Ok(b) => BackendTarget::Service(b.clone()),
             Err((reason, msg)) => {
                 problems.push((reason, msg.clone()));
-                BackendTarget::Invalid { reason: msg.clone() }
+                BackendTarget::Invalid {
+                    reason: msg.clone(),
+                }
             }
         }
     }
 
-    fn resolve(&mut self, ns: &str, name: &str, port: u16) -> Result<Arc<ServiceBackend>, (&'static str, String)> {
+    fn resolve(
+        &mut self,
+        ns: &str,
+        name: &str,
+        port: u16,
+    ) -> Result<Arc<ServiceBackend>, (&'static str, String)> {
         let Some(svc) = self.index.service(ns, name) else {
-            return Err(("BackendNotFound", format!("backend Service {ns}/{name} not found")));
+            return Err((
+                "BackendNotFound",
+                format!("backend Service {ns}/{name} not found"),
+            ));
         };
         if service_type(svc) == "ExternalName" {
             return Err(("InvalidKind", format!("backend Service {ns}/{name} is of type ExternalName, which meshroute does not forward to")));
         }
-        let Some(sp) = service_ports(svc).iter().find(|p| p.port == i32::from(port)) else {
-            return Err(("BackendNotFound", format!("backend Service {ns}/{name} has no port {port}")));
+        let Some(sp) = service_ports(svc)
+            .iter()
+            .find(|p| p.port == i32::from(port))
+        else {
+            return Err((
+                "BackendNotFound",
+                format!("backend Service {ns}/{name} has no port {port}"),
+            ));
         };
         let labels = svc.metadata.labels.as_ref();
-        let mirrored = labels.and_then(|l| l.get(MIRRORED_LABEL)).is_some_and(|v| v == "true");
-        let cluster = labels.and_then(|l| l.get(CLUSTER_LABEL)).filter(|_| mirrored).map(|c| Arc::<str>::from(c.as_str()));
+        let mirrored = labels
+            .and_then(|l| l.get(MIRRORED_LABEL))
+            .is_some_and(|v| v == "true");
+        let cluster = labels
+            .and_then(|l| l.get(CLUSTER_LABEL))
+            .filter(|_| mirrored)
+            .map(|c| Arc::<str>::from(c.as_str()));
         let port_name = sp.name.clone().unwrap_or_default();
         let eps = self.endpoints.get(&(ns.to_string(), name.to_string()));
         let mut endpoints: Vec<Endpoint> = Vec::new();
@@ -455,13 +644,26 @@ impl Cx<'_> {
                 continue;
             }
             let load = self.loads.entry(addr).or_default().clone();
-            endpoints.push(Endpoint { addr, ready: *ready, load });
+            endpoints.push(Endpoint {
+                addr,
+                ready: *ready,
+                load,
+            });
         }
         endpoints.sort_by_key(|e| e.addr);
-        let ready = endpoints.iter().enumerate().filter(|(_, e)| e.ready).map(|(i, _)| i).collect();
-        let remote = eps
-            .and_then(|e| e.remote_fq_name.clone())
-            .or_else(|| svc.metadata.annotations.as_ref().and_then(|a| a.get(REMOTE_FQ_NAME)).cloned());
+        let ready = endpoints
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.ready)
+            .map(|(i, _)| i)
+            .collect();
+        let remote = eps.and_then(|e| e.remote_fq_name.clone()).or_else(|| {
+            svc.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(REMOTE_FQ_NAME))
+                .cloned()
+        });
         let authority = remote.and_then(|fq| HeaderValue::from_str(&format!("{fq}:{port}")).ok());
         let protocol = match sp.app_protocol.as_deref() {
             Some("kubernetes.io/h2c" | "h2c") => Protocol::H2c,
@@ -479,3 +681,6 @@ impl Cx<'_> {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -56,7 +56,11 @@ pub struct RouteStatus {
 impl RouteStatus {
     /// Accepted=True on every parent (and at least one parent).
     pub fn accepted(&self) -> bool {
-        !self.parents.is_empty() && self.parents.iter().all(|p| p.condition("Accepted").is_some_and(|c| c.status == "True"))
+        !self.parents.is_empty()
+            && self
+                .parents
+                .iter()
+                .all(|p| p.condition("Accepted").is_some_and(|c| c.status == "True"))
     }
 
     /// One-line summary of every condition that is not as it should be (empty when healthy).
@@ -69,7 +73,10 @@ impl RouteStatus {
                     _ => c.status != "True",
                 };
                 if bad {
-                    out.push(format!("parent {}: {}={} ({}): {}", p.parent_ref.name, c.type_, c.status, c.reason, c.message));
+                    out.push(format!(
+                        "parent {}: {}={} ({}): {}",
+                        p.parent_ref.name, c.type_, c.status, c.reason, c.message
+                    ));
                 }
             }
         }

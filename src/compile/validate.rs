@@ -197,18 +197,29 @@ fn admit_httproute(
     route.kind = kind;
     let parents = spec.parent_refs.as_deref().unwrap_or_default();
     if parents.len() > 32 {
-        errors.push(err("spec.parentRefs", format!("{} items, at most 32 allowed", parents.len())));
+        errors.push(err(
+            "spec.parentRefs",
+            format!("{} items, at most 32 allowed", parents.len()),
+        ));
     }
     for (i, p) in parents.iter().enumerate() {
         let f = format!("spec.parentRefs[{i}]");
         if p.name.is_empty() {
             errors.push(err(format!("{f}.name"), "required"));
         }
-        let port = p.port.and_then(|port| check_port(port, &format!("{f}.port"), errors));
+        let port = p
+            .port
+            .and_then(|port| check_port(port, &format!("{f}.port"), errors));
         route.parents.push(ParentRefSpec {
-            group: p.group.clone().unwrap_or_else(|| model::GATEWAY_GROUP.into()),
+            group: p
+                .group
+                .clone()
+                .unwrap_or_else(|| model::GATEWAY_GROUP.into()),
             kind: p.kind.clone().unwrap_or_else(|| "Gateway".into()),
-            namespace: p.namespace.clone().unwrap_or_else(|| route.namespace.clone()),
+            namespace: p
+                .namespace
+                .clone()
+                .unwrap_or_else(|| route.namespace.clone()),
             name: p.name.clone(),
             port,
             section_name: p.section_name.clone(),
@@ -216,15 +227,25 @@ fn admit_httproute(
     }
     for (i, h) in spec.hostnames.iter().flatten().enumerate() {
         if h.is_empty() || h.len() > 253 || h.contains(':') {
-            errors.push(err(format!("spec.hostnames[{i}]"), format!("{h:?} is not a valid hostname")));
+            errors.push(err(
+                format!("spec.hostnames[{i}]"),
+                format!("{h:?} is not a valid hostname"),
+            ));
         }
     }
     let rules = spec.rules.as_deref().unwrap_or_default();
     if rules.len() > 16 {
-        errors.push(err("spec.rules", format!("{} items, at most 16 allowed", rules.len())));
+        errors.push(err(
+            "spec.rules",
+            format!("{} items, at most 16 allowed", rules.len()),
+        ));
     }
     let default_rule = [gw::HttpRouteRules::default()];
-    let rules = if rules.is_empty() { &default_rule[..] } else { rules };
+    let rules = if rules.is_empty() {
+        &default_rule[..]
+    } else {
+        rules
+    };
     for (i, rule) in rules.iter().enumerate() {
         let f = format!("spec.rules[{i}]");
         let before = errors.len();
@@ -245,7 +266,10 @@ fn admit_rule(
 ) -> RuleSpec {
     let raw_matches = rule.matches.as_deref().unwrap_or_default();
     if raw_matches.len() > 64 {
-        errors.push(err(format!("{f}.matches"), format!("{} items, at most 64 allowed", raw_matches.len())));
+        errors.push(err(
+            format!("{f}.matches"),
+            format!("{} items, at most 64 allowed", raw_matches.len()),
+        ));
     }
     let mut matches: Vec<RequestMatch> = raw_matches
         .iter()
@@ -259,15 +283,24 @@ fn admit_rule(
     let filters = admit_filters(
         &format!("{f}.filters"),
         namespace,
-        rule.filters.as_deref().unwrap_or_default().iter().map(RawFilter::from_rule),
+        rule.filters
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(RawFilter::from_rule),
         errors,
     );
-    let has_prefix_match = matches.iter().all(|m| matches!(m.path, PathMatch::Prefix(_)));
+    let has_prefix_match = matches
+        .iter()
+        .all(|m| matches!(m.path, PathMatch::Prefix(_)));
     check_filter_combination(f, &filters, has_prefix_match, errors);
 
     let refs = rule.backend_refs.as_deref().unwrap_or_default();
     if refs.len() > 16 {
-        errors.push(err(format!("{f}.backendRefs"), format!("{} items, at most 16 allowed", refs.len())));
+        errors.push(err(
+            format!("{f}.backendRefs"),
+            format!("{} items, at most 16 allowed", refs.len()),
+        ));
     }
     let has_redirect = filters
         .iter()
@@ -285,15 +318,28 @@ fn admit_rule(
             None => 1,
             Some(w) if (0..=MAX_WEIGHT).contains(&i64::from(w)) => w as u32,
             Some(w) => {
-                errors.push(err(format!("{bf}.weight"), format!("{w} is out of range 0..=1000000")));
+                errors.push(err(
+                    format!("{bf}.weight"),
+                    format!("{w} is out of range 0..=1000000"),
+                ));
                 0
             }
         };
-        let port = b.port.and_then(|p| check_port(p, &format!("{bf}.port"), errors));
+        let port = b
+            .port
+            .and_then(|p| check_port(p, &format!("{bf}.port"), errors));
         let group = b.group.clone().unwrap_or_default();
         let bkind = b.kind.clone().unwrap_or_else(|| "Service".into());
-        if kind == RouteKind::Gateway && port.is_none() && b.port.is_none() && is_core(&group) && bkind == "Service" {
-            errors.push(err(format!("{bf}.port"), "required when referring to a Service"));
+        if kind == RouteKind::Gateway
+            && port.is_none()
+            && b.port.is_none()
+            && is_core(&group)
+            && bkind == "Service"
+        {
+            errors.push(err(
+                format!("{bf}.port"),
+                "required when referring to a Service",
+            ));
         }
         if b.name.is_empty() {
             errors.push(err(format!("{bf}.name"), "required"));
@@ -301,7 +347,11 @@ fn admit_rule(
         let bfilters = admit_filters(
             &format!("{bf}.filters"),
             namespace,
-            b.filters.as_deref().unwrap_or_default().iter().map(RawFilter::from_backend),
+            b.filters
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .map(RawFilter::from_backend),
             errors,
         );
         check_filter_combination(&bf, &bfilters, has_prefix_match, errors);
@@ -347,16 +397,17 @@ fn admit_timeouts(
     let Some(t) = t else {
         return Timeouts::default();
     };
-    let parse = |field: &str, v: &Option<String>, errors: &mut Vec<FieldError>| -> Option<Duration> {
-        let v = v.as_deref()?;
-        match parse_duration(v) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                errors.push(err(format!("{f}.{field}"), e));
-                None
+    let parse =
+        |field: &str, v: &Option<String>, errors: &mut Vec<FieldError>| -> Option<Duration> {
+            let v = v.as_deref()?;
+            match parse_duration(v) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    errors.push(err(format!("{f}.{field}"), e));
+                    None
+                }
             }
-        }
-    };
+        };
     let request = parse("request", &t.request, errors);
     let backend = parse("backendRequest", &t.backend_request, errors);
     if let (Some(r), Some(b)) = (request, backend) {
@@ -420,40 +471,77 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn compile_regex(field: &str, pattern: &str, errors: &mut Vec<FieldError>) -> Option<Regex> {
     if pattern.len() > REGEX_MAX_LEN {
-        errors.push(err(field, format!("regex is {} bytes long, at most {REGEX_MAX_LEN} allowed", pattern.len())));
+        errors.push(err(
+            field,
+            format!(
+                "regex is {} bytes long, at most {REGEX_MAX_LEN} allowed",
+                pattern.len()
+            ),
+        ));
         return None;
     }
-    match RegexBuilder::new(pattern).size_limit(REGEX_SIZE_LIMIT).build() {
+    match RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+    {
         Ok(r) => Some(r),
         Err(e) => {
-            let first = e.to_string().lines().last().unwrap_or_default().trim().to_string();
-            errors.push(err(field, format!("{pattern:?} is not a valid regular expression: {first}")));
+            let first = e
+                .to_string()
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            errors.push(err(
+                field,
+                format!("{pattern:?} is not a valid regular expression: {first}"),
+            ));
             None
         }
     }
 }
 
-fn admit_match(f: &str, m: &gw::HttpRouteRulesMatches, errors: &mut Vec<FieldError>) -> Option<RequestMatch> {
+fn admit_match(
+    f: &str,
+    m: &gw::HttpRouteRulesMatches,
+    errors: &mut Vec<FieldError>,
+) -> Option<RequestMatch> {
     let before = errors.len();
     let path = match &m.path {
         None => PathMatch::Prefix("/".into()),
         Some(p) => {
             let value = p.value.clone().unwrap_or_else(|| "/".into());
-            match p.r#type.clone().unwrap_or(gw::HttpRouteRulesMatchesPathType::PathPrefix) {
+            match p
+                .r#type
+                .clone()
+                .unwrap_or(gw::HttpRouteRulesMatchesPathType::PathPrefix)
+            {
                 gw::HttpRouteRulesMatchesPathType::RegularExpression => {
-                    compile_regex(&format!("{f}.path.value"), &value, errors).map(PathMatch::Regex)?
+                    compile_regex(&format!("{f}.path.value"), &value, errors)
+                        .map(PathMatch::Regex)?
                 }
                 t => {
                     if !value.starts_with('/') {
-                        errors.push(err(format!("{f}.path.value"), format!("{value:?} must start with '/'")));
+                        errors.push(err(
+                            format!("{f}.path.value"),
+                            format!("{value:?} must start with '/'"),
+                        ));
                     } else if value.contains("//") || value.contains('?') || value.contains('#') {
-                        errors.push(err(format!("{f}.path.value"), format!("{value:?} must not contain '//', '?' or '#'")));
+                        errors.push(err(
+                            format!("{f}.path.value"),
+                            format!("{value:?} must not contain '//', '?' or '#'"),
+                        ));
                     }
                     if t == gw::HttpRouteRulesMatchesPathType::Exact {
                         PathMatch::Exact(value)
                     } else {
                         let trimmed = value.trim_end_matches('/');
-                        PathMatch::Prefix(if trimmed.is_empty() { "/".into() } else { trimmed.into() })
+                        PathMatch::Prefix(if trimmed.is_empty() {
+                            "/".into()
+                        } else {
+                            trimmed.into()
+                        })
                     }
                 }
             }
@@ -462,7 +550,10 @@ fn admit_match(f: &str, m: &gw::HttpRouteRulesMatches, errors: &mut Vec<FieldErr
     let method = m.method.as_ref().map(|m| {
         serde_json::to_value(m)
             .ok()
-            .and_then(|v| v.as_str().and_then(|s| Method::from_bytes(s.as_bytes()).ok()))
+            .and_then(|v| {
+                v.as_str()
+                    .and_then(|s| Method::from_bytes(s.as_bytes()).ok())
+            })
             .unwrap_or(Method::GET)
     });
     let mut headers = Vec::new();
@@ -470,11 +561,17 @@ fn admit_match(f: &str, m: &gw::HttpRouteRulesMatches, errors: &mut Vec<FieldErr
     for (k, h) in m.headers.iter().flatten().enumerate() {
         let hf = format!("{f}.headers[{k}]");
         let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
-            errors.push(err(format!("{hf}.name"), format!("{:?} is not a valid header name", h.name)));
+            errors.push(err(
+                format!("{hf}.name"),
+                format!("{:?} is not a valid header name", h.name),
+            ));
             continue;
         };
         if !seen.insert(name.as_str().to_string()) {
-            errors.push(err(format!("{hf}.name"), format!("{:?} is matched twice (names are case-insensitive)", h.name)));
+            errors.push(err(
+                format!("{hf}.name"),
+                format!("{:?} is matched twice (names are case-insensitive)", h.name),
+            ));
         }
         let value = match h.r#type {
             Some(gw::HttpRouteRulesMatchesHeadersType::RegularExpression) => {
@@ -503,9 +600,17 @@ fn admit_match(f: &str, m: &gw::HttpRouteRulesMatches, errors: &mut Vec<FieldErr
             }
             _ => ValueMatch::Exact(q.value.clone()),
         };
-        query.push(QueryMatch { name: q.name.clone(), value });
+        query.push(QueryMatch {
+            name: q.name.clone(),
+            value,
+        });
     }
-    (errors.len() == before).then_some(RequestMatch { path, method, headers, query })
+    (errors.len() == before).then_some(RequestMatch {
+        path,
+        method,
+        headers,
+        query,
+    })
 }
 
 /// Rule-level and backend-level filters have the same shape in JSON; read both through JSON
@@ -539,8 +644,14 @@ fn header_modifier(
             let value = HeaderValue::from_str(&v);
             match (name, value) {
                 (Ok(n), Ok(v)) => out.push((n, v)),
-                (Err(_), _) => errors.push(err(format!("{f}.{kind}[{i}].name"), format!("{n:?} is not a valid header name"))),
-                (_, Err(_)) => errors.push(err(format!("{f}.{kind}[{i}].value"), format!("{v:?} is not a valid header value"))),
+                (Err(_), _) => errors.push(err(
+                    format!("{f}.{kind}[{i}].name"),
+                    format!("{n:?} is not a valid header name"),
+                )),
+                (_, Err(_)) => errors.push(err(
+                    format!("{f}.{kind}[{i}].value"),
+                    format!("{v:?} is not a valid header value"),
+                )),
             }
         }
         out
@@ -551,10 +662,17 @@ fn header_modifier(
     for (i, n) in remove.iter().enumerate() {
         match HeaderName::from_bytes(n.as_bytes()) {
             Ok(n) => rm.push(n),
-            Err(_) => errors.push(err(format!("{f}.remove[{i}]"), format!("{n:?} is not a valid header name"))),
+            Err(_) => errors.push(err(
+                format!("{f}.remove[{i}]"),
+                format!("{n:?} is not a valid header name"),
+            )),
         }
     }
-    HeaderModifier { set, add, remove: rm }
+    HeaderModifier {
+        set,
+        add,
+        remove: rm,
+    }
 }
 
 fn path_modifier(
@@ -564,7 +682,11 @@ fn path_modifier(
     is_full: bool,
     errors: &mut Vec<FieldError>,
 ) -> Option<PathModifier> {
-    let (value, field) = if is_full { (full, "replaceFullPath") } else { (prefix, "replacePrefixMatch") };
+    let (value, field) = if is_full {
+        (full, "replaceFullPath")
+    } else {
+        (prefix, "replacePrefixMatch")
+    };
     match value {
         Some(v) if v.starts_with('/') => Some(if is_full {
             PathModifier::ReplaceFullPath(v.clone())
@@ -572,7 +694,10 @@ fn path_modifier(
             PathModifier::ReplacePrefixMatch(v.clone())
         }),
         Some(v) => {
-            errors.push(err(format!("{f}.{field}"), format!("{v:?} must start with '/'")));
+            errors.push(err(
+                format!("{f}.{field}"),
+                format!("{v:?} must start with '/'"),
+            ));
             None
         }
         None => {
@@ -599,28 +724,65 @@ fn admit_filters(
                 continue;
             }
         };
-        let missing = |field: &str| err(format!("{ff}.{field}"), format!("required when type is {:?}", filter.r#type));
+        let missing = |field: &str| {
+            err(
+                format!("{ff}.{field}"),
+                format!("required when type is {:?}", filter.r#type),
+            )
+        };
         let spec = match filter.r#type {
             T::RequestHeaderModifier | T::ResponseHeaderModifier => {
                 let request = filter.r#type == T::RequestHeaderModifier;
                 let (field, m) = if request {
-                    ("requestHeaderModifier", filter.request_header_modifier.as_ref().map(|m| {
-                        (m.set.iter().flatten().map(|h| (h.name.clone(), h.value.clone())).collect::<Vec<_>>(),
-                         m.add.iter().flatten().map(|h| (h.name.clone(), h.value.clone())).collect::<Vec<_>>(),
-                         m.remove.clone().unwrap_or_default())
-                    }))
+                    (
+                        "requestHeaderModifier",
+                        filter.request_header_modifier.as_ref().map(|m| {
+                            (
+                                m.set
+                                    .iter()
+                                    .flatten()
+                                    .map(|h| (h.name.clone(), h.value.clone()))
+                                    .collect::<Vec<_>>(),
+                                m.add
+                                    .iter()
+                                    .flatten()
+                                    .map(|h| (h.name.clone(), h.value.clone()))
+                                    .collect::<Vec<_>>(),
+                                m.remove.clone().unwrap_or_default(),
+                            )
+                        }),
+                    )
                 } else {
-                    ("responseHeaderModifier", filter.response_header_modifier.as_ref().map(|m| {
-                        (m.set.iter().flatten().map(|h| (h.name.clone(), h.value.clone())).collect::<Vec<_>>(),
-                         m.add.iter().flatten().map(|h| (h.name.clone(), h.value.clone())).collect::<Vec<_>>(),
-                         m.remove.clone().unwrap_or_default())
-                    }))
+                    (
+                        "responseHeaderModifier",
+                        filter.response_header_modifier.as_ref().map(|m| {
+                            (
+                                m.set
+                                    .iter()
+                                    .flatten()
+                                    .map(|h| (h.name.clone(), h.value.clone()))
+                                    .collect::<Vec<_>>(),
+                                m.add
+                                    .iter()
+                                    .flatten()
+                                    .map(|h| (h.name.clone(), h.value.clone()))
+                                    .collect::<Vec<_>>(),
+                                m.remove.clone().unwrap_or_default(),
+                            )
+                        }),
+                    )
                 };
                 let Some((set, add, remove)) = m else {
                     errors.push(missing(field));
                     continue;
                 };
-                let hm = header_modifier(&format!("{ff}.{field}"), set.into_iter(), add.into_iter(), &remove, errors);
+                let hm = header_modifier(
+                    &format!("{ff}.{field}"),
+                    set.into_iter(),
+                    add.into_iter(),
+                    &remove,
+                    errors,
+                );
                 FilterSpec::Ready(if request {
                     Filter::RequestHeaderModifier(hm)
                 } else {
@@ -636,20 +798,37 @@ fn admit_filters(
                 let status = match r.status_code.unwrap_or(302) {
                     s @ (301 | 302 | 303 | 307 | 308) => s as u16,
                     s => {
-                        errors.push(err(format!("{rf}.statusCode"), format!("{s} is not one of 301, 302, 303, 307, 308")));
+                        errors.push(err(
+                            format!("{rf}.statusCode"),
+                            format!("{s} is not one of 301, 302, 303, 307, 308"),
+                        ));
                         continue;
                     }
                 };
-                let port = r.port.and_then(|p| check_port(p, &format!("{rf}.port"), errors));
+                let port = r
+                    .port
+                    .and_then(|p| check_port(p, &format!("{rf}.port"), errors));
                 let path = r.path.as_ref().and_then(|p| {
-                    path_modifier(&format!("{rf}.path"), &p.replace_full_path, &p.replace_prefix_match,
-                        p.r#type == gw::HttpRouteRulesFiltersRequestRedirectPathType::ReplaceFullPath, errors)
+                    path_modifier(
+                        &format!("{rf}.path"),
+                        &p.replace_full_path,
+                        &p.replace_prefix_match,
+                        p.r#type
+                            == gw::HttpRouteRulesFiltersRequestRedirectPathType::ReplaceFullPath,
+                        errors,
+                    )
                 });
                 let scheme = r.scheme.as_ref().map(|s| match s {
                     gw::HttpRouteRulesFiltersRequestRedirectScheme::Http => "http".to_string(),
                     gw::HttpRouteRulesFiltersRequestRedirectScheme::Https => "https".to_string(),
                 });
-                FilterSpec::Ready(Filter::RequestRedirect(Redirect { scheme, hostname: r.hostname.clone(), path, port, status }))
+                FilterSpec::Ready(Filter::RequestRedirect(Redirect {
+                    scheme,
+                    hostname: r.hostname.clone(),
+                    path,
+                    port,
+                    status,
+                }))
             }
             T::UrlRewrite => {
                 let Some(r) = &filter.url_rewrite else {
@@ -657,10 +836,18 @@ fn admit_filters(
                     continue;
                 };
                 let path = r.path.as_ref().and_then(|p| {
-                    path_modifier(&format!("{ff}.urlRewrite.path"), &p.replace_full_path, &p.replace_prefix_match,
-                        p.r#type == gw::HttpRouteRulesFiltersUrlRewritePathType::ReplaceFullPath, errors)
+                    path_modifier(
+                        &format!("{ff}.urlRewrite.path"),
+                        &p.replace_full_path,
+                        &p.replace_prefix_match,
+                        p.r#type == gw::HttpRouteRulesFiltersUrlRewritePathType::ReplaceFullPath,
+                        errors,
+                    )
                 });
-                FilterSpec::Ready(Filter::UrlRewrite(UrlRewrite { hostname: r.hostname.clone(), path }))
+                FilterSpec::Ready(Filter::UrlRewrite(UrlRewrite {
+                    hostname: r.hostname.clone(),
+                    path,
+                }))
             }
             T::RequestMirror => {
                 let Some(m) = &filter.request_mirror else {
@@ -678,11 +865,16 @@ fn admit_filters(
                     (None, None) => (100, 100),
                 };
                 if denominator <= 0 || numerator < 0 || numerator > denominator {
-                    errors.push(err(format!("{mf}.fraction"), format!("{numerator}/{denominator} is not a fraction between 0 and 1")));
+                    errors.push(err(
+                        format!("{mf}.fraction"),
+                        format!("{numerator}/{denominator} is not a fraction between 0 and 1"),
+                    ));
                     continue;
                 }
                 let b = &m.backend_ref;
-                let port = b.port.and_then(|p| check_port(p, &format!("{mf}.backendRef.port"), errors));
+                let port = b
+                    .port
+                    .and_then(|p| check_port(p, &format!("{mf}.backendRef.port"), errors));
                 FilterSpec::Mirror {
                     backend: BackendRefSpec {
                         group: b.group.clone().unwrap_or_default(),
@@ -706,7 +898,12 @@ fn admit_filters(
 }
 
 /// Gateway API CEL rules on filter lists.
-fn check_filter_combination(f: &str, filters: &[FilterSpec], prefix_matches_only: bool, errors: &mut Vec<FieldError>) {
+fn check_filter_combination(
+    f: &str,
+    filters: &[FilterSpec],
+    prefix_matches_only: bool,
+    errors: &mut Vec<FieldError>,
+) {
     let mut counts = std::collections::BTreeMap::new();
     for x in filters {
         let name = match x {
@@ -720,16 +917,29 @@ fn check_filter_combination(f: &str, filters: &[FilterSpec], prefix_matches_only
     }
     for (name, n) in &counts {
         if *n > 1 {
-            errors.push(err(format!("{f}.filters"), format!("{name} may appear at most once, found {n}")));
+            errors.push(err(
+                format!("{f}.filters"),
+                format!("{name} may appear at most once, found {n}"),
+            ));
         }
     }
     if counts.contains_key("RequestRedirect") && counts.contains_key("URLRewrite") {
-        errors.push(err(format!("{f}.filters"), "RequestRedirect and URLRewrite cannot be used together"));
+        errors.push(err(
+            format!("{f}.filters"),
+            "RequestRedirect and URLRewrite cannot be used together",
+        ));
     }
     let uses_prefix_replace = filters.iter().any(|x| {
-        matches!(x,
-            FilterSpec::Ready(Filter::UrlRewrite(UrlRewrite { path: Some(PathModifier::ReplacePrefixMatch(_)), .. }))
-            | FilterSpec::Ready(Filter::RequestRedirect(Redirect { path: Some(PathModifier::ReplacePrefixMatch(_)), .. })))
+        matches!(
+            x,
+            FilterSpec::Ready(Filter::UrlRewrite(UrlRewrite {
+                path: Some(PathModifier::ReplacePrefixMatch(_)),
+                ..
+            })) | FilterSpec::Ready(Filter::RequestRedirect(Redirect {
+                path: Some(PathModifier::ReplacePrefixMatch(_)),
+                ..
+            }))
+        )
     });
     if uses_prefix_replace && !prefix_matches_only {
         errors.push(err(
@@ -739,17 +949,37 @@ fn check_filter_combination(f: &str, filters: &[FilterSpec], prefix_matches_only
     }
 }
 
-fn admit_split(mut route: AdmittedRoute, t: &TrafficSplit, errors: &mut Vec<FieldError>) -> AdmittedRoute {
+fn admit_split(
+    mut route: AdmittedRoute,
+    t: &TrafficSplit,
+    errors: &mut Vec<FieldError>,
+) -> AdmittedRoute {
     route.kind = RouteKind::TrafficSplit;
-    let (service, backends, matches): (&str, Vec<(String, Result<u32, String>)>, Option<&Vec<smi::MatchRef>>) = match t {
+    let (service, backends, matches): (
+        &str,
+        Vec<(String, Result<u32, String>)>,
+        Option<&Vec<smi::MatchRef>>,
+    ) = match t {
         TrafficSplit::V1alpha1(t) => (
             &t.spec.service,
-            t.spec.backends.iter().map(|b| (b.service.clone(), quantity_weight(&b.weight))).collect(),
+            t.spec
+                .backends
+                .iter()
+                .map(|b| (b.service.clone(), quantity_weight(&b.weight)))
+                .collect(),
             None,
         ),
         TrafficSplit::V1alpha2(t) => (&t.spec.service, int_weights(&t.spec.backends), None),
-        TrafficSplit::V1alpha3(t) => (&t.spec.service, int_weights(&t.spec.backends), t.spec.matches.as_ref()),
-        TrafficSplit::V1alpha4(t) => (&t.spec.service, int_weights(&t.spec.backends), t.spec.matches.as_ref()),
+        TrafficSplit::V1alpha3(t) => (
+            &t.spec.service,
+            int_weights(&t.spec.backends),
+            t.spec.matches.as_ref(),
+        ),
+        TrafficSplit::V1alpha4(t) => (
+            &t.spec.service,
+            int_weights(&t.spec.backends),
+            t.spec.matches.as_ref(),
+        ),
     };
     if service.is_empty() {
         errors.push(err("spec.service", "required"));
@@ -787,7 +1017,10 @@ fn admit_split(mut route: AdmittedRoute, t: &TrafficSplit, errors: &mut Vec<Fiel
     }
     for (i, m) in matches.into_iter().flatten().enumerate() {
         if m.kind != "HTTPRouteGroup" {
-            errors.push(err(format!("spec.matches[{i}].kind"), format!("{:?} is not supported (expected HTTPRouteGroup)", m.kind)));
+            errors.push(err(
+                format!("spec.matches[{i}].kind"),
+                format!("{:?} is not supported (expected HTTPRouteGroup)", m.kind),
+            ));
         }
         route.smi_groups.push(m.name.clone());
     }
@@ -821,7 +1054,9 @@ pub fn quantity_weight(q: &smi::QuantityWeight) -> Result<u32, String> {
         smi::QuantityWeight::Str(s) => s.trim().to_string(),
     };
     let bad = || format!("{s:?} is not a valid quantity weight (expected e.g. 1, \"90\", 500m)");
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, suffix) = s.split_at(split);
     let milli_per_unit: f64 = match suffix {
         "m" => 1.0,
@@ -842,9 +1077,17 @@ pub fn quantity_weight(q: &smi::QuantityWeight) -> Result<u32, String> {
 
 /// Admit an HTTPRouteGroup's matches into request matches. Each method yields its own match
 /// (SMI `*` or no methods = any method); header values are regexes, as SMI specifies.
-pub fn group_matches(group: &model::HttpRouteGroup, entry: &smi::HttpMatch) -> Result<Vec<RequestMatch>, Vec<FieldError>> {
+pub fn group_matches(
+    group: &model::HttpRouteGroup,
+    entry: &smi::HttpMatch,
+) -> Result<Vec<RequestMatch>, Vec<FieldError>> {
     let mut errors = Vec::new();
-    let i = group.spec.matches.iter().position(|m| m == entry).unwrap_or(0);
+    let i = group
+        .spec
+        .matches
+        .iter()
+        .position(|m| m == entry)
+        .unwrap_or(0);
     let f = format!("spec.matches[{i}]");
     let path = match &entry.path_regex {
         Some(p) => compile_regex(&format!("{f}.pathRegex"), p, &mut errors).map(PathMatch::Regex),
@@ -855,10 +1098,16 @@ pub fn group_matches(group: &model::HttpRouteGroup, entry: &smi::HttpMatch) -> R
         match HeaderName::from_bytes(name.as_bytes()) {
             Ok(n) => {
                 if let Some(r) = compile_regex(&format!("{f}.headers.{name}"), value, &mut errors) {
-                    headers.push(HeaderMatch { name: n, value: ValueMatch::Regex(r) });
+                    headers.push(HeaderMatch {
+                        name: n,
+                        value: ValueMatch::Regex(r),
+                    });
                 }
             }
-            Err(_) => errors.push(err(format!("{f}.headers"), format!("{name:?} is not a valid header name"))),
+            Err(_) => errors.push(err(
+                format!("{f}.headers"),
+                format!("{name:?} is not a valid header name"),
+            )),
         }
     }
     let mut methods = Vec::new();
@@ -869,7 +1118,10 @@ pub fn group_matches(group: &model::HttpRouteGroup, entry: &smi::HttpMatch) -> R
         }
         match Method::from_bytes(m.as_bytes()) {
             Ok(m) => methods.push(Some(m)),
-            Err(_) => errors.push(err(format!("{f}.methods[{k}]"), format!("{m:?} is not an HTTP method"))),
+            Err(_) => errors.push(err(
+                format!("{f}.methods[{k}]"),
+                format!("{m:?} is not an HTTP method"),
+            )),
         }
     }
     if methods.is_empty() {
@@ -881,7 +1133,12 @@ pub fn group_matches(group: &model::HttpRouteGroup, entry: &smi::HttpMatch) -> R
     let path = path.unwrap_or_else(|| PathMatch::Prefix("/".into()));
     Ok(methods
         .into_iter()
-        .map(|method| RequestMatch { path: path.clone(), method, headers: headers.clone(), query: vec![] })
+        .map(|method| RequestMatch {
+            path: path.clone(),
+            method,
+            headers: headers.clone(),
+            query: vec![],
+        })
         .collect())
 }
 
@@ -909,8 +1166,23 @@ mod tests {
     #[test]
     fn gep2257_invalid_vectors() {
         for s in [
-            "", "5", "s", "1.5s", "-1s", "100000ms", "1h1m1s1ms1h", "1d", "5 s", " 5s", "5s ", "1us",
-            "1ns", "1H", "PT5S", "5sec", "+5s",
+            "",
+            "5",
+            "s",
+            "1.5s",
+            "-1s",
+            "100000ms",
+            "1h1m1s1ms1h",
+            "1d",
+            "5 s",
+            " 5s",
+            "5s ",
+            "1us",
+            "1ns",
+            "1H",
+            "PT5S",
+            "5sec",
+            "+5s",
         ] {
             let e = parse_duration(s).unwrap_err();
             assert!(e.contains("is not a duration"), "{s}: {e}");

@@ -54,7 +54,14 @@ pub struct MatchRef {
 pub mod split_v1alpha1 {
     use super::*;
     #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema, PartialEq)]
-    #[kube(group = "split.smi-spec.io", version = "v1alpha1", kind = "TrafficSplit", plural = "trafficsplits", namespaced, derive = "PartialEq")]
+    #[kube(
+        group = "split.smi-spec.io",
+        version = "v1alpha1",
+        kind = "TrafficSplit",
+        plural = "trafficsplits",
+        namespaced,
+        derive = "PartialEq"
+    )]
     pub struct TrafficSplitSpec {
         pub service: String,
         pub backends: Vec<QuantityBackend>,
@@ -64,7 +71,14 @@ pub mod split_v1alpha1 {
 pub mod split_v1alpha2 {
     use super::*;
     #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema, PartialEq)]
-    #[kube(group = "split.smi-spec.io", version = "v1alpha2", kind = "TrafficSplit", plural = "trafficsplits", namespaced, derive = "PartialEq")]
+    #[kube(
+        group = "split.smi-spec.io",
+        version = "v1alpha2",
+        kind = "TrafficSplit",
+        plural = "trafficsplits",
+        namespaced,
+        derive = "PartialEq"
+    )]
     pub struct TrafficSplitSpec {
         pub service: String,
         pub backends: Vec<IntBackend>,
@@ -74,7 +88,14 @@ pub mod split_v1alpha2 {
 pub mod split_v1alpha3 {
     use super::*;
     #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema, PartialEq)]
-    #[kube(group = "split.smi-spec.io", version = "v1alpha3", kind = "TrafficSplit", plural = "trafficsplits", namespaced, derive = "PartialEq")]
+    #[kube(
+        group = "split.smi-spec.io",
+        version = "v1alpha3",
+        kind = "TrafficSplit",
+        plural = "trafficsplits",
+        namespaced,
+        derive = "PartialEq"
+    )]
     pub struct TrafficSplitSpec {
         pub service: String,
         pub backends: Vec<IntBackend>,
@@ -86,7 +107,14 @@ pub mod split_v1alpha3 {
 pub mod split_v1alpha4 {
     use super::*;
     #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema, PartialEq)]
-    #[kube(group = "split.smi-spec.io", version = "v1alpha4", kind = "TrafficSplit", plural = "trafficsplits", namespaced, derive = "PartialEq")]
+    #[kube(
+        group = "split.smi-spec.io",
+        version = "v1alpha4",
+        kind = "TrafficSplit",
+        plural = "trafficsplits",
+        namespaced,
+        derive = "PartialEq"
+    )]
     pub struct TrafficSplitSpec {
         pub service: String,
         pub backends: Vec<IntBackend>,

@@ -12,7 +12,9 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::index::Index;
-use crate::model::{self, linkerd, smi, HttpRouteGroup, LinkerdHttpRoute, Object, ObjectKey, TrafficSplit};
+use crate::model::{
+    self, linkerd, smi, HttpRouteGroup, LinkerdHttpRoute, Object, ObjectKey, TrafficSplit,
+};
 
 /// Files larger than this are refused before parsing.
 pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
@@ -45,7 +47,11 @@ pub struct ObjectInfo {
 
 impl fmt::Display for ObjectInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let group = self.api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
+        let group = self
+            .api_version
+            .rsplit_once('/')
+            .map(|(g, _)| g)
+            .unwrap_or("");
         let kind = self.kind.to_ascii_lowercase();
         if group.is_empty() {
             write!(f, "{kind} {}/{}", self.namespace, self.name)
@@ -98,7 +104,10 @@ pub fn load_dir(dir: &Path) -> LoadOutcome {
         Ok(f) => f,
         Err(e) => {
             out.errors.push(LoadError {
-                location: Location { file: dir.to_path_buf(), document: 0 },
+                location: Location {
+                    file: dir.to_path_buf(),
+                    document: 0,
+                },
                 object: None,
                 message: format!("cannot read directory: {e}"),
             });
@@ -132,7 +141,11 @@ pub fn load_dir(dir: &Path) -> LoadOutcome {
                         Err(errs) => out.errors.push(LoadError {
                             location: loaded.location,
                             object: Some(info),
-                            message: errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "),
+                            message: errs
+                                .iter()
+                                .map(|e| e.to_string())
+                                .collect::<Vec<_>>()
+                                .join("; "),
                         }),
                     }
                 }
@@ -162,7 +175,14 @@ pub fn list_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 }
 
 fn whole_file_error(file: &Path, message: String) -> LoadError {
-    LoadError { location: Location { file: file.to_path_buf(), document: 0 }, object: None, message }
+    LoadError {
+        location: Location {
+            file: file.to_path_buf(),
+            document: 0,
+        },
+        object: None,
+        message,
+    }
 }
 
 /// Read one file into objects (or errors), document by document.
@@ -172,7 +192,10 @@ pub fn read_file(file: &Path) -> Vec<Result<Loaded, LoadError>> {
         Err(e) => return vec![Err(whole_file_error(file, format!("cannot read: {e}")))],
     };
     if size > MAX_FILE_BYTES {
-        return vec![Err(whole_file_error(file, format!("file is {size} bytes, larger than the {MAX_FILE_BYTES}-byte limit")))];
+        return vec![Err(whole_file_error(
+            file,
+            format!("file is {size} bytes, larger than the {MAX_FILE_BYTES}-byte limit"),
+        ))];
     }
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
@@ -204,13 +227,21 @@ pub fn parse_documents(file: &Path, text: &str) -> Vec<Result<Loaded, LoadError>
     };
     let mut out = Vec::new();
     for (i, doc) in docs.into_iter().enumerate() {
-        let location = Location { file: file.to_path_buf(), document: i + 1 };
+        let location = Location {
+            file: file.to_path_buf(),
+            document: i + 1,
+        };
         if doc.is_null() {
             continue;
         }
         // `kind: List` (what `kubectl get -o yaml` prints) carries objects in `items`.
         if doc.get("kind").and_then(Value::as_str) == Some("List") {
-            for item in doc.get("items").and_then(Value::as_array).cloned().unwrap_or_default() {
+            for item in doc
+                .get("items")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+            {
                 out.push(decode(&location, item));
             }
             continue;
@@ -230,22 +261,41 @@ fn str_at<'v>(v: &'v Value, path: &[&str]) -> Option<&'v str> {
 
 fn info_of(obj: &Object) -> ObjectInfo {
     let key = obj.key();
-    ObjectInfo { api_version: obj.api_version(), kind: key.kind.to_string(), namespace: key.namespace, name: key.name }
+    ObjectInfo {
+        api_version: obj.api_version(),
+        kind: key.kind.to_string(),
+        namespace: key.namespace,
+        name: key.name,
+    }
 }
 
 /// Decode one document into a typed object by `apiVersion` and `kind`.
 pub fn decode(location: &Location, doc: Value) -> Result<Loaded, LoadError> {
-    let api_version = str_at(&doc, &["apiVersion"]).unwrap_or_default().to_string();
+    let api_version = str_at(&doc, &["apiVersion"])
+        .unwrap_or_default()
+        .to_string();
     let kind = str_at(&doc, &["kind"]).unwrap_or_default().to_string();
     let info = ObjectInfo {
         api_version: api_version.clone(),
         kind: kind.clone(),
-        namespace: str_at(&doc, &["metadata", "namespace"]).unwrap_or("default").to_string(),
-        name: str_at(&doc, &["metadata", "name"]).unwrap_or("<unnamed>").to_string(),
+        namespace: str_at(&doc, &["metadata", "namespace"])
+            .unwrap_or("default")
+            .to_string(),
+        name: str_at(&doc, &["metadata", "name"])
+            .unwrap_or("<unnamed>")
+            .to_string(),
     };
-    let fail = |message: String| LoadError { location: location.clone(), object: Some(info.clone()), message };
+    let fail = |message: String| LoadError {
+        location: location.clone(),
+        object: Some(info.clone()),
+        message,
+    };
     if !doc.is_object() {
-        return Err(LoadError { location: location.clone(), object: None, message: "document is not a mapping".into() });
+        return Err(LoadError {
+            location: location.clone(),
+            object: None,
+            message: "document is not a mapping".into(),
+        });
     }
     if api_version.is_empty() || kind.is_empty() {
         return Err(fail("apiVersion and kind are required".into()));
@@ -254,50 +304,71 @@ pub fn decode(location: &Location, doc: Value) -> Result<Loaded, LoadError> {
         serde_path_to_error::deserialize(doc).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner().to_string();
-            if path == "." { inner } else { format!("{path}: {inner}") }
+            if path == "." {
+                inner
+            } else {
+                format!("{path}: {inner}")
+            }
         })
     }
     let object = match (api_version.as_str(), kind.as_str()) {
         ("gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1", "HTTPRoute") => {
-            Object::GatewayHttpRoute(Box::new(typed::<model::GatewayHttpRoute>(doc).map_err(fail)?))
+            Object::GatewayHttpRoute(Box::new(
+                typed::<model::GatewayHttpRoute>(doc).map_err(fail)?,
+            ))
         }
-        ("policy.linkerd.io/v1alpha1", "HTTPRoute") => {
-            Object::LinkerdHttpRoute(Box::new(LinkerdHttpRoute::V1alpha1(typed::<linkerd::v1alpha1::HttpRoute>(doc).map_err(fail)?)))
-        }
-        ("policy.linkerd.io/v1beta1", "HTTPRoute") => {
-            Object::LinkerdHttpRoute(Box::new(LinkerdHttpRoute::V1beta1(typed::<linkerd::v1beta1::HttpRoute>(doc).map_err(fail)?)))
-        }
-        ("policy.linkerd.io/v1beta2", "HTTPRoute") => {
-            Object::LinkerdHttpRoute(Box::new(LinkerdHttpRoute::V1beta2(typed::<linkerd::v1beta2::HttpRoute>(doc).map_err(fail)?)))
-        }
-        ("policy.linkerd.io/v1beta3", "HTTPRoute") => {
-            Object::LinkerdHttpRoute(Box::new(LinkerdHttpRoute::V1beta3(typed::<linkerd::v1beta3::HttpRoute>(doc).map_err(fail)?)))
-        }
-        ("split.smi-spec.io/v1alpha1", "TrafficSplit") => {
-            Object::TrafficSplit(Box::new(TrafficSplit::V1alpha1(typed::<smi::split_v1alpha1::TrafficSplit>(doc).map_err(fail)?)))
-        }
-        ("split.smi-spec.io/v1alpha2", "TrafficSplit") => {
-            Object::TrafficSplit(Box::new(TrafficSplit::V1alpha2(typed::<smi::split_v1alpha2::TrafficSplit>(doc).map_err(fail)?)))
-        }
-        ("split.smi-spec.io/v1alpha3", "TrafficSplit") => {
-            Object::TrafficSplit(Box::new(TrafficSplit::V1alpha3(typed::<smi::split_v1alpha3::TrafficSplit>(doc).map_err(fail)?)))
-        }
-        ("split.smi-spec.io/v1alpha4", "TrafficSplit") => {
-            Object::TrafficSplit(Box::new(TrafficSplit::V1alpha4(typed::<smi::split_v1alpha4::TrafficSplit>(doc).map_err(fail)?)))
-        }
+        ("policy.linkerd.io/v1alpha1", "HTTPRoute") => Object::LinkerdHttpRoute(Box::new(
+            LinkerdHttpRoute::V1alpha1(typed::<linkerd::v1alpha1::HttpRoute>(doc).map_err(fail)?),
+        )),
+        ("policy.linkerd.io/v1beta1", "HTTPRoute") => Object::LinkerdHttpRoute(Box::new(
+            LinkerdHttpRoute::V1beta1(typed::<linkerd::v1beta1::HttpRoute>(doc).map_err(fail)?),
+        )),
+        ("policy.linkerd.io/v1beta2", "HTTPRoute") => Object::LinkerdHttpRoute(Box::new(
+            LinkerdHttpRoute::V1beta2(typed::<linkerd::v1beta2::HttpRoute>(doc).map_err(fail)?),
+        )),
+        ("policy.linkerd.io/v1beta3", "HTTPRoute") => Object::LinkerdHttpRoute(Box::new(
+            LinkerdHttpRoute::V1beta3(typed::<linkerd::v1beta3::HttpRoute>(doc).map_err(fail)?),
+        )),
+        ("split.smi-spec.io/v1alpha1", "TrafficSplit") => Object::TrafficSplit(Box::new(
+            TrafficSplit::V1alpha1(typed::<smi::split_v1alpha1::TrafficSplit>(doc).map_err(fail)?),
+        )),
+        ("split.smi-spec.io/v1alpha2", "TrafficSplit") => Object::TrafficSplit(Box::new(
+            TrafficSplit::V1alpha2(typed::<smi::split_v1alpha2::TrafficSplit>(doc).map_err(fail)?),
+        )),
+        ("split.smi-spec.io/v1alpha3", "TrafficSplit") => Object::TrafficSplit(Box::new(
+            TrafficSplit::V1alpha3(typed::<smi::split_v1alpha3::TrafficSplit>(doc).map_err(fail)?),
+        )),
+        ("split.smi-spec.io/v1alpha4", "TrafficSplit") => Object::TrafficSplit(Box::new(
+            TrafficSplit::V1alpha4(typed::<smi::split_v1alpha4::TrafficSplit>(doc).map_err(fail)?),
+        )),
         (v, "HTTPRouteGroup") if v.starts_with("specs.smi-spec.io/v1alpha") => {
             let g: smi::group_v1alpha4::HttpRouteGroup = typed(doc).map_err(fail)?;
-            Object::HttpRouteGroup(Box::new(HttpRouteGroup { api_version: api_version.clone(), metadata: g.metadata, spec: g.spec }))
+            Object::HttpRouteGroup(Box::new(HttpRouteGroup {
+                api_version: api_version.clone(),
+                metadata: g.metadata,
+                spec: g.spec,
+            }))
         }
         ("v1", "Service") => Object::Service(Box::new(typed(doc).map_err(fail)?)),
         ("v1", "Endpoints") => Object::Endpoints(Box::new(typed(doc).map_err(fail)?)),
-        ("discovery.k8s.io/v1", "EndpointSlice") => Object::EndpointSlice(Box::new(typed(doc).map_err(fail)?)),
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            Object::EndpointSlice(Box::new(typed(doc).map_err(fail)?))
+        }
         (v, k) => return Err(fail(format!("unsupported kind {k:?} in apiVersion {v:?}"))),
     };
-    if object.metadata().name.as_deref().unwrap_or_default().is_empty() {
+    if object
+        .metadata()
+        .name
+        .as_deref()
+        .unwrap_or_default()
+        .is_empty()
+    {
         return Err(fail("metadata.name: required".into()));
     }
-    Ok(Loaded { location: location.clone(), object })
+    Ok(Loaded {
+        location: location.clone(),
+        object,
+    })
 }
 
 #[cfg(test)]
@@ -312,7 +383,11 @@ mod tests {
     fn alias_bombs_are_refused() {
         let mut y = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
         for i in 0..12 {
-            let prev = if i == 0 { "a".to_string() } else { format!("b{}", i - 1) };
+            let prev = if i == 0 {
+                "a".to_string()
+            } else {
+                format!("b{}", i - 1)
+            };
             y.push_str(&format!("b{i}: &b{i} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"));
         }
         let out = parse(&y);
@@ -325,23 +400,36 @@ mod tests {
     fn deep_nesting_is_refused() {
         let y = format!("{}1{}", "[".repeat(500), "]".repeat(500));
         let out = parse(&y);
-        assert!(out[0].as_ref().unwrap_err().message.starts_with("invalid YAML"));
+        assert!(out[0]
+            .as_ref()
+            .unwrap_err()
+            .message
+            .starts_with("invalid YAML"));
     }
 
     #[test]
     fn unknown_kinds_and_missing_names_are_named() {
         let out = parse("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n---\napiVersion: v1\nkind: Service\nmetadata: {namespace: a}\n");
         let e0 = out[0].as_ref().unwrap_err().to_string();
-        assert!(e0.contains("t.yaml:1") && e0.contains("unsupported kind \"ConfigMap\""), "{e0}");
+        assert!(
+            e0.contains("t.yaml:1") && e0.contains("unsupported kind \"ConfigMap\""),
+            "{e0}"
+        );
         let e1 = out[1].as_ref().unwrap_err().to_string();
-        assert!(e1.contains("t.yaml:2") && e1.contains("metadata.name: required"), "{e1}");
+        assert!(
+            e1.contains("t.yaml:2") && e1.contains("metadata.name: required"),
+            "{e1}"
+        );
     }
 
     #[test]
     fn type_errors_name_the_field_path() {
-        let y = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: n}\nspec:\n  rules:\n  - matches:\n    - path: {type: Fuzzy, value: /}\n";
+        let y = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: ns}\nspec:\n  rules:\n  - matches:\n    - path: {type: Fuzzy, value: /}\n";
         let e = parse(y).remove(0).unwrap_err().to_string();
-        assert!(e.contains("httproute.gateway.networking.k8s.io n/r"), "{e}");
+        assert!(
+            e.contains("httproute.gateway.networking.k8s.io ns/r"),
+            "{e}"
+        );
         assert!(e.contains("spec.rules[0].matches[0].path.type"), "{e}");
         assert!(e.contains("Fuzzy"), "{e}");
     }

@@ -180,7 +180,8 @@ impl ValueMatch {
 
 /// Gateway API regexes match the whole value (RE2 full match).
 fn full_match(r: &Regex, s: &str) -> bool {
-    r.find(s).is_some_and(|m| m.start() == 0 && m.end() == s.len())
+    r.find(s)
+        .is_some_and(|m| m.start() == 0 && m.end() == s.len())
 }
 
 /// First value of a query parameter (raw, not percent-decoded: exact matches compare the
@@ -211,8 +212,18 @@ fn ser_method<S: serde::Serializer>(m: &Option<Method>, s: S) -> Result<S::Ok, S
 mod tests {
     use super::*;
 
-    fn req<'a>(method: &'a Method, path: &'a str, query: Option<&'a str>, headers: &'a HeaderMap) -> RequestView<'a> {
-        RequestView { method, path, query, headers }
+    fn req<'a>(
+        method: &'a Method,
+        path: &'a str,
+        query: Option<&'a str>,
+        headers: &'a HeaderMap,
+    ) -> RequestView<'a> {
+        RequestView {
+            method,
+            path,
+            query,
+            headers,
+        }
     }
 
     #[test]
@@ -243,7 +254,10 @@ mod tests {
                 name: HeaderName::from_static("x-canary"),
                 value: ValueMatch::Exact("yes".into()),
             }],
-            query: vec![QueryMatch { name: "v".into(), value: ValueMatch::Exact("2".into()) }],
+            query: vec![QueryMatch {
+                name: "v".into(),
+                value: ValueMatch::Exact("2".into()),
+            }],
             ..Default::default()
         };
         let get = Method::GET;
@@ -255,7 +269,10 @@ mod tests {
 
     #[test]
     fn method_restricts() {
-        let m = RequestMatch { method: Some(Method::POST), ..Default::default() };
+        let m = RequestMatch {
+            method: Some(Method::POST),
+            ..Default::default()
+        };
         let h = HeaderMap::new();
         assert!(m.matches(&req(&Method::POST, "/", None, &h)));
         assert!(!m.matches(&req(&Method::GET, "/", None, &h)));
@@ -263,25 +280,53 @@ mod tests {
 
     #[test]
     fn specificity_orders_by_gateway_api_rules() {
-        let exact = RequestMatch { path: PathMatch::Exact("/a".into()), ..Default::default() };
-        let regex = RequestMatch { path: PathMatch::Regex(Regex::new("/a/.*/b").unwrap()), ..Default::default() };
-        let long = RequestMatch { path: PathMatch::Prefix("/a/b".into()), ..Default::default() };
-        let short = RequestMatch { path: PathMatch::Prefix("/a".into()), ..Default::default() };
-        let method = RequestMatch { path: PathMatch::Prefix("/a".into()), method: Some(Method::GET), ..Default::default() };
+        let exact = RequestMatch {
+            path: PathMatch::Exact("/a".into()),
+            ..Default::default()
+        };
+        let regex = RequestMatch {
+            path: PathMatch::Regex(Regex::new("/a/.*/b").unwrap()),
+            ..Default::default()
+        };
+        let long = RequestMatch {
+            path: PathMatch::Prefix("/a/b".into()),
+            ..Default::default()
+        };
+        let short = RequestMatch {
+            path: PathMatch::Prefix("/a".into()),
+            ..Default::default()
+        };
+        let method = RequestMatch {
+            path: PathMatch::Prefix("/a".into()),
+            method: Some(Method::GET),
+            ..Default::default()
+        };
         let header = RequestMatch {
             path: PathMatch::Prefix("/a".into()),
-            headers: vec![HeaderMatch { name: HeaderName::from_static("x"), value: ValueMatch::Exact("1".into()) }],
+            headers: vec![HeaderMatch {
+                name: HeaderName::from_static("x"),
+                value: ValueMatch::Exact("1".into()),
+            }],
             ..Default::default()
         };
         let query = RequestMatch {
             path: PathMatch::Prefix("/a".into()),
-            query: vec![QueryMatch { name: "q".into(), value: ValueMatch::Exact("1".into()) }],
+            query: vec![QueryMatch {
+                name: "q".into(),
+                value: ValueMatch::Exact("1".into()),
+            }],
             ..Default::default()
         };
         // Each is strictly more specific than the next.
         let order = [&exact, &regex, &long, &method, &header, &query, &short];
         for w in order.windows(2) {
-            assert_eq!(w[0].precedence(w[1]), Ordering::Less, "{:?} should beat {:?}", w[0].specificity(), w[1].specificity());
+            assert_eq!(
+                w[0].precedence(w[1]),
+                Ordering::Less,
+                "{:?} should beat {:?}",
+                w[0].specificity(),
+                w[1].specificity()
+            );
         }
     }
 }

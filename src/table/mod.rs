@@ -31,7 +31,9 @@ pub struct RouteTable {
     pub generation: u64,
     /// Cluster domain accepted in authorities (`cluster.local` unless configured).
     pub cluster_domain: String,
-    /// `"<name>.<namespace>"` → the Service's parent ports.
+    /// `"<name>.<namespace>"` → the Service's parent ports. Serialized in key order so dumps
+    /// of equal tables are equal.
+    #[serde(serialize_with = "ser_sorted")]
     services: HashMap<Box<str>, ParentService>,
 }
 
@@ -100,7 +102,9 @@ pub struct Backend {
 pub enum BackendTarget {
     Service(Arc<ServiceBackend>),
     /// A backendRef that did not resolve. It keeps its weight and answers 500 for its share.
-    Invalid { reason: String },
+    Invalid {
+        reason: String,
+    },
 }
 
 /// Upstream protocol of a Service port (from `appProtocol`).
@@ -289,11 +293,7 @@ impl RouteTable {
 
     /// Bind a request to a rule: find the parent by authority, then the first match in
     /// precedence order.
-    pub fn lookup<'a>(
-        &'a self,
-        authority: &str,
-        req: &matching::RequestView<'_>,
-    ) -> Lookup<'a> {
+    pub fn lookup<'a>(&'a self, authority: &str, req: &matching::RequestView<'_>) -> Lookup<'a> {
         let Some(parent) = self.parent(authority) else {
             return Lookup::UnknownAuthority;
         };
@@ -418,6 +418,13 @@ fn service_key<'h>(host: &'h str, cluster_domain: &str) -> Option<&'h str> {
     Some(&host[..first + 1 + ns.len()])
 }
 
+fn ser_sorted<S: serde::Serializer>(
+    m: &HashMap<Box<str>, ParentService>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(m.iter().collect::<std::collections::BTreeMap<_, _>>())
+}
+
 mod opt_duration {
     use serde::Serializer;
     use std::time::Duration;
@@ -464,9 +471,18 @@ mod tests {
         let d = "cluster.local";
         assert_eq!(service_key("web.shop", d), Some("web.shop"));
         assert_eq!(service_key("web.shop.svc", d), Some("web.shop"));
-        assert_eq!(service_key("web.shop.svc.cluster.local", d), Some("web.shop"));
-        assert_eq!(service_key("web.shop.svc.cluster.local.", d), Some("web.shop"));
-        assert_eq!(service_key("Web.Shop.SVC.Cluster.Local", d), Some("Web.Shop"));
+        assert_eq!(
+            service_key("web.shop.svc.cluster.local", d),
+            Some("web.shop")
+        );
+        assert_eq!(
+            service_key("web.shop.svc.cluster.local.", d),
+            Some("web.shop")
+        );
+        assert_eq!(
+            service_key("Web.Shop.SVC.Cluster.Local", d),
+            Some("Web.Shop")
+        );
         assert_eq!(service_key("web.shop.svc.other.domain", d), None);
         assert_eq!(service_key("web.shop.example.com", d), None);
         assert_eq!(service_key("web", d), None);

@@ -105,7 +105,9 @@ mod tests {
         let w = WeightedBackends::new(vec![b(90, "a"), b(0, "zero"), b(10, "b")]);
         let mut counts = std::collections::HashMap::new();
         for r in 0..100u64 {
-            *counts.entry(name(w.pick(r).unwrap()).to_string()).or_insert(0) += 1;
+            *counts
+                .entry(name(w.pick(r).unwrap()).to_string())
+                .or_insert(0) += 1;
         }
         assert_eq!(counts.get("a"), Some(&90));
         assert_eq!(counts.get("b"), Some(&10));
@@ -122,7 +124,9 @@ mod tests {
 
     #[test]
     fn all_zero_or_empty_has_no_pick() {
-        assert!(WeightedBackends::new(vec![b(0, "a"), b(0, "b")]).pick(7).is_none());
+        assert!(WeightedBackends::new(vec![b(0, "a"), b(0, "b")])
+            .pick(7)
+            .is_none());
         assert!(WeightedBackends::new(vec![]).pick(7).is_none());
     }
 

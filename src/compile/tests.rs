@@ -1,0 +1,715 @@
+//! Table-driven tests of compile: precedence and every tie-break, weights, TrafficSplit
+//! versions, status reasons and order independence. Inputs are YAML, as users write them.
+
+use std::path::Path;
+
+use http::{HeaderMap, Method};
+
+use super::*;
+use crate::sources::file::parse_documents;
+use crate::table::matching::RequestView;
+use crate::table::Lookup;
+
+const SERVICES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {ports: [{name: http, port: 80}, {name: admin, port: 9000}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: a, namespace: shop}
+spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: b, namespace: shop}
+spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: a-1, namespace: shop, labels: {kubernetes.io/service-name: a}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- addresses: [10.0.0.1]
+- addresses: [10.0.0.2]
+  conditions: {ready: false}
+"#;
+
+fn index_of(docs: &[&str]) -> Index {
+    let mut index = Index::new();
+    for d in docs {
+        for item in parse_documents(Path::new("t.yaml"), d) {
+            let loaded = item.unwrap_or_else(|e| panic!("{e}"));
+            index
+                .apply(loaded.object)
+                .unwrap_or_else(|e| panic!("{e:?}"));
+        }
+    }
+    index
+}
+
+fn compile_docs(docs: &[&str]) -> Compiled {
+    compile(&index_of(docs), &CompileOptions::default(), None)
+}
+
+/// Route name and rule index that a request lands on.
+fn route_for(
+    c: &Compiled,
+    host: &str,
+    method: Method,
+    path: &str,
+    headers: &[(&'static str, &str)],
+) -> Option<(String, usize)> {
+    let mut h = HeaderMap::new();
+    for (n, v) in headers {
+        h.insert(*n, v.parse().unwrap());
+    }
+    let (path, query) = path
+        .split_once('?')
+        .map(|(p, q)| (p, Some(q)))
+        .unwrap_or((path, None));
+    let view = RequestView {
+        method: &method,
+        path,
+        query,
+        headers: &h,
+    };
+    match c.table.lookup(host, &view) {
+        Lookup::Matched { rule, .. } => Some((
+            rule.route
+                .as_ref()
+                .map(|r| r.name.to_string())
+                .unwrap_or_else(|| "<passthrough>".into()),
+            rule.index,
+        )),
+        _ => None,
+    }
+}
+
+fn route(name: &str, created: Option<&str>, rules: &str) -> String {
+    let ts = created
+        .map(|t| format!(", creationTimestamp: \"{t}\""))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: shop{ts}}}\nspec:\n  parentRefs: [{{kind: Service, group: \"\", name: web, port: 80}}]\n  rules:\n{rules}"
+    )
+}
+
+const TO_A: &str = "    backendRefs: [{name: a, port: 80}]\n";
+/// A whole rule sending everything to `a`.
+const RULE_A: &str = "  - backendRefs: [{name: a, port: 80}]\n";
+
+#[test]
+fn precedence_exact_beats_prefix_beats_shorter_prefix() {
+    let r = route(
+        "r",
+        None,
+        &format!("  - matches: [{{path: {{type: PathPrefix, value: /}}}}]\n{TO_A}  - matches: [{{path: {{type: PathPrefix, value: /api}}}}]\n{TO_A}  - matches: [{{path: {{type: Exact, value: /api/v1}}}}]\n{TO_A}"),
+    );
+    let c = compile_docs(&[SERVICES, &r]);
+    let host = "web.shop.svc.cluster.local";
+    assert_eq!(
+        route_for(&c, host, Method::GET, "/api/v1", &[]),
+        Some(("r".into(), 2))
+    );
+    assert_eq!(
+        route_for(&c, host, Method::GET, "/api/v2", &[]),
+        Some(("r".into(), 1))
+    );
+    assert_eq!(
+        route_for(&c, host, Method::GET, "/apix", &[]),
+        Some(("r".into(), 0))
+    );
+}
+
+#[test]
+fn precedence_method_then_headers_then_query() {
+    let r = route(
+        "r",
+        None,
+        &format!(
+            "  - matches: [{{path: {{value: /p}}, queryParams: [{{name: q, value: '1'}}]}}]\n{TO_A}  - matches: [{{path: {{value: /p}}, headers: [{{name: x, value: '1'}}]}}]\n{TO_A}  - matches: [{{path: {{value: /p}}, method: GET}}]\n{TO_A}"
+        ),
+    );
+    let c = compile_docs(&[SERVICES, &r]);
+    let host = "web.shop";
+    // All three match: method wins.
+    assert_eq!(
+        route_for(&c, host, Method::GET, "/p?q=1", &[("x", "1")]),
+        Some(("r".into(), 2))
+    );
+    // Method ruled out: headers beat query.
+    assert_eq!(
+        route_for(&c, host, Method::POST, "/p?q=1", &[("x", "1")]),
+        Some(("r".into(), 1))
+    );
+    assert_eq!(
+        route_for(&c, host, Method::POST, "/p?q=1", &[]),
+        Some(("r".into(), 0))
+    );
+    assert_eq!(
+        route_for(&c, host, Method::POST, "/p", &[]),
+        None,
+        "no rule matches: 404"
+    );
+}
+
+#[test]
+fn ties_go_to_oldest_route_then_namespace_name_then_rule_order() {
+    let same = format!("  - matches: [{{path: {{value: /x}}}}]\n{TO_A}  - matches: [{{path: {{value: /x}}}}]\n{TO_A}");
+    let old = route("zzz-old", Some("2024-01-01T00:00:00Z"), &same);
+    let new = route("aaa-new", Some("2025-01-01T00:00:00Z"), &same);
+    let c = compile_docs(&[SERVICES, &new, &old]);
+    assert_eq!(
+        route_for(&c, "web.shop", Method::GET, "/x", &[]),
+        Some(("zzz-old".into(), 0)),
+        "oldest wins"
+    );
+
+    let b = route("bbb", Some("2024-01-01T00:00:00Z"), &same);
+    let a = route("aaa", Some("2024-01-01T00:00:00Z"), &same);
+    let c = compile_docs(&[SERVICES, &b, &a]);
+    assert_eq!(
+        route_for(&c, "web.shop", Method::GET, "/x", &[]),
+        Some(("aaa".into(), 0)),
+        "then name"
+    );
+
+    let c = compile_docs(&[SERVICES, &route("only", None, &same)]);
+    assert_eq!(
+        route_for(&c, "web.shop", Method::GET, "/x", &[]),
+        Some(("only".into(), 0)),
+        "then rule order"
+    );
+
+    // A route without a timestamp (file mode) sorts after every timestamped one.
+    let c = compile_docs(&[
+        SERVICES,
+        &route("aaa-untimed", None, &same),
+        &route("zzz-timed", Some("2030-01-01T00:00:00Z"), &same),
+    ]);
+    assert_eq!(
+        route_for(&c, "web.shop", Method::GET, "/x", &[]),
+        Some(("zzz-timed".into(), 0))
+    );
+}
+
+#[test]
+fn namespace_breaks_ties_before_name() {
+    let mk = |ns: &str, name: &str| {
+        format!("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  parentRefs: [{{kind: Service, group: \"\", name: web, namespace: shop, port: 80}}]\n  rules:\n  - backendRefs: [{{name: a, namespace: shop, port: 80}}]\n")
+    };
+    let c = compile_docs(&[SERVICES, &mk("zeta", "aaa"), &mk("alpha", "zzz")]);
+    assert_eq!(
+        route_for(&c, "web.shop", Method::GET, "/", &[]),
+        Some(("zzz".into(), 0))
+    );
+}
+
+#[test]
+fn compile_is_independent_of_input_order() {
+    let r1 = route(
+        "one",
+        None,
+        &format!("  - matches: [{{path: {{value: /a}}}}]\n{TO_A}"),
+    );
+    let r2 = route(
+        "two",
+        None,
+        &format!(
+            "  - matches: [{{path: {{value: /a}}}}]\n    backendRefs: [{{name: b, port: 80}}]\n"
+        ),
+    );
+    let split = "apiVersion: split.smi-spec.io/v1alpha2\nkind: TrafficSplit\nmetadata: {name: s, namespace: shop}\nspec:\n  service: a\n  backends: [{service: a, weight: 1}, {service: b, weight: 3}]\n";
+    let docs = [SERVICES, r1.as_str(), r2.as_str(), split];
+    let reference = serde_json::to_string(&compile_docs(&docs).table).unwrap();
+    // Every rotation and the reverse.
+    for k in 0..docs.len() {
+        let mut d = docs.to_vec();
+        d.rotate_left(k);
+        assert_eq!(
+            serde_json::to_string(&compile_docs(&d).table).unwrap(),
+            reference,
+            "rotation {k}"
+        );
+        d.reverse();
+        assert_eq!(
+            serde_json::to_string(&compile_docs(&d).table).unwrap(),
+            reference,
+            "reversed rotation {k}"
+        );
+    }
+}
+
+fn backend_weights(c: &Compiled, host: &str) -> Vec<(String, u32)> {
+    let view_h = HeaderMap::new();
+    let view = RequestView {
+        method: &Method::GET,
+        path: "/",
+        query: None,
+        headers: &view_h,
+    };
+    match c.table.lookup(host, &view) {
+        Lookup::Matched { rule, .. } => rule
+            .backends
+            .iter()
+            .map(|b| match &b.target {
+                BackendTarget::Service(s) => (s.name.to_string(), b.weight),
+                BackendTarget::Invalid { .. } => ("<invalid>".into(), b.weight),
+            })
+            .collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn weights_default_to_one_and_zero_is_kept_but_never_picked() {
+    let r = route(
+        "r",
+        None,
+        "  - backendRefs: [{name: a, port: 80}, {name: b, port: 80, weight: 0}]\n",
+    );
+    let c = compile_docs(&[SERVICES, &r]);
+    assert_eq!(
+        backend_weights(&c, "web.shop"),
+        vec![("a".into(), 1), ("b".into(), 0)]
+    );
+    let Lookup::Matched { rule, .. } = c.table.lookup(
+        "web.shop",
+        &RequestView {
+            method: &Method::GET,
+            path: "/",
+            query: None,
+            headers: &HeaderMap::new(),
+        },
+    ) else {
+        panic!()
+    };
+    for r in 0..1000u64 {
+        let BackendTarget::Service(s) = &rule.backends.pick(r).unwrap().target else {
+            panic!()
+        };
+        assert_eq!(&*s.name, "a");
+    }
+}
+
+#[test]
+fn all_zero_weights_have_no_pick() {
+    let r = route(
+        "r",
+        None,
+        "  - backendRefs: [{name: a, port: 80, weight: 0}, {name: b, port: 80, weight: 0}]\n",
+    );
+    let c = compile_docs(&[SERVICES, &r]);
+    let Lookup::Matched { rule, .. } = c.table.lookup(
+        "web.shop",
+        &RequestView {
+            method: &Method::GET,
+            path: "/",
+            query: None,
+            headers: &HeaderMap::new(),
+        },
+    ) else {
+        panic!()
+    };
+    assert!(rule.backends.pick(0).is_none());
+}
+
+#[test]
+fn weight_bounds_are_enforced_at_admission() {
+    for (w, ok) in [
+        (0, true),
+        (1_000_000, true),
+        (1_000_001, false),
+        (-1, false),
+    ] {
+        let r = route(
+            "r",
+            None,
+            &format!("  - backendRefs: [{{name: a, port: 80, weight: {w}}}]\n"),
+        );
+        let items = parse_documents(Path::new("t.yaml"), &r);
+        let obj = items.into_iter().next().unwrap().unwrap().object;
+        let res = Index::new().apply(obj);
+        assert_eq!(res.is_ok(), ok, "weight {w}: {res:?}");
+        if let Err(e) = res {
+            assert_eq!(e[0].field, "spec.rules[0].backendRefs[0].weight");
+            assert!(e[0].message.contains(&w.to_string()));
+        }
+    }
+}
+
+#[test]
+fn missing_backend_keeps_its_weight_as_an_invalid_share() {
+    let r = route(
+        "r",
+        None,
+        "  - backendRefs: [{name: a, port: 80, weight: 9}, {name: gone, port: 80, weight: 1}]\n",
+    );
+    let c = compile_docs(&[SERVICES, &r]);
+    assert_eq!(
+        backend_weights(&c, "web.shop"),
+        vec![("a".into(), 9), ("<invalid>".into(), 1)]
+    );
+    let st = &c.statuses[0].parents[0];
+    let rr = st.condition("ResolvedRefs").unwrap();
+    assert_eq!((rr.status, rr.reason), ("False", "BackendNotFound"));
+    assert!(rr.message.contains("shop/gone"), "{}", rr.message);
+    assert_eq!(st.condition("Accepted").unwrap().status, "True");
+}
+
+#[test]
+fn status_reasons() {
+    let cases: Vec<(String, &str, &str, &str)> = vec![
+        (route("r", None, RULE_A).replace("name: web, port: 80", "name: nope, port: 80"), "Accepted", "False", "NoMatchingParent"),
+        (route("r", None, RULE_A).replace("port: 80}]\n  rules", "port: 81}]\n  rules"), "Accepted", "False", "NoMatchingParent"),
+        (route("r", None, "  - backendRefs: [{name: a, port: 81}]\n"), "ResolvedRefs", "False", "BackendNotFound"),
+        (route("r", None, "  - backendRefs: [{group: apps, kind: Deployment, name: a, port: 80}]\n"), "ResolvedRefs", "False", "InvalidKind"),
+        (route("r", None, "  - filters: [{type: CORS, cors: {}}]\n    backendRefs: [{name: a, port: 80}]\n"), "Accepted", "False", "UnsupportedValue"),
+        (
+            route("r", None, "  - filters: [{type: CORS, cors: {}}]\n    backendRefs: [{name: a, port: 80}]\n  - backendRefs: [{name: a, port: 80}]\n"),
+            "PartiallyInvalid",
+            "True",
+            "UnsupportedValue",
+        ),
+        (route("r", None, RULE_A), "Accepted", "True", "Accepted"),
+        (route("r", None, RULE_A), "ResolvedRefs", "True", "ResolvedRefs"),
+    ];
+    for (yaml, ty, status, reason) in cases {
+        let c = compile_docs(&[SERVICES, &yaml]);
+        let cond = c.statuses[0].parents[0]
+            .condition(ty)
+            .unwrap_or_else(|| panic!("no {ty} in {:?}", c.statuses[0]));
+        assert_eq!(
+            (cond.status, cond.reason),
+            (status, reason),
+            "{yaml}\n{cond:?}"
+        );
+        assert!(!cond.message.is_empty());
+    }
+}
+
+#[test]
+fn externalname_and_headless_parents_are_not_accepted() {
+    let svcs = "apiVersion: v1\nkind: Service\nmetadata: {name: ext, namespace: shop}\nspec: {type: ExternalName, externalName: example.com, ports: [{port: 80}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: hl, namespace: shop}\nspec: {clusterIP: None, ports: [{port: 80}]}\n";
+    for parent in ["ext", "hl"] {
+        let r = route("r", None, RULE_A)
+            .replace("name: web, port: 80", &format!("name: {parent}, port: 80"));
+        let c = compile_docs(&[SERVICES, svcs, &r]);
+        let a = c.statuses[0].parents[0].condition("Accepted").unwrap();
+        assert_eq!(
+            (a.status, a.reason),
+            ("False", "NoMatchingParent"),
+            "{parent}"
+        );
+    }
+}
+
+#[test]
+fn service_parent_group_is_core_in_any_case_and_port_is_optional() {
+    for group in ["\"\"", "core", "Core", "CORE"] {
+        let r = route("r", None, RULE_A).replace(
+            "group: \"\", name: web, port: 80",
+            &format!("group: {group}, name: web"),
+        );
+        let c = compile_docs(&[SERVICES, &r]);
+        assert!(c.statuses[0].accepted(), "group {group}");
+        // No port: binds every port of the Service.
+        assert_eq!(
+            route_for(&c, "web.shop:80", Method::GET, "/", &[]),
+            Some(("r".into(), 0))
+        );
+        assert_eq!(
+            route_for(&c, "web.shop:9000", Method::GET, "/", &[]),
+            Some(("r".into(), 0))
+        );
+    }
+}
+
+#[test]
+fn route_on_one_port_leaves_other_ports_passthrough() {
+    let c = compile_docs(&[SERVICES, &route("r", None, RULE_A)]);
+    assert_eq!(
+        route_for(&c, "web.shop:80", Method::GET, "/", &[]),
+        Some(("r".into(), 0))
+    );
+    assert_eq!(
+        route_for(&c, "web.shop:9000", Method::GET, "/", &[]),
+        Some(("<passthrough>".into(), 0))
+    );
+    assert!(route_for(&c, "nope.shop", Method::GET, "/", &[]).is_none());
+}
+
+#[test]
+fn gateway_parents_are_left_to_other_controllers() {
+    let r = route("r", None, RULE_A).replace(
+        "kind: Service, group: \"\", name: web, port: 80",
+        "name: my-gateway",
+    );
+    let c = compile_docs(&[SERVICES, &r]);
+    assert!(c.statuses[0].parents.is_empty());
+}
+
+#[test]
+fn endpoints_resolve_by_port_name_and_readiness() {
+    let c = compile_docs(&[SERVICES, &route("r", None, RULE_A)]);
+    let Lookup::Matched { rule, .. } = c.table.lookup(
+        "web.shop",
+        &RequestView {
+            method: &Method::GET,
+            path: "/",
+            query: None,
+            headers: &HeaderMap::new(),
+        },
+    ) else {
+        panic!()
+    };
+    let BackendTarget::Service(s) = &rule.backends.iter().next().unwrap().target else {
+        panic!()
+    };
+    let eps: Vec<(String, bool)> = s
+        .endpoints
+        .iter()
+        .map(|e| (e.addr.to_string(), e.ready))
+        .collect();
+    assert_eq!(
+        eps,
+        vec![
+            ("10.0.0.1:8080".into(), true),
+            ("10.0.0.2:8080".into(), false)
+        ]
+    );
+    assert_eq!(
+        s.pick_endpoint(0, 0).unwrap().addr.to_string(),
+        "10.0.0.1:8080"
+    );
+}
+
+const SPLIT_SERVICES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: apex, namespace: shop}
+spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: v1, namespace: shop}
+spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: v2, namespace: shop}
+spec: {ports: [{name: http, port: 80}]}
+"#;
+
+#[test]
+fn every_trafficsplit_version_converts_to_the_same_weighted_rule() {
+    let cases = [
+        (
+            "v1alpha1",
+            "[{service: v1, weight: 900m}, {service: v2, weight: 100m}]",
+            vec![900, 100],
+        ),
+        (
+            "v1alpha1",
+            "[{service: v1, weight: \"90\"}, {service: v2, weight: 10}]",
+            vec![90_000, 10_000],
+        ),
+        (
+            "v1alpha2",
+            "[{service: v1, weight: 90}, {service: v2, weight: 10}]",
+            vec![90, 10],
+        ),
+        (
+            "v1alpha3",
+            "[{service: v1, weight: 90}, {service: v2, weight: 10}]",
+            vec![90, 10],
+        ),
+        (
+            "v1alpha4",
+            "[{service: v1, weight: 90}, {service: v2, weight: 10}]",
+            vec![90, 10],
+        ),
+    ];
+    for (v, backends, weights) in cases {
+        let ts = format!("apiVersion: split.smi-spec.io/{v}\nkind: TrafficSplit\nmetadata: {{name: s, namespace: shop}}\nspec:\n  service: apex.shop.svc.cluster.local\n  backends: {backends}\n");
+        let c = compile_docs(&[SPLIT_SERVICES, &ts]);
+        let got = backend_weights(&c, "apex.shop");
+        assert_eq!(
+            got.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            vec!["v1", "v2"],
+            "{v}"
+        );
+        assert_eq!(
+            got.iter().map(|(_, w)| *w).collect::<Vec<_>>(),
+            weights,
+            "{v}"
+        );
+        let probs: Vec<f64> = {
+            let h = HeaderMap::new();
+            let Lookup::Matched { rule, .. } = c.table.lookup(
+                "apex.shop",
+                &RequestView {
+                    method: &Method::GET,
+                    path: "/",
+                    query: None,
+                    headers: &h,
+                },
+            ) else {
+                panic!()
+            };
+            rule.backends.probabilities()
+        };
+        assert!((probs[0] - 0.9).abs() < 1e-9, "{v}: {probs:?}");
+        assert!(c.statuses[0].accepted(), "{v}");
+    }
+}
+
+#[test]
+fn trafficsplit_matches_select_through_httproutegroups_and_fall_back_to_apex() {
+    for v in ["v1alpha3", "v1alpha4"] {
+        let group = format!(
+            "apiVersion: specs.smi-spec.io/{}\nkind: HTTPRouteGroup\nmetadata: {{name: api, namespace: shop}}\nspec:\n  matches:\n  - name: canary\n    pathRegex: /api/.*\n    methods: [GET]\n    headers: {{x-canary: \"yes|true\"}}\n",
+            if v == "v1alpha3" { "v1alpha3" } else { "v1alpha4" }
+        );
+        let ts = format!("apiVersion: split.smi-spec.io/{v}\nkind: TrafficSplit\nmetadata: {{name: s, namespace: shop}}\nspec:\n  service: apex\n  matches: [{{kind: HTTPRouteGroup, name: api}}]\n  backends: [{{service: v2, weight: 1}}]\n");
+        let c = compile_docs(&[SPLIT_SERVICES, &group, &ts]);
+        assert_eq!(
+            route_for(
+                &c,
+                "apex.shop",
+                Method::GET,
+                "/api/x",
+                &[("x-canary", "true")]
+            ),
+            Some(("s".into(), 0)),
+            "{v}"
+        );
+        // Not matching the group: the split does not apply; the apex serves it.
+        assert_eq!(
+            route_for(
+                &c,
+                "apex.shop",
+                Method::POST,
+                "/api/x",
+                &[("x-canary", "true")]
+            ),
+            Some(("s".into(), 1)),
+            "{v}"
+        );
+        assert_eq!(
+            route_for(&c, "apex.shop", Method::GET, "/other", &[]),
+            Some(("s".into(), 1)),
+            "{v}"
+        );
+    }
+}
+
+#[test]
+fn trafficsplit_with_missing_group_is_not_accepted() {
+    let ts = "apiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\nmetadata: {name: s, namespace: shop}\nspec:\n  service: apex\n  matches: [{kind: HTTPRouteGroup, name: nope}]\n  backends: [{service: v2, weight: 1}]\n";
+    let c = compile_docs(&[SPLIT_SERVICES, ts]);
+    let p = &c.statuses[0].parents[0];
+    let cond = p
+        .condition("PartiallyInvalid")
+        .or(p.condition("Accepted"))
+        .unwrap();
+    assert!(
+        cond.message.contains("HTTPRouteGroup shop/nope not found"),
+        "{cond:?}"
+    );
+}
+
+#[test]
+fn linkerd_versions_compile_alike() {
+    for (v, backend) in [
+        ("v1alpha1", "{name: a, port: 80}"),
+        ("v1beta1", "{name: a, port: 80}"),
+        ("v1beta2", "{name: a, port: 80, weight: 3}"),
+        ("v1beta3", "{name: a, port: 80, weight: 3}"),
+    ] {
+        let r = format!("apiVersion: policy.linkerd.io/{v}\nkind: HTTPRoute\nmetadata: {{name: l, namespace: shop}}\nspec:\n  parentRefs: [{{group: core, kind: Service, name: web, port: 80}}]\n  rules:\n  - matches: [{{path: {{value: /l}}}}]\n    backendRefs: [{backend}]\n");
+        let c = compile_docs(&[SERVICES, &r]);
+        assert!(c.statuses[0].accepted(), "{v}: {:?}", c.statuses[0]);
+        assert_eq!(
+            route_for(&c, "web.shop", Method::GET, "/l/x", &[]),
+            Some(("l".into(), 0)),
+            "{v}"
+        );
+        let RouteKind::Linkerd = c.statuses[0].kind else {
+            panic!()
+        };
+    }
+}
+
+#[test]
+fn timeouts_compile_and_zero_disables() {
+    let r = route("r", None, "  - backendRefs: [{name: a, port: 80}]\n    timeouts: {request: 0s, backendRequest: 250ms}\n");
+    let c = compile_docs(&[SERVICES, &r]);
+    let h = HeaderMap::new();
+    let Lookup::Matched { rule, .. } = c.table.lookup(
+        "web.shop",
+        &RequestView {
+            method: &Method::GET,
+            path: "/",
+            query: None,
+            headers: &h,
+        },
+    ) else {
+        panic!()
+    };
+    assert_eq!(rule.timeouts.request, None);
+    assert_eq!(
+        rule.timeouts.backend_request,
+        Some(std::time::Duration::from_millis(250))
+    );
+}
+
+#[test]
+fn mirrored_backends_carry_cluster_and_remote_authority() {
+    let mirror = "apiVersion: v1\nkind: Service\nmetadata: {name: a-east, namespace: shop, labels: {mirror.linkerd.io/mirrored-service: \"true\", mirror.linkerd.io/cluster-name: east}}\nspec: {ports: [{name: http, port: 80}]}\n---\napiVersion: v1\nkind: Endpoints\nmetadata: {name: a-east, namespace: shop, annotations: {mirror.linkerd.io/remote-svc-fq-name: a.shop.svc.cluster.local}}\nsubsets: [{addresses: [{ip: 10.1.0.1}], ports: [{name: http, port: 4143}]}]\n";
+    let r = route("r", None, "  - backendRefs: [{name: a-east, port: 80}]\n");
+    let c = compile_docs(&[SERVICES, mirror, &r]);
+    let h = HeaderMap::new();
+    let Lookup::Matched { rule, .. } = c.table.lookup(
+        "web.shop",
+        &RequestView {
+            method: &Method::GET,
+            path: "/",
+            query: None,
+            headers: &h,
+        },
+    ) else {
+        panic!()
+    };
+    let BackendTarget::Service(s) = &rule.backends.iter().next().unwrap().target else {
+        panic!()
+    };
+    assert_eq!(s.cluster.as_deref(), Some("east"));
+    assert_eq!(s.authority.as_ref().unwrap(), "a.shop.svc.cluster.local:80");
+    assert_eq!(s.endpoints[0].addr.to_string(), "10.1.0.1:4143");
+}
+
+#[test]
+fn backends_that_are_parents_are_not_routed_again() {
+    // a routes to b, b routes to a: no stacking, each backend resolves to endpoints directly.
+    let ab = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: ab, namespace: shop}\nspec:\n  parentRefs: [{kind: Service, group: \"\", name: a, port: 80}]\n  rules: [{backendRefs: [{name: b, port: 80}]}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: ba, namespace: shop}\nspec:\n  parentRefs: [{kind: Service, group: \"\", name: b, port: 80}]\n  rules: [{backendRefs: [{name: a, port: 80}]}]\n";
+    let c = compile_docs(&[SERVICES, ab]);
+    assert_eq!(backend_weights(&c, "a.shop"), vec![("b".into(), 1)]);
+    assert_eq!(backend_weights(&c, "b.shop"), vec![("a".into(), 1)]);
+}
+
+#[test]
+fn endpoint_load_counters_survive_recompile() {
+    let index = index_of(&[SERVICES, &route("r", None, RULE_A)]);
+    let first = compile(&index, &CompileOptions::default(), None);
+    let second = compile(&index, &CompileOptions::default(), Some(&first.table));
+    let a = first.table.endpoint_loads();
+    let b = second.table.endpoint_loads();
+    assert!(!a.is_empty());
+    for (addr, load) in &a {
+        assert!(Arc::ptr_eq(load, &b[addr]), "{addr}");
+    }
+}

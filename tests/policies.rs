@@ -1,0 +1,168 @@
+//! The bundled examples: `policies/` compiles cleanly, every file in `policies/invalid/`
+//! produces exactly the error its first line announces, and `crds/` matches our types.
+
+use std::path::{Path, PathBuf};
+
+use meshroute::cli;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn bundled_policies_are_all_accepted() {
+    let report = cli::check(&root().join("policies"));
+    assert!(report.ok, "{}", report.to_text());
+    let names: Vec<_> = report
+        .entries
+        .iter()
+        .map(|e| format!("{} {}", e.kind, e.name))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "HTTPRoute color-split",
+            "TrafficSplit service-b",
+            "HTTPRoute smiley-router"
+        ]
+    );
+    for e in &report.entries {
+        assert_eq!(e.status.parents.len(), 1, "{}", e.name);
+    }
+}
+
+#[test]
+fn every_invalid_example_fails_with_its_announced_error() {
+    let invalid = yaml_files(&root().join("policies/invalid"));
+    assert!(
+        invalid.len() >= 15,
+        "expected one file per mistake, found {}",
+        invalid.len()
+    );
+    for file in invalid {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let expect = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect: "))
+            .unwrap_or_else(|| {
+                panic!("{}: first line must be `# expect: <error>`", file.display())
+            });
+        // The mistake sits among the valid examples, as it would in a real repository.
+        let dir = tempfile::tempdir().unwrap();
+        for good in yaml_files(&root().join("policies")) {
+            std::fs::copy(&good, dir.path().join(good.file_name().unwrap())).unwrap();
+        }
+        std::fs::copy(
+            &file,
+            dir.path().join(format!(
+                "zz-{}",
+                file.file_name().unwrap().to_string_lossy()
+            )),
+        )
+        .unwrap();
+        let report = cli::check(dir.path());
+        let out = report.to_text();
+        assert!(
+            !report.ok,
+            "{}: check passed but should fail:\n{out}",
+            file.display()
+        );
+        assert!(
+            out.contains(expect),
+            "{}: expected {expect:?} in:\n{out}",
+            file.display()
+        );
+        // The valid examples next to it are unaffected.
+        for good in ["smiley-router", "service-b"] {
+            let e = report.entries.iter().find(|e| e.name == good).unwrap();
+            assert!(
+                e.healthy(),
+                "{}: {good} was affected:\n{out}",
+                file.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn check_json_has_the_documented_shape() {
+    let report = cli::check(&root().join("policies"));
+    let v: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    let first = &v.as_array().unwrap()[0];
+    for key in [
+        "apiVersion",
+        "kind",
+        "namespace",
+        "name",
+        "admission",
+        "message",
+        "status",
+    ] {
+        assert!(first.get(key).is_some(), "missing {key} in {first}");
+    }
+    let parent = &first["status"]["parents"][0];
+    assert_eq!(parent["controllerName"], "meshroute.dev/controller");
+    assert_eq!(parent["parentRef"]["kind"], "Service");
+    assert_eq!(parent["conditions"][0]["type"], "Accepted");
+}
+
+#[test]
+fn committed_crds_match_the_types() {
+    let committed = std::fs::read_to_string(root().join("crds/meshroute-crds.yaml")).unwrap();
+    let generated = cli::crds_yaml(false);
+    assert!(
+        committed == generated,
+        "crds/meshroute-crds.yaml is stale: run `cargo run -- crds > crds/meshroute-crds.yaml`"
+    );
+    // Drop-in compatibility with Linkerd and linkerd-smi: groups, plurals, storage versions.
+    for (name, storage, versions) in [
+        (
+            "httproutes.policy.linkerd.io",
+            "v1beta3",
+            vec!["v1alpha1", "v1beta1", "v1beta2", "v1beta3"],
+        ),
+        (
+            "trafficsplits.split.smi-spec.io",
+            "v1alpha2",
+            vec!["v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4"],
+        ),
+        (
+            "httproutegroups.specs.smi-spec.io",
+            "v1alpha4",
+            vec!["v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4"],
+        ),
+    ] {
+        let crd = cli::crds()
+            .into_iter()
+            .find(|c| c.metadata.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("{name}"));
+        let mut served: Vec<_> = crd
+            .spec
+            .versions
+            .iter()
+            .filter(|v| v.served)
+            .map(|v| v.name.as_str())
+            .collect();
+        served.sort();
+        assert_eq!(served, versions, "{name}");
+        let stored: Vec<_> = crd
+            .spec
+            .versions
+            .iter()
+            .filter(|v| v.storage)
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(stored, [storage], "{name}");
+    }
+}
