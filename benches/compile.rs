@@ -1,1 +1,119 @@
-fn main(){}
+//! Compile and lookup at scale: 1,000 and 10,000 HTTPRoutes over 1,000 parent Services, and a
+//! request lookup in the result. Also prints the resident memory the 10,000-route table adds.
+//!
+//!     cargo bench --bench compile
+
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use http::{HeaderMap, Method};
+use meshroute::compile::{compile, CompileOptions};
+use meshroute::index::Index;
+use meshroute::sources::file::parse_documents;
+use meshroute::table::matching::RequestView;
+use meshroute::table::Lookup;
+
+const PARENTS: usize = 1000;
+
+/// Services (each with a 3-endpoint EndpointSlice) and `routes` HTTPRoutes spread over them,
+/// each with three rules of different match kinds and two weighted backends.
+fn index(routes: usize) -> Index {
+    let mut y = String::new();
+    for i in 0..PARENTS {
+        y.push_str(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: bench}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: svc-{i}-1, namespace: bench, labels: {{kubernetes.io/service-name: svc-{i}}}}}\n\
+             addressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints: [{{addresses: [10.1.{a}.{b}]}}, {{addresses: [10.2.{a}.{b}]}}, {{addresses: [10.3.{a}.{b}]}}]\n---\n",
+            a = i / 250,
+            b = i % 250 + 1
+        ));
+    }
+    for r in 0..routes {
+        let p = r % PARENTS;
+        let q = (r * 7 + 1) % PARENTS;
+        y.push_str(&format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: route-{r}, namespace: bench, creationTimestamp: \"2025-01-01T00:00:{s:02}Z\"}}\n\
+             spec:\n  parentRefs: [{{kind: Service, group: \"\", name: svc-{p}, port: 80}}]\n  rules:\n\
+             \x20 - matches: [{{path: {{type: Exact, value: /r{r}/exact}}}}]\n    backendRefs: [{{name: svc-{q}, port: 80, weight: 90}}, {{name: svc-{p}, port: 80, weight: 10}}]\n\
+             \x20 - matches: [{{path: {{type: PathPrefix, value: /r{r}}}, headers: [{{name: x-canary, value: \"yes\"}}]}}]\n    backendRefs: [{{name: svc-{q}, port: 80}}]\n    timeouts: {{request: 5s}}\n\
+             \x20 - matches: [{{path: {{type: PathPrefix, value: /r{r}}}}}]\n    backendRefs: [{{name: svc-{p}, port: 80}}]\n---\n",
+            s = r % 60
+        ));
+    }
+    let mut index = Index::new();
+    for item in parse_documents(Path::new("bench.yaml"), &y) {
+        index
+            .apply(item.expect("bench input parses").object)
+            .expect("bench input is valid");
+    }
+    index
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn bench_compile(c: &mut Criterion) {
+    let mut g = c.benchmark_group("compile");
+    g.sample_size(10);
+    for routes in [1_000, 10_000] {
+        let idx = index(routes);
+        g.bench_with_input(BenchmarkId::new("httproutes", routes), &idx, |b, idx| {
+            b.iter(|| black_box(compile(idx, &CompileOptions::default(), None)))
+        });
+    }
+    g.finish();
+
+    let idx = index(10_000);
+    let before = rss_kib();
+    let compiled = compile(&idx, &CompileOptions::default(), None);
+    let after = rss_kib();
+    eprintln!(
+        "table for 10,000 routes over {PARENTS} parents: {} parent ports, RSS +{:.1} MiB",
+        compiled.table.parent_count(),
+        (after.saturating_sub(before)) as f64 / 1024.0
+    );
+
+    let headers = {
+        let mut h = HeaderMap::new();
+        h.insert("x-canary", "yes".parse().unwrap());
+        h
+    };
+    let mut g = c.benchmark_group("lookup");
+    // Worst realistic case: a parent with 10 routes x 3 rules, request matching the last-sorted prefix rule.
+    for (name, path, hdrs) in [
+        ("exact", "/r4321/exact", &HeaderMap::new()),
+        ("header", "/r4321/x", &headers),
+        ("prefix", "/r4321/x", &HeaderMap::new()),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let view = RequestView {
+                    method: &Method::GET,
+                    path: black_box(path),
+                    query: None,
+                    headers: hdrs,
+                };
+                match compiled
+                    .table
+                    .lookup(black_box("svc-321.bench.svc.cluster.local:80"), &view)
+                {
+                    Lookup::Matched { rule, .. } => black_box(rule.index),
+                    other => panic!("{other:?}"),
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_compile);
+criterion_main!(benches);

@@ -10,11 +10,14 @@
 //! `model`, `index`, `compile` and `table` are pure: no tokio, no sockets, no kube client.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod cli;
 pub mod compile;
+pub mod demo;
 pub mod index;
 pub mod metrics;
 pub mod model;
 pub mod proxy;
+pub mod run;
 pub mod sources;
 pub mod table;

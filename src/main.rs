@@ -3,7 +3,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use meshroute::run::RunConfig;
 
 #[derive(Parser)]
 #[command(
@@ -24,6 +28,25 @@ enum Output {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the routing table: from a directory of manifests (hot reload) or from Kubernetes.
+    Run {
+        /// Directory of manifests (file mode).
+        #[arg(long, default_value = "policies", conflicts_with = "kube")]
+        config: PathBuf,
+        /// Read objects from the Kubernetes API (in-cluster config or KUBECONFIG).
+        #[arg(long)]
+        kube: bool,
+        /// Proxy listener.
+        #[arg(long, default_value = "127.0.0.1:4140")]
+        listen: SocketAddr,
+        /// Admin listener (/live, /ready, /metrics, /debug/table).
+        #[arg(long, default_value = "127.0.0.1:9990")]
+        admin: SocketAddr,
+        /// Start echo backends on the loopback endpoints of the manifests and show the
+        /// observed split per parent next to the configured weights.
+        #[arg(long)]
+        demo: bool,
+    },
     /// Compile a directory of manifests offline and print each route's admission and status.
     /// Exits 1 when anything is rejected or not accepted.
     Check {
@@ -59,6 +82,29 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run {
+            config,
+            kube,
+            listen,
+            admin,
+            demo,
+        } => {
+            let cfg = RunConfig {
+                config_dir: config,
+                listen,
+                admin,
+                demo,
+                kube,
+                ..Default::default()
+            };
+            match serve(cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Check { dir, output } => {
             let report = meshroute::cli::check(&dir);
             match output {
@@ -110,4 +156,49 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+/// Build the runtime (`MESHROUTE_WORKERS=1` gives a single-threaded one, as the bench kit asks
+/// of every proxy), log to stderr, and run until SIGTERM or Ctrl-C.
+fn serve(cfg: RunConfig) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let workers = match std::env::var("MESHROUTE_WORKERS") {
+        Ok(v) => Some(
+            v.parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .with_context(|| format!("MESHROUTE_WORKERS={v:?}: expected a positive integer"))?,
+        ),
+        Err(_) => None,
+    };
+    let runtime = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    }
+    .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        };
+        meshroute::run::run(cfg, shutdown).await
+    })
 }

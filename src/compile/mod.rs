@@ -496,11 +496,14 @@ fn endpoints_by_service(index: &Index) -> HashMap<(String, String), ServiceEndpo
     out
 }
 
+/// A backend resolution: the backend, or (status reason, message).
+type Resolved = Result<Arc<ServiceBackend>, (&'static str, String)>;
+
 struct Cx<'a> {
     index: &'a Index,
     loads: HashMap<SocketAddr, Arc<EndpointLoad>>,
     /// Resolved backends by (namespace, name, port), shared between rules.
-    backends: HashMap<(String, String, u16), Result<Arc<ServiceBackend>, (&'static str, String)>>,
+    backends: HashMap<(String, String, u16), Resolved>,
     endpoints: HashMap<(String, String), ServiceEndpoints>,
 }
 

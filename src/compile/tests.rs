@@ -218,9 +218,7 @@ fn compile_is_independent_of_input_order() {
     let r2 = route(
         "two",
         None,
-        &format!(
-            "  - matches: [{{path: {{value: /a}}}}]\n    backendRefs: [{{name: b, port: 80}}]\n"
-        ),
+        "  - matches: [{path: {value: /a}}]\n    backendRefs: [{name: b, port: 80}]\n",
     );
     let split = "apiVersion: split.smi-spec.io/v1alpha2\nkind: TrafficSplit\nmetadata: {name: s, namespace: shop}\nspec:\n  service: a\n  backends: [{service: a, weight: 1}, {service: b, weight: 3}]\n";
     let docs = [SERVICES, r1.as_str(), r2.as_str(), split];

@@ -949,17 +949,20 @@ fn check_filter_combination(
     }
 }
 
+/// Apex service, (backend service, weight or error) pairs, and HTTPRouteGroup references.
+type SplitParts<'a> = (
+    &'a str,
+    Vec<(String, Result<u32, String>)>,
+    Option<&'a Vec<smi::MatchRef>>,
+);
+
 fn admit_split(
     mut route: AdmittedRoute,
     t: &TrafficSplit,
     errors: &mut Vec<FieldError>,
 ) -> AdmittedRoute {
     route.kind = RouteKind::TrafficSplit;
-    let (service, backends, matches): (
-        &str,
-        Vec<(String, Result<u32, String>)>,
-        Option<&Vec<smi::MatchRef>>,
-    ) = match t {
+    let (service, backends, matches): SplitParts<'_> = match t {
         TrafficSplit::V1alpha1(t) => (
             &t.spec.service,
             t.spec

@@ -64,7 +64,7 @@ impl fmt::Display for ObjectInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadError {
     pub location: Location,
-    pub object: Option<ObjectInfo>,
+    pub object: Option<Box<ObjectInfo>>,
     /// `field: message`, or just a message for whole-file problems.
     pub message: String,
 }
@@ -123,7 +123,7 @@ pub fn load_dir(dir: &Path) -> LoadOutcome {
                     let key = loaded.object.key();
                     if let Some(first) = seen.get(&key) {
                         out.errors.push(LoadError {
-                            object: Some(info_of(&loaded.object)),
+                            object: Some(Box::new(info_of(&loaded.object))),
                             message: format!("duplicate object: already defined at {first}"),
                             location: loaded.location,
                         });
@@ -140,7 +140,7 @@ pub fn load_dir(dir: &Path) -> LoadOutcome {
                         }
                         Err(errs) => out.errors.push(LoadError {
                             location: loaded.location,
-                            object: Some(info),
+                            object: Some(Box::new(info)),
                             message: errs
                                 .iter()
                                 .map(|e| e.to_string())
@@ -209,6 +209,8 @@ fn yaml_options() -> serde_saphyr::Options {
     budget.max_aliases = MAX_ALIASES;
     budget.max_depth = MAX_DEPTH;
     budget.max_documents = 10_000;
+    // Enough for a 4 MiB file of ordinary manifests.
+    budget.max_nodes = 2_000_000;
     let mut opts = serde_saphyr::Options::default();
     opts.budget = Some(budget);
     opts.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::Error;
@@ -287,7 +289,7 @@ pub fn decode(location: &Location, doc: Value) -> Result<Loaded, LoadError> {
     };
     let fail = |message: String| LoadError {
         location: location.clone(),
-        object: Some(info.clone()),
+        object: Some(Box::new(info.clone())),
         message,
     };
     if !doc.is_object() {

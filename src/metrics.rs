@@ -1,0 +1,513 @@
+//! Process metrics, exported in the OpenMetrics text format by the admin server.
+//!
+//! Route and backend families use Linkerd's outbound names and labels
+//! (`outbound_http_route_*`) so existing dashboards and Flagger/Argo queries keep working.
+//! The request path never hashes a label set: when a table is published, [`TableMetrics`]
+//! resolves a handle for every (parent, rule) and (parent, backend) once, and requests look the
+//! handle up by the address of the table entry (a pointer-sized key) and bump atomics.
+//!
+//! Histograms are [`AtomicHistogram`]s — fixed buckets of atomics instead of
+//! prometheus-client's lock-protected histogram — so observing a latency never takes a lock.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+
+use crate::table::{Backend, BackendTarget, Mirror, ParentPort, RouteTable, Rule, ServiceBackend};
+
+/// Upper bounds (seconds) of the latency histograms.
+const BUCKETS: [f64; 12] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A histogram of durations with fixed [`BUCKETS`], updated with relaxed atomics only.
+#[derive(Debug, Clone, Default)]
+pub struct AtomicHistogram(Arc<HistogramInner>);
+
+#[derive(Debug, Default)]
+struct HistogramInner {
+    /// Non-cumulative counts; the last slot is `+Inf`.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl AtomicHistogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = BUCKETS.partition_point(|&b| b < secs);
+        self.0.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.0.count.fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.0.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.0.count.load(Ordering::Relaxed)
+    }
+}
+
+impl TypedMetric for AtomicHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for AtomicHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let mut buckets = [(0.0, 0u64); BUCKETS.len() + 1];
+        for (i, slot) in buckets.iter_mut().enumerate() {
+            let bound = BUCKETS.get(i).copied().unwrap_or(f64::INFINITY);
+            *slot = (bound, self.0.buckets[i].load(Ordering::Relaxed));
+        }
+        let count = buckets.iter().map(|b| b.1).sum();
+        let sum = self.0.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// Parent and route labels (Linkerd's `outbound_http_route_*` label set).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub parent_group: &'static str,
+    pub parent_kind: &'static str,
+    pub parent_namespace: Arc<str>,
+    pub parent_name: Arc<str>,
+    pub parent_port: u16,
+    pub route_group: &'static str,
+    pub route_kind: &'static str,
+    pub route_namespace: Arc<str>,
+    pub route_name: Arc<str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct StatusLabels {
+    #[prometheus(flatten)]
+    pub route: RouteLabels,
+    pub http_status: u16,
+    /// Empty when the proxy made no error; otherwise the `meshroute-error` reason.
+    pub error: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct BackendLabels {
+    #[prometheus(flatten)]
+    pub route: RouteLabels,
+    pub backend_group: &'static str,
+    pub backend_kind: &'static str,
+    pub backend_namespace: Arc<str>,
+    pub backend_name: Arc<str>,
+    pub backend_port: u16,
+    /// `mirror.linkerd.io/cluster-name` of a mirrored Service; empty for local Services.
+    pub backend_cluster: Arc<str>,
+    /// `true` for copies sent by a RequestMirror filter.
+    pub mirror: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub backend_namespace: Arc<str>,
+    pub backend_name: Arc<str>,
+    pub backend_port: u16,
+    pub backend_cluster: Arc<str>,
+}
+
+/// Every metric the process exports. Cheap to share (`Arc`).
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    route_duration: Family<RouteLabels, AtomicHistogram>,
+    route_statuses: Family<StatusLabels, Counter>,
+    backend_requests: Family<BackendLabels, Counter>,
+    backend_duration: Family<BackendLabels, AtomicHistogram>,
+    endpoints_ready: Family<ServiceLabels, Gauge>,
+    pub open_connections: Gauge,
+    pub connections_total: Counter,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    pub table_generation: Gauge,
+    pub reloads: Counter,
+    pub reload_errors: Counter,
+    /// 1 while the live table is the result of the last reload attempt, 0 while a broken
+    /// edit is being ignored.
+    pub config_ok: Gauge,
+    /// Requests refused before routing (missing Host, unknown authority, no matching rule).
+    unrouted: Family<UnroutedLabels, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct UnroutedLabels {
+    error: &'static str,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut m = Metrics {
+            registry: Registry::default(),
+            route_duration: Family::default(),
+            route_statuses: Family::default(),
+            backend_requests: Family::default(),
+            backend_duration: Family::default(),
+            endpoints_ready: Family::default(),
+            open_connections: Gauge::default(),
+            connections_total: Counter::default(),
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+            table_generation: Gauge::default(),
+            reloads: Counter::default(),
+            reload_errors: Counter::default(),
+            config_ok: Gauge::default(),
+            unrouted: Family::default(),
+        };
+        let r = &mut m.registry;
+        r.register(
+            "outbound_http_route_request_duration_seconds",
+            "Time from receiving a request until its response stream ends, per route",
+            m.route_duration.clone(),
+        );
+        r.register(
+            "outbound_http_route_request_statuses",
+            "Completed requests per route, by HTTP status and proxy error",
+            m.route_statuses.clone(),
+        );
+        r.register(
+            "outbound_http_route_backend_requests",
+            "Requests dispatched to each backend of a route",
+            m.backend_requests.clone(),
+        );
+        r.register(
+            "outbound_http_route_backend_response_duration_seconds",
+            "Time from dispatching to a backend until its response stream ends",
+            m.backend_duration.clone(),
+        );
+        r.register(
+            "meshroute_backend_endpoints_ready",
+            "Ready endpoints of each backend Service port in the live table",
+            m.endpoints_ready.clone(),
+        );
+        r.register(
+            "meshroute_unrouted_requests",
+            "Requests answered before a route was found",
+            m.unrouted.clone(),
+        );
+        r.register(
+            "meshroute_open_connections",
+            "Client connections currently open",
+            m.open_connections.clone(),
+        );
+        r.register(
+            "meshroute_connections",
+            "Client connections accepted",
+            m.connections_total.clone(),
+        );
+        r.register(
+            "meshroute_received_bytes",
+            "Bytes read from clients",
+            m.bytes_in.clone(),
+        );
+        r.register(
+            "meshroute_sent_bytes",
+            "Bytes written to clients",
+            m.bytes_out.clone(),
+        );
+        r.register(
+            "meshroute_table_generation",
+            "Generation of the live routing table",
+            m.table_generation.clone(),
+        );
+        r.register(
+            "meshroute_config_reloads",
+            "Configuration reload attempts",
+            m.reloads.clone(),
+        );
+        r.register(
+            "meshroute_config_reload_errors",
+            "Configuration reloads that found errors (the last good table kept serving)",
+            m.reload_errors.clone(),
+        );
+        r.register(
+            "meshroute_config_ok",
+            "1 when the live table reflects the configuration on disk, 0 while an edit is rejected",
+            m.config_ok.clone(),
+        );
+        m
+    }
+
+    /// The registry in OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn count_unrouted(&self, error: &'static str) {
+        self.unrouted.get_or_create(&UnroutedLabels { error }).inc();
+    }
+
+    /// Resolve handles for every route and backend of `table` (done once per publish).
+    pub fn for_table(self: &Arc<Self>, table: &RouteTable) -> TableMetrics {
+        let mut routes = PtrMap::default();
+        let mut backends = PtrMap::default();
+        for svc in table.services() {
+            for parent in &svc.ports {
+                for (_, rule) in &parent.matches {
+                    let key = (ptr(&**parent), ptr(&**rule));
+                    if routes.contains_key(&key) {
+                        continue;
+                    }
+                    let labels = route_labels(parent, rule);
+                    routes.insert(key, Arc::new(self.route_handles(labels.clone())));
+                    for b in rule.backends.iter() {
+                        let handles = self.backend_handles(&labels, b);
+                        backends.insert((ptr(&**parent), ptr(b)), Arc::new(handles));
+                        if let BackendTarget::Service(s) = &b.target {
+                            self.track_ready(s);
+                        }
+                    }
+                    let rule_mirrors = rule.filters.iter();
+                    let backend_mirrors = rule.backends.iter().flat_map(|b| b.filters.iter());
+                    for f in rule_mirrors.chain(backend_mirrors) {
+                        if let crate::table::Filter::RequestMirror(m) = f {
+                            let h = self.mirror_handles(&labels, m);
+                            backends.insert((ptr(&**parent), ptr(m)), Arc::new(h));
+                        }
+                    }
+                }
+            }
+        }
+        TableMetrics { routes, backends }
+    }
+
+    fn route_handles(&self, labels: RouteLabels) -> RouteMetrics {
+        RouteMetrics {
+            duration: self.route_duration.get_or_create_owned(&labels),
+            ok: (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect(),
+            statuses: self.route_statuses.clone(),
+            labels,
+        }
+    }
+
+    fn backend_handles(&self, route: &RouteLabels, b: &Backend) -> BackendMetrics {
+        let labels = match &b.target {
+            BackendTarget::Service(s) => backend_labels(route, s, false),
+            BackendTarget::Invalid { .. } => BackendLabels {
+                route: route.clone(),
+                backend_group: "",
+                backend_kind: "Invalid",
+                backend_namespace: route.route_namespace.clone(),
+                backend_name: Arc::from(""),
+                backend_port: 0,
+                backend_cluster: Arc::from(""),
+                mirror: false,
+            },
+        };
+        self.backend_from_labels(labels)
+    }
+
+    fn mirror_handles(&self, route: &RouteLabels, m: &Mirror) -> BackendMetrics {
+        self.backend_from_labels(backend_labels(route, &m.backend, true))
+    }
+
+    fn backend_from_labels(&self, labels: BackendLabels) -> BackendMetrics {
+        BackendMetrics {
+            requests: self.backend_requests.get_or_create_owned(&labels),
+            duration: self.backend_duration.get_or_create_owned(&labels),
+        }
+    }
+
+    fn track_ready(&self, s: &ServiceBackend) {
+        let labels = ServiceLabels {
+            backend_namespace: s.namespace.clone(),
+            backend_name: s.name.clone(),
+            backend_port: s.port,
+            backend_cluster: s.cluster.clone().unwrap_or_else(|| Arc::from("")),
+        };
+        self.endpoints_ready
+            .get_or_create(&labels)
+            .set(i64::try_from(s.ready.len()).unwrap_or(i64::MAX));
+    }
+
+    /// Forget per-Service gauges before a new table re-registers what it still has, so a
+    /// Service that left the table stops being reported.
+    pub fn reset_endpoint_gauges(&self) {
+        self.endpoints_ready.clear();
+    }
+}
+
+/// Slots for statuses 100..=599 in [`RouteMetrics::ok`].
+const STATUS_SLOTS: usize = 500;
+
+/// Handles for one (parent port, rule).
+#[derive(Debug)]
+pub struct RouteMetrics {
+    pub labels: RouteLabels,
+    duration: AtomicHistogram,
+    /// Counter handles for error-free responses, by `status - 100`, created on first use.
+    ok: Box<[OnceLock<Counter>]>,
+    statuses: Family<StatusLabels, Counter>,
+}
+
+impl RouteMetrics {
+    /// Record one finished request: its status, the proxy error if any, and its duration.
+    pub fn record(&self, status: u16, error: Option<&'static str>, elapsed: Duration) {
+        self.duration.observe(elapsed);
+        match (error, usize::from(status).checked_sub(100)) {
+            (None, Some(i)) if i < STATUS_SLOTS => {
+                self.ok[i]
+                    .get_or_init(|| self.status_counter(status, ""))
+                    .inc();
+            }
+            (error, _) => {
+                self.status_counter(status, error.unwrap_or("")).inc();
+            }
+        }
+    }
+
+    fn status_counter(&self, http_status: u16, error: &'static str) -> Counter {
+        self.statuses.get_or_create_owned(&StatusLabels {
+            route: self.labels.clone(),
+            http_status,
+            error,
+        })
+    }
+}
+
+/// Handles for one backend (or mirror target) of one rule under one parent.
+#[derive(Debug)]
+pub struct BackendMetrics {
+    pub requests: Counter,
+    pub duration: AtomicHistogram,
+}
+
+/// Metric handles of one published table, keyed by the address of table entries.
+#[derive(Debug, Default)]
+pub struct TableMetrics {
+    routes: PtrMap<Arc<RouteMetrics>>,
+    backends: PtrMap<Arc<BackendMetrics>>,
+}
+
+impl TableMetrics {
+    /// Handles for `rule` served under `parent`. Both must belong to the table these metrics
+    /// were built for.
+    pub fn route(&self, parent: &ParentPort, rule: &Rule) -> Option<&Arc<RouteMetrics>> {
+        self.routes.get(&(ptr(parent), ptr(rule)))
+    }
+
+    pub fn backend(&self, parent: &ParentPort, backend: &Backend) -> Option<&Arc<BackendMetrics>> {
+        self.backends.get(&(ptr(parent), ptr(backend)))
+    }
+
+    pub fn mirror(&self, parent: &ParentPort, mirror: &Mirror) -> Option<&Arc<BackendMetrics>> {
+        self.backends.get(&(ptr(parent), ptr(mirror)))
+    }
+}
+
+fn route_labels(parent: &ParentPort, rule: &Rule) -> RouteLabels {
+    let (route_group, route_kind, route_namespace, route_name) = match &rule.route {
+        Some(r) => (r.group, r.kind, r.namespace.clone(), r.name.clone()),
+        // Linkerd labels traffic of a Service without routes as the "default" route.
+        None => ("", "default", parent.namespace.clone(), Arc::from("http")),
+    };
+    RouteLabels {
+        parent_group: "core",
+        parent_kind: "Service",
+        parent_namespace: parent.namespace.clone(),
+        parent_name: parent.name.clone(),
+        parent_port: parent.port,
+        route_group,
+        route_kind,
+        route_namespace,
+        route_name,
+    }
+}
+
+fn backend_labels(route: &RouteLabels, s: &ServiceBackend, mirror: bool) -> BackendLabels {
+    BackendLabels {
+        route: route.clone(),
+        backend_group: "core",
+        backend_kind: "Service",
+        backend_namespace: s.namespace.clone(),
+        backend_name: s.name.clone(),
+        backend_port: s.port,
+        backend_cluster: s.cluster.clone().unwrap_or_else(|| Arc::from("")),
+        mirror,
+    }
+}
+
+type PtrKey = (usize, usize);
+type PtrMap<V> = HashMap<PtrKey, V, BuildHasherDefault<PtrHasher>>;
+
+fn ptr<T>(r: &T) -> usize {
+    r as *const T as usize
+}
+
+/// A multiplicative hasher for pointer pairs: addresses are already well spread, so SipHash
+/// would only add cost on the request path.
+#[derive(Default)]
+pub struct PtrHasher(u64);
+
+impl Hasher for PtrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_encodes_cumulative_buckets_and_sum() {
+        let h = AtomicHistogram::default();
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_millis(300));
+        h.observe(Duration::from_secs(20));
+        let mut reg = Registry::default();
+        reg.register("lat_seconds", "test", h.clone());
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
+        assert!(out.contains("lat_seconds_bucket{le=\"0.005\"} 1"), "{out}");
+        assert!(out.contains("lat_seconds_bucket{le=\"0.5\"} 2"), "{out}");
+        assert!(out.contains("lat_seconds_bucket{le=\"+Inf\"} 3"), "{out}");
+        assert!(out.contains("lat_seconds_count 3"), "{out}");
+        assert_eq!(h.count(), 3);
+    }
+}

@@ -1,0 +1,288 @@
+//! Body types of the proxy: one concrete type each way, so no request boxes its body.
+//!
+//! - [`RequestBody`] is what goes upstream: the client's body, a copy of it teed to mirrors,
+//!   or nothing.
+//! - [`ResponseBody`] is what goes to the client: a short proxy-made body, or the upstream body
+//!   wrapped with the exchange's deadline and its completion bookkeeping ([`Completion`]): the
+//!   metrics, the endpoint's in-flight guard and the pooled HTTP/1 connection, all settled the
+//!   moment the stream ends.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::sync::mpsc;
+use tokio::time::Sleep;
+
+use super::pool::PooledConn;
+use crate::metrics::{BackendMetrics, RouteMetrics};
+use crate::table::InFlight;
+
+/// Error type of proxy bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a streaming body was cut short.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("{0} expired while the response body was streaming")]
+    Timeout(&'static str),
+    #[error("upstream body failed: {0}")]
+    Upstream(#[source] hyper::Error),
+    #[error("request body was cut short; mirror copy abandoned")]
+    MirrorAbandoned,
+}
+
+/// A body sent upstream.
+#[derive(Debug)]
+pub enum RequestBody {
+    Empty,
+    Incoming(Incoming),
+    /// The client's body, with every data frame also offered to mirror copies. A mirror that
+    /// cannot keep up is dropped rather than slowing the primary request.
+    Tee {
+        inner: Incoming,
+        mirrors: Vec<(mpsc::Sender<Bytes>, Arc<AtomicBool>)>,
+    },
+    /// A mirror's copy; `complete` is set once the original ended cleanly, so a copy of a body
+    /// that was cut short ends in an error instead of looking complete.
+    Mirror {
+        rx: mpsc::Receiver<Bytes>,
+        complete: Arc<AtomicBool>,
+    },
+}
+
+impl RequestBody {
+    /// A new mirror copy fed by this body. Turns `Incoming` into `Tee`.
+    pub fn tee(&mut self) -> RequestBody {
+        let (tx, rx) = mpsc::channel(32);
+        let complete = Arc::new(AtomicBool::new(false));
+        let copy = RequestBody::Mirror {
+            rx,
+            complete: complete.clone(),
+        };
+        match std::mem::replace(self, RequestBody::Empty) {
+            RequestBody::Incoming(inner) => {
+                *self = RequestBody::Tee {
+                    inner,
+                    mirrors: vec![(tx, complete)],
+                };
+            }
+            RequestBody::Tee { inner, mut mirrors } => {
+                mirrors.push((tx, complete));
+                *self = RequestBody::Tee { inner, mirrors };
+            }
+            other => {
+                *self = other;
+                return RequestBody::Empty;
+            }
+        }
+        copy
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::Tee { inner, mirrors } => {
+                let frame = ready!(Pin::new(inner).poll_frame(cx));
+                match &frame {
+                    Some(Ok(f)) => {
+                        if let Some(data) = f.data_ref() {
+                            mirrors.retain(|(tx, _)| tx.try_send(data.clone()).is_ok());
+                        }
+                    }
+                    None => {
+                        for (_, complete) in mirrors.drain(..) {
+                            complete.store(true, Ordering::Release);
+                        }
+                    }
+                    Some(Err(_)) => mirrors.clear(),
+                }
+                Poll::Ready(frame.map(|r| r.map_err(Into::into)))
+            }
+            RequestBody::Mirror { rx, complete } => match ready!(rx.poll_recv(cx)) {
+                Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                None if complete.load(Ordering::Acquire) => Poll::Ready(None),
+                None => Poll::Ready(Some(Err(StreamError::MirrorAbandoned.into()))),
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Incoming(b) => b.is_end_stream(),
+            RequestBody::Tee { inner, .. } => inner.is_end_stream(),
+            RequestBody::Mirror { .. } => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Incoming(b) => b.size_hint(),
+            RequestBody::Tee { inner, .. } => inner.size_hint(),
+            RequestBody::Mirror { .. } => SizeHint::default(),
+        }
+    }
+}
+
+/// A body sent to the client.
+#[derive(Debug)]
+pub struct ResponseBody(Kind);
+
+#[derive(Debug)]
+enum Kind {
+    Full(Option<Bytes>),
+    Upstream(UpstreamBody),
+}
+
+impl ResponseBody {
+    pub fn full(bytes: Bytes) -> Self {
+        ResponseBody(Kind::Full(Some(bytes)))
+    }
+
+    pub fn empty() -> Self {
+        ResponseBody(Kind::Full(None))
+    }
+
+    pub(crate) fn upstream(
+        inner: Incoming,
+        deadline: Option<(Pin<Box<Sleep>>, &'static str)>,
+        completion: Completion,
+    ) -> Self {
+        ResponseBody(Kind::Upstream(UpstreamBody {
+            inner,
+            deadline,
+            completion: Some(completion),
+        }))
+    }
+}
+
+/// Bookkeeping settled once when an upstream response ends, fails or is dropped.
+#[derive(Debug)]
+pub(crate) struct Completion {
+    pub route: Option<Arc<RouteMetrics>>,
+    pub backend: Option<Arc<BackendMetrics>>,
+    pub status: u16,
+    pub started: Instant,
+    pub dispatched: Instant,
+    pub in_flight: InFlight,
+    pub conn: Option<PooledConn>,
+}
+
+impl Completion {
+    fn finish(self, error: Option<&'static str>) {
+        let now = Instant::now();
+        if let Some(r) = &self.route {
+            r.record(
+                self.status,
+                error,
+                now.saturating_duration_since(self.started),
+            );
+        }
+        if let Some(b) = &self.backend {
+            b.duration
+                .observe(now.saturating_duration_since(self.dispatched));
+        }
+        // Only a connection whose response ended cleanly can carry another request.
+        if error.is_none() {
+            if let Some(conn) = self.conn {
+                conn.release();
+            }
+        }
+        drop(self.in_flight);
+    }
+}
+
+#[derive(Debug)]
+struct UpstreamBody {
+    inner: Incoming,
+    deadline: Option<(Pin<Box<Sleep>>, &'static str)>,
+    completion: Option<Completion>,
+}
+
+impl UpstreamBody {
+    fn settle(&mut self, error: Option<&'static str>) {
+        if let Some(c) = self.completion.take() {
+            c.finish(error);
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // hyper does not poll a body that already reports its end (HEAD, 204, 304, or the
+        // last frame of a sized body), so "ended" is decided here as well.
+        let error = (!self.inner.is_end_stream()).then_some("cancel");
+        self.settle(error);
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.get_mut().0 {
+            Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Upstream(u) => {
+                if let Some((sleep, which)) = &mut u.deadline {
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        let which = *which;
+                        u.deadline = None;
+                        u.settle(Some("response-stream-timeout"));
+                        return Poll::Ready(Some(Err(StreamError::Timeout(which).into())));
+                    }
+                }
+                match ready!(Pin::new(&mut u.inner).poll_frame(cx)) {
+                    Some(Ok(frame)) => {
+                        if u.inner.is_end_stream() {
+                            u.settle(None);
+                        }
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Some(Err(e)) => {
+                        u.settle(Some("upstream-stream-error"));
+                        Poll::Ready(Some(Err(StreamError::Upstream(e).into())))
+                    }
+                    None => {
+                        u.settle(None);
+                        Poll::Ready(None)
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Kind::Full(b) => b.is_none(),
+            Kind::Upstream(u) => u.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Upstream(u) => u.inner.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Every way the proxy itself can fail a request, and the one function that turns such a
+//! failure into a response ([`error_response`]): a status code, a `meshroute-error: <reason>`
+//! header and the same reason as the body. Metrics use the same reason as their `error` label.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Response, StatusCode};
+
+use super::body::ResponseBody;
+
+/// Header naming the reason on every response the proxy makes up itself.
+pub const ERROR_HEADER: HeaderName = HeaderName::from_static("meshroute-error");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("request has no Host header or authority")]
+    MissingHost,
+    #[error("request has more than one Host header")]
+    DuplicateHost,
+    #[error("request authority is not valid")]
+    InvalidAuthority,
+    #[error("no Service is known for the request authority")]
+    UnknownAuthority,
+    #[error("no route rule matches the request")]
+    NoRoute,
+    #[error("backend is invalid: {0}")]
+    InvalidBackend(String),
+    #[error("no backend of the rule has a non-zero weight")]
+    NoBackends,
+    #[error("backend {0} has no ready endpoint")]
+    NoReadyEndpoint(String),
+    #[error("connecting to endpoint {addr} failed: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("connecting to endpoint {0} timed out")]
+    ConnectTimeout(SocketAddr),
+    #[error("endpoint {addr} failed the exchange: {source}")]
+    Upstream {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
+    #[error("request timeout expired")]
+    RequestTimeout,
+    #[error("backendRequest timeout expired")]
+    BackendRequestTimeout,
+    #[error("redirect target is not a valid Location: {0}")]
+    InvalidRedirect(String),
+}
+
+impl ProxyError {
+    /// The status and reason for this error. Kept next to [`error_response`] so the mapping
+    /// has exactly one home.
+    pub fn classify(&self) -> (StatusCode, &'static str) {
+        use ProxyError::*;
+        match self {
+            MissingHost => (StatusCode::BAD_REQUEST, "missing-host"),
+            DuplicateHost => (StatusCode::BAD_REQUEST, "duplicate-host"),
+            InvalidAuthority => (StatusCode::BAD_REQUEST, "invalid-authority"),
+            UnknownAuthority => (StatusCode::NOT_FOUND, "unknown-authority"),
+            NoRoute => (StatusCode::NOT_FOUND, "no-route"),
+            InvalidBackend(_) => (StatusCode::INTERNAL_SERVER_ERROR, "invalid-backend"),
+            NoBackends => (StatusCode::INTERNAL_SERVER_ERROR, "no-backends"),
+            InvalidRedirect(_) => (StatusCode::INTERNAL_SERVER_ERROR, "invalid-redirect"),
+            Connect { .. } | ConnectTimeout(_) => (StatusCode::BAD_GATEWAY, "connect-failed"),
+            Upstream { .. } => (StatusCode::BAD_GATEWAY, "upstream-protocol-error"),
+            NoReadyEndpoint(_) => (StatusCode::SERVICE_UNAVAILABLE, "no-ready-endpoint"),
+            RequestTimeout => (StatusCode::GATEWAY_TIMEOUT, "request-timeout"),
+            BackendRequestTimeout => (StatusCode::GATEWAY_TIMEOUT, "backend-request-timeout"),
+        }
+    }
+
+    /// The `meshroute-error` reason (also the metrics `error` label).
+    pub fn reason(&self) -> &'static str {
+        self.classify().1
+    }
+}
+
+/// The response for a proxy-made failure. The only place statuses for errors are chosen.
+pub fn error_response(err: &ProxyError) -> Response<ResponseBody> {
+    let (status, reason) = err.classify();
+    let mut rsp = Response::new(ResponseBody::full(Bytes::from_static(reason.as_bytes())));
+    *rsp.status_mut() = status;
+    let h = rsp.headers_mut();
+    h.insert(ERROR_HEADER, HeaderValue::from_static(reason));
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain"),
+    );
+    rsp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_maps_to_the_documented_status() {
+        let addr: SocketAddr = ([127, 0, 0, 1], 1).into();
+        let cases = [
+            (ProxyError::MissingHost, 400),
+            (ProxyError::DuplicateHost, 400),
+            (ProxyError::UnknownAuthority, 404),
+            (ProxyError::NoRoute, 404),
+            (ProxyError::InvalidBackend("x".into()), 500),
+            (ProxyError::NoBackends, 500),
+            (
+                ProxyError::Connect {
+                    addr,
+                    source: std::io::ErrorKind::ConnectionRefused.into(),
+                },
+                502,
+            ),
+            (ProxyError::NoReadyEndpoint("a".into()), 503),
+            (ProxyError::RequestTimeout, 504),
+            (ProxyError::BackendRequestTimeout, 504),
+        ];
+        for (err, status) in cases {
+            let rsp = error_response(&err);
+            assert_eq!(rsp.status().as_u16(), status, "{err}");
+            assert_eq!(
+                rsp.headers()[ERROR_HEADER].to_str().ok(),
+                Some(err.reason())
+            );
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! The embedded proxy: serves the live [`RouteTable`] on one shared listener.
+//!
+//! Read top to bottom, a request goes [`server`] (accept, HTTP/1.1 or h2c, limits) →
+//! [`route`] (which authority) → table lookup → [`filters`] → weighted backend and P2C endpoint
+//! choice in [`forward`] → [`pool`] (upstream connections) under the deadlines of
+//! [`timeout`]; every proxy-made failure goes through [`error::error_response`].
+//!
+//! The live table is published through an [`ArcSwap`]: a request loads it once and finishes on
+//! that table even if a new one is swapped in meanwhile. Publishing also resolves the metric
+//! handles of every route and carries the upstream connection pools over by endpoint address.
+
+pub mod body;
+pub mod error;
+pub mod filters;
+pub mod forward;
+pub mod pool;
+pub mod route;
+pub mod server;
+pub mod timeout;
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::metrics::{Metrics, TableMetrics};
+use crate::table::{BackendTarget, Filter, RouteTable};
+use pool::Pools;
+
+/// Limits and timeouts of the proxy listener and its upstream client.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Client connections served at once; further connections wait in the accept backlog.
+    pub max_connections: usize,
+    /// Time a client has to send a complete request head (also the idle keep-alive limit
+    /// between requests on HTTP/1.1).
+    pub header_read_timeout: Duration,
+    /// Most header fields in one HTTP/1.1 request head.
+    pub max_headers: usize,
+    /// Largest request head (HTTP/1.1) or header list (h2), in bytes.
+    pub max_header_bytes: usize,
+    /// Time allowed to open a TCP connection to an endpoint.
+    pub connect_timeout: Duration,
+    /// How long graceful shutdown waits for in-flight requests.
+    pub drain_timeout: Duration,
+    /// Upper bound on a mirrored request when the rule sets no timeout.
+    pub mirror_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            max_headers: 100,
+            max_header_bytes: 64 * 1024,
+            connect_timeout: Duration::from_secs(3),
+            drain_timeout: Duration::from_secs(4),
+            mirror_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One published table with everything the request path derives from it.
+#[derive(Debug)]
+pub struct Live {
+    pub table: Arc<RouteTable>,
+    pub(crate) metrics: TableMetrics,
+    pub(crate) pools: Pools,
+}
+
+/// Shared state of the proxy: the live table, metrics and configuration.
+#[derive(Debug)]
+pub struct Proxy {
+    live: ArcSwap<Live>,
+    pub metrics: Arc<Metrics>,
+    pub config: ProxyConfig,
+    ready: AtomicBool,
+    publishing: Mutex<()>,
+}
+
+impl Proxy {
+    /// A proxy serving an empty table (every authority unknown) until the first publish.
+    pub fn new(metrics: Arc<Metrics>, config: ProxyConfig) -> Arc<Self> {
+        let live = Live {
+            table: Arc::new(RouteTable::new(crate::table::DEFAULT_CLUSTER_DOMAIN)),
+            metrics: TableMetrics::default(),
+            pools: Pools::default(),
+        };
+        Arc::new(Proxy {
+            live: ArcSwap::from_pointee(live),
+            metrics,
+            config,
+            ready: AtomicBool::new(false),
+            publishing: Mutex::new(()),
+        })
+    }
+
+    /// Make `table` the live table. Assigns and returns its generation (previous + 1).
+    pub fn publish(&self, mut table: RouteTable) -> u64 {
+        let _serial = self.publishing.lock().unwrap_or_else(|e| e.into_inner());
+        let prev = self.live.load_full();
+        table.generation = prev.table.generation + 1;
+        let generation = table.generation;
+        self.metrics.reset_endpoint_gauges();
+        let metrics = self.metrics.for_table(&table);
+        let pools = pool::carry_over(
+            Some(&prev.pools),
+            endpoint_addrs(&table),
+            self.config.connect_timeout,
+        );
+        self.live.store(Arc::new(Live {
+            table: Arc::new(table),
+            metrics,
+            pools,
+        }));
+        self.metrics
+            .table_generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+        self.ready.store(true, Ordering::Release);
+        generation
+    }
+
+    /// The live table.
+    pub fn table(&self) -> Arc<RouteTable> {
+        self.live.load().table.clone()
+    }
+
+    pub(crate) fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// True once a table has been published.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+/// Every endpoint address the table can send to (backends and mirror targets).
+fn endpoint_addrs(table: &RouteTable) -> Vec<std::net::SocketAddr> {
+    let mut out = Vec::new();
+    for svc in table.services() {
+        for parent in &svc.ports {
+            for (_, rule) in &parent.matches {
+                let backend_filters = rule.backends.iter().flat_map(|b| b.filters.iter());
+                for f in rule.filters.iter().chain(backend_filters) {
+                    if let Filter::RequestMirror(m) = f {
+                        out.extend(m.backend.endpoints.iter().map(|e| e.addr));
+                    }
+                }
+                for b in rule.backends.iter() {
+                    if let BackendTarget::Service(s) = &b.target {
+                        out.extend(s.endpoints.iter().map(|e| e.addr));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+thread_local! {
+    static RNG: Cell<u64> = Cell::new(rand::random::<u64>() | 1);
+}
+
+/// A fast per-thread random number (xorshift64*): weighted picks need speed, not secrecy.
+pub(crate) fn fast_rand() -> u64 {
+    RNG.with(|s| {
+        let mut x = s.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        s.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    })
+}

@@ -1,0 +1,241 @@
+//! Upstream connections, one pool per endpoint address.
+//!
+//! The proxy only ever connects to an address it took from a table [`Endpoint`]; there is no
+//! code path from a request's authority to a socket. HTTP/1.1 connections are kept in a small
+//! per-endpoint idle stack and reused; h2c endpoints share one multiplexed connection. Pools are
+//! keyed by address and carried from one table generation to the next, so a table swap keeps
+//! every warm connection.
+//!
+//! [`Endpoint`]: crate::table::Endpoint
+
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use super::body::RequestBody;
+use super::error::ProxyError;
+use crate::metrics::PtrHasher;
+use crate::table::Protocol;
+
+/// Idle HTTP/1.1 connections kept per endpoint beyond which released ones are closed.
+const MAX_IDLE_PER_ENDPOINT: usize = 512;
+
+/// Connections of one endpoint.
+#[derive(Debug)]
+pub struct EndpointPool {
+    addr: SocketAddr,
+    connect_timeout: Duration,
+    idle: Mutex<Vec<http1::SendRequest<RequestBody>>>,
+    h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
+}
+
+/// An HTTP/1.1 connection lent to one exchange; [`PooledConn::release`] hands it back once the
+/// response has ended cleanly. Dropping it instead closes the connection (which is how an
+/// abandoned exchange is cancelled upstream).
+#[derive(Debug)]
+pub struct PooledConn {
+    pool: Arc<EndpointPool>,
+    sender: http1::SendRequest<RequestBody>,
+}
+
+impl PooledConn {
+    pub fn release(self) {
+        let PooledConn { pool, mut sender } = self;
+        if sender.is_closed() {
+            return;
+        }
+        if sender.is_ready() {
+            pool.put(sender);
+        } else {
+            // The connection task has not yet noticed the exchange is over; wait for it off
+            // the request path.
+            tokio::spawn(async move {
+                if sender.ready().await.is_ok() {
+                    pool.put(sender);
+                }
+            });
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks cannot leave the data inconsistent (push/pop only).
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl EndpointPool {
+    pub fn new(addr: SocketAddr, connect_timeout: Duration) -> Self {
+        EndpointPool {
+            addr,
+            connect_timeout,
+            idle: Mutex::new(Vec::new()),
+            h2: Mutex::new(None),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn put(&self, sender: http1::SendRequest<RequestBody>) {
+        let mut idle = lock(&self.idle);
+        if idle.len() < MAX_IDLE_PER_ENDPOINT {
+            idle.push(sender);
+        }
+    }
+
+    fn pop_ready(&self) -> Option<http1::SendRequest<RequestBody>> {
+        let mut idle = lock(&self.idle);
+        while let Some(s) = idle.pop() {
+            if s.is_ready() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Number of idle HTTP/1.1 connections (for tests and debugging).
+    pub fn idle_count(&self) -> usize {
+        lock(&self.idle).len()
+    }
+
+    /// Send one request to this endpoint. For HTTP/1.1 the connection comes back with the
+    /// response and must be released when the body ends.
+    pub async fn send(
+        self: &Arc<Self>,
+        req: Request<RequestBody>,
+        protocol: Protocol,
+    ) -> Result<(Response<Incoming>, Option<PooledConn>), ProxyError> {
+        match protocol {
+            Protocol::Http1 => self.send_h1(req).await,
+            Protocol::H2c => Ok((self.send_h2(req).await?, None)),
+        }
+    }
+
+    async fn send_h1(
+        self: &Arc<Self>,
+        mut req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Option<PooledConn>), ProxyError> {
+        loop {
+            let (mut sender, reused) = match self.pop_ready() {
+                Some(s) => (s, true),
+                None => (self.connect_h1().await?, false),
+            };
+            match sender.try_send_request(req).await {
+                Ok(rsp) => {
+                    let conn = PooledConn {
+                        pool: self.clone(),
+                        sender,
+                    };
+                    return Ok((rsp, Some(conn)));
+                }
+                Err(mut e) => match e.take_message() {
+                    // A pooled connection the backend closed while idle: the request never
+                    // left, so it is safe to send it on another connection.
+                    Some(back) if reused => req = back,
+                    _ => {
+                        return Err(ProxyError::Upstream {
+                            addr: self.addr,
+                            source: e.into_error(),
+                        })
+                    }
+                },
+            }
+        }
+    }
+
+    async fn send_h2(&self, req: Request<RequestBody>) -> Result<Response<Incoming>, ProxyError> {
+        let existing = lock(&self.h2).as_ref().filter(|s| !s.is_closed()).cloned();
+        let mut sender = match existing {
+            Some(s) => s,
+            None => {
+                let s = self.connect_h2().await?;
+                *lock(&self.h2) = Some(s.clone());
+                s
+            }
+        };
+        let upstream = |source| ProxyError::Upstream {
+            addr: self.addr,
+            source,
+        };
+        sender.ready().await.map_err(upstream)?;
+        sender.send_request(req).await.map_err(upstream)
+    }
+
+    async fn connect(&self) -> Result<TokioIo<TcpStream>, ProxyError> {
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr))
+            .await
+            .map_err(|_| ProxyError::ConnectTimeout(self.addr))?
+            .map_err(|source| ProxyError::Connect {
+                addr: self.addr,
+                source,
+            })?;
+        // Small request/response exchanges: latency over batching.
+        let _ = stream.set_nodelay(true);
+        Ok(TokioIo::new(stream))
+    }
+
+    async fn connect_h1(&self) -> Result<http1::SendRequest<RequestBody>, ProxyError> {
+        let io = self.connect().await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|source| ProxyError::Upstream {
+                addr: self.addr,
+                source,
+            })?;
+        let addr = self.addr;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn connect_h2(&self) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
+        let io = self.connect().await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(|source| ProxyError::Upstream {
+                addr: self.addr,
+                source,
+            })?;
+        let addr = self.addr;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "upstream h2 connection ended");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// Pools by endpoint address, rebuilt (reusing surviving pools) with every table.
+pub type Pools = HashMap<SocketAddr, Arc<EndpointPool>, BuildHasherDefault<PtrHasher>>;
+
+/// Pools for `addrs`, reusing those in `prev`.
+pub fn carry_over(
+    prev: Option<&Pools>,
+    addrs: impl IntoIterator<Item = SocketAddr>,
+    connect_timeout: Duration,
+) -> Pools {
+    let mut pools = Pools::default();
+    for addr in addrs {
+        pools.entry(addr).or_insert_with(|| {
+            prev.and_then(|p| p.get(&addr).cloned())
+                .unwrap_or_else(|| Arc::new(EndpointPool::new(addr, connect_timeout)))
+        });
+    }
+    pools
+}

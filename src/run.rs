@@ -1,0 +1,187 @@
+//! `meshroute run` in file mode: initial load and publish, proxy listener, admin server,
+//! directory watcher and (with `--demo`) built-in echo backends and the live split view.
+//!
+//! [`start`] binds everything and returns a [`Running`] handle (tests use it with
+//! `127.0.0.1:0`); [`run`] is `start` plus waiting for the shutdown signal.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::watch as signal;
+use tokio::task::JoinHandle;
+
+use crate::sources::watch;
+
+use crate::compile::CompileOptions;
+use crate::metrics::Metrics;
+use crate::proxy::{Proxy, ProxyConfig};
+use watch::{reload_once, ReloadStatus};
+
+/// Everything `meshroute run` needs.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Directory of manifests (file mode).
+    pub config_dir: PathBuf,
+    /// Proxy listener.
+    pub listen: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    /// Start built-in echo backends for loopback endpoints and show the live split.
+    pub demo: bool,
+    /// Read objects from the Kubernetes API instead of `config_dir`.
+    pub kube: bool,
+    /// Listener limits and upstream timeouts.
+    pub proxy: ProxyConfig,
+    /// Cluster domain accepted in authorities.
+    pub cluster_domain: String,
+    /// Reload even without a filesystem event this often (safety net).
+    pub resync: Option<Duration>,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            config_dir: PathBuf::from("policies"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 4140)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 9990)),
+            demo: false,
+            kube: false,
+            proxy: ProxyConfig::default(),
+            cluster_domain: crate::table::DEFAULT_CLUSTER_DOMAIN.to_string(),
+            resync: Some(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// A started meshroute: addresses it listens on and the handles to stop it.
+#[derive(Debug)]
+pub struct Running {
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub proxy: Arc<Proxy>,
+    pub status: Arc<ReloadStatus>,
+    stop: signal::Sender<bool>,
+    server: JoinHandle<std::io::Result<()>>,
+    others: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stop accepting, let in-flight requests finish (bounded by the drain timeout), stop the
+    /// admin server and the watcher.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        let served = self.server.await;
+        for t in self.others {
+            t.abort();
+        }
+        match served {
+            Ok(r) => r.context("proxy listener failed"),
+            Err(e) => Err(anyhow::anyhow!("proxy task failed: {e}")),
+        }
+    }
+}
+
+async fn stopped(mut rx: signal::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Load, publish, bind and serve; returns once everything is listening.
+pub async fn start(config: RunConfig) -> anyhow::Result<Running> {
+    if config.kube {
+        anyhow::bail!("Kubernetes mode is not available in this build; use --config DIR");
+    }
+    let metrics = Arc::new(Metrics::new());
+    let proxy = Proxy::new(metrics, config.proxy.clone());
+    let status = Arc::new(ReloadStatus::default());
+    let opts = CompileOptions {
+        cluster_domain: config.cluster_domain.clone(),
+    };
+
+    if !config.config_dir.is_dir() {
+        anyhow::bail!(
+            "config directory {} does not exist or is not a directory",
+            config.config_dir.display()
+        );
+    }
+    // Watch before the initial load so no edit can fall between the two.
+    let dir_watch = watch::DirWatch::new(config.config_dir.clone())?;
+    {
+        let (d, p, o, s) = (
+            config.config_dir.clone(),
+            proxy.clone(),
+            opts.clone(),
+            status.clone(),
+        );
+        tokio::task::spawn_blocking(move || reload_once(&d, &p, &o, &s))
+            .await
+            .context("initial load failed")?;
+    }
+
+    let (stop, stop_rx) = signal::channel(false);
+    let mut others = Vec::new();
+    if config.demo {
+        others.extend(crate::demo::start_backends(proxy.clone(), stopped(stop_rx.clone())).await);
+    }
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let admin = TcpListener::bind(config.admin)
+        .await
+        .with_context(|| format!("cannot bind admin address {}", config.admin))?;
+    let proxy_addr = listener.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+    tracing::info!(%proxy_addr, %admin_addr, dir = %config.config_dir.display(), "meshroute running");
+
+    let server = tokio::spawn(crate::proxy::server::serve(
+        listener,
+        proxy.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    {
+        let (p, s, rx) = (proxy.clone(), status.clone(), stop_rx.clone());
+        others.push(tokio::spawn(async move {
+            if let Err(e) = crate::admin::serve(admin, p, s, stopped(rx)).await {
+                tracing::error!(error = %e, "admin server failed");
+            }
+        }));
+    }
+    others.push(tokio::spawn(watch::watch(
+        dir_watch,
+        proxy.clone(),
+        opts,
+        status.clone(),
+        config.resync,
+        stopped(stop_rx.clone()),
+    )));
+    if config.demo {
+        others.push(tokio::spawn(crate::demo::show(
+            proxy.clone(),
+            proxy_addr,
+            stopped(stop_rx.clone()),
+        )));
+    }
+
+    Ok(Running {
+        proxy_addr,
+        admin_addr,
+        proxy,
+        status,
+        stop,
+        server,
+        others,
+    })
+}
+
+/// Run until `shutdown` resolves, then shut down gracefully.
+pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let running = start(config).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    running.shutdown().await
+}

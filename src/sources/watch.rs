@@ -1,0 +1,234 @@
+//! File-mode hot reload: watch the config directory (the directory, not the files, so
+//! symlink-swapped ConfigMap volumes and editors that replace files are seen), debounce bursts
+//! of events, reload, compile against the live table and publish.
+//!
+//! Reload rule: when the directory has errors and a table is already live, the live table keeps
+//! serving and the errors are reported (one log line per error naming file:document, object and
+//! field; `meshroute_config_reload_errors_total`; `/status` on the admin server). At startup,
+//! the valid objects are published and the errors reported the same way.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use notify::{EventKind, RecursiveMode, Watcher};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::compile::{compile, CompileOptions};
+use crate::proxy::Proxy;
+use crate::sources::file::load_dir;
+
+/// Quiet time after the last event before reloading.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+/// A steady stream of events still reloads this often.
+const MAX_DELAY: Duration = Duration::from_millis(400);
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("cannot watch {dir}: {source}")]
+    Watch {
+        dir: PathBuf,
+        #[source]
+        source: notify::Error,
+    },
+}
+
+/// What the last reload did, for the admin server.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReloadState {
+    /// Generation of the live table (0 before the first publish).
+    pub generation: u64,
+    /// True when the live table reflects the directory as it is now.
+    pub config_ok: bool,
+    /// Errors of the last reload (empty when it was clean).
+    pub errors: Vec<String>,
+    /// Routes whose status is not Accepted (or is PartiallyInvalid) in the live table.
+    pub route_problems: Vec<String>,
+    pub reloads: u64,
+    /// Seconds since the Unix epoch of the last reload attempt.
+    pub last_reload_unix: u64,
+}
+
+/// Shared reload status.
+#[derive(Debug, Default)]
+pub struct ReloadStatus(Mutex<ReloadState>);
+
+impl ReloadStatus {
+    pub fn snapshot(&self) -> ReloadState {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut ReloadState)) {
+        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+}
+
+/// What one reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reloaded {
+    /// A new table was published with this generation.
+    Published(u64),
+    /// The directory had errors; the live table (this generation) keeps serving.
+    Kept(u64),
+}
+
+/// Load the directory, compile and publish (or keep the live table, per the reload rule).
+/// Blocking: run it on a blocking thread.
+pub fn reload_once(
+    dir: &Path,
+    proxy: &Proxy,
+    opts: &CompileOptions,
+    status: &ReloadStatus,
+) -> Reloaded {
+    let outcome = load_dir(dir);
+    let metrics = &proxy.metrics;
+    metrics.reloads.inc();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let errors: Vec<String> = outcome.errors.iter().map(|e| e.to_string()).collect();
+    for e in &errors {
+        tracing::warn!(dir = %dir.display(), "configuration error: {e}");
+    }
+    if !errors.is_empty() {
+        metrics.reload_errors.inc();
+        metrics.config_ok.set(0);
+        if proxy.is_ready() {
+            let live = proxy.table().generation;
+            tracing::warn!(
+                generation = live,
+                errors = errors.len(),
+                "configuration rejected; the last good table keeps serving"
+            );
+            status.update(|s| {
+                s.config_ok = false;
+                s.errors = errors;
+                s.reloads += 1;
+                s.last_reload_unix = now;
+            });
+            return Reloaded::Kept(live);
+        }
+    } else {
+        metrics.config_ok.set(1);
+    }
+    let prev = proxy.table();
+    let compiled = compile(&outcome.index, opts, Some(&prev));
+    drop(prev);
+    let route_problems: Vec<String> = compiled
+        .statuses
+        .iter()
+        .flat_map(|s| {
+            let name = format!("{}/{}", s.namespace, s.name);
+            s.problems()
+                .into_iter()
+                .map(move |p| format!("{name}: {p}"))
+        })
+        .collect();
+    for p in &route_problems {
+        tracing::warn!("route not fully accepted: {p}");
+    }
+    let parents = compiled.table.parent_count();
+    let generation = proxy.publish(compiled.table);
+    tracing::info!(generation, parents, "routing table published");
+    status.update(|s| {
+        s.generation = generation;
+        s.config_ok = errors.is_empty();
+        s.errors = errors;
+        s.route_problems = route_problems;
+        s.reloads += 1;
+        s.last_reload_unix = now;
+    });
+    Reloaded::Published(generation)
+}
+
+/// A registered directory watch; events flow from the moment [`DirWatch::new`] returns, so
+/// nothing written after startup can be missed.
+pub struct DirWatch {
+    dir: PathBuf,
+    rx: mpsc::UnboundedReceiver<()>,
+    // Kept alive for as long as events are wanted.
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl std::fmt::Debug for DirWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirWatch").field("dir", &self.dir).finish()
+    }
+}
+
+impl DirWatch {
+    /// Start watching `dir` (not recursively: the loader reads only its direct entries).
+    pub fn new(dir: PathBuf) -> Result<Self, WatchError> {
+        let (tx, rx) = mpsc::unbounded_channel::<()>();
+        let handler = move |res: notify::Result<notify::Event>| match res {
+            // Our own reads show up as Access events; reacting to them would loop forever.
+            Ok(ev) if matches!(ev.kind, EventKind::Access(_)) => {}
+            Ok(_) => {
+                let _ = tx.send(());
+            }
+            Err(e) => tracing::warn!(error = %e, "directory watch error"),
+        };
+        let watch_err = |source| WatchError::Watch {
+            dir: dir.clone(),
+            source,
+        };
+        let mut watcher = notify::recommended_watcher(handler).map_err(watch_err)?;
+        watcher
+            .watch(&dir, RecursiveMode::NonRecursive)
+            .map_err(watch_err)?;
+        tracing::info!(dir = %dir.display(), "watching configuration directory");
+        Ok(DirWatch {
+            dir,
+            rx,
+            _watcher: watcher,
+        })
+    }
+}
+
+/// Reload on every change seen by `watch` until `shutdown` resolves. Also reloads once per
+/// `resync` as a safety net for filesystems that drop events.
+pub async fn watch(
+    watch: DirWatch,
+    proxy: Arc<Proxy>,
+    opts: CompileOptions,
+    status: Arc<ReloadStatus>,
+    resync: Option<Duration>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let DirWatch {
+        dir,
+        mut rx,
+        _watcher,
+    } = watch;
+    tokio::pin!(shutdown);
+    let resync = resync.unwrap_or(Duration::from_secs(24 * 3600));
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            ev = rx.recv() => if ev.is_none() { break },
+            () = tokio::time::sleep(resync) => {},
+        }
+        // Debounce: editors and kubelet produce bursts (write, rename, chmod, symlink swap).
+        let first = Instant::now();
+        loop {
+            let left = MAX_DELAY.saturating_sub(first.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            match tokio::time::timeout(DEBOUNCE.min(left), rx.recv()).await {
+                Ok(Some(())) => continue,
+                Ok(None) | Err(_) => break,
+            }
+        }
+        while rx.try_recv().is_ok() {}
+        let (d, p, o, s) = (dir.clone(), proxy.clone(), opts.clone(), status.clone());
+        match tokio::task::spawn_blocking(move || reload_once(&d, &p, &o, &s)).await {
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "reload task failed"),
+        }
+    }
+    drop(_watcher);
+}
