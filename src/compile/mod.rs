@@ -5,7 +5,9 @@
 pub mod status;
 pub mod validate;
 
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -55,11 +57,12 @@ pub fn compile(index: &Index, opts: &CompileOptions, prev: Option<&RouteTable>) 
         index,
         loads,
         backends: HashMap::new(),
+        key_buf: String::new(),
         endpoints: endpoints_by_service(index),
     };
 
     // (parent ns, parent name, port) → matches collected from every accepted route.
-    let mut buckets: BTreeMap<(String, String, u16), Vec<Entry>> = BTreeMap::new();
+    let mut buckets: HashMap<(&str, &str, u16), Vec<Entry>> = HashMap::new();
     let mut statuses = Vec::new();
 
     for (key, route) in &index.routes {
@@ -108,6 +111,9 @@ pub fn compile(index: &Index, opts: &CompileOptions, prev: Option<&RouteTable>) 
             let mut dropped: Vec<String> = rules.dropped.clone();
             let mut kept = 0usize;
             for port in &ports {
+                let bucket = buckets
+                    .entry((parent.namespace.as_str(), parent.name.as_str(), *port))
+                    .or_default();
                 for (ri, rule) in rules.rules.iter().enumerate() {
                     let Some(rule) = rule else { continue };
                     let compiled = cx.rule(
@@ -121,17 +127,14 @@ pub fn compile(index: &Index, opts: &CompileOptions, prev: Option<&RouteTable>) 
                         kept += 1;
                     }
                     for (mi, m) in rule.matches.iter().enumerate() {
-                        buckets
-                            .entry((parent.namespace.clone(), parent.name.clone(), *port))
-                            .or_default()
-                            .push(Entry {
-                                m: m.clone(),
-                                rule: compiled.clone(),
-                                created: route.created,
-                                key: key.clone(),
-                                rule_index: rules.index[ri],
-                                match_index: mi,
-                            });
+                        bucket.push(Entry {
+                            m: m.clone(),
+                            rule: compiled.clone(),
+                            created: route.created,
+                            key,
+                            rule_index: rules.index[ri],
+                            match_index: mi,
+                        });
                     }
                 }
             }
@@ -213,7 +216,7 @@ pub fn compile(index: &Index, opts: &CompileOptions, prev: Option<&RouteTable>) 
             let Ok(port) = u16::try_from(sp.port) else {
                 continue;
             };
-            let entries = buckets.remove(&(ns.clone(), name.clone(), port));
+            let entries = buckets.remove(&(ns.as_str(), name.as_str(), port));
             let matches = match entries {
                 Some(mut entries) => {
                     entries.sort_by(Entry::cmp);
@@ -248,16 +251,16 @@ pub fn compile(index: &Index, opts: &CompileOptions, prev: Option<&RouteTable>) 
 }
 
 /// One (match, rule) pair destined for a parent port, with its tie-breakers.
-struct Entry {
+struct Entry<'a> {
     m: RequestMatch,
     rule: Arc<Rule>,
     created: Option<i64>,
-    key: ObjectKey,
+    key: &'a ObjectKey,
     rule_index: usize,
     match_index: usize,
 }
 
-impl Entry {
+impl Entry<'_> {
     /// Precedence, then oldest route, then namespace/name, then rule and match order. The
     /// group is a last resort so two kinds with the same name still order deterministically.
     fn cmp(a: &Entry, b: &Entry) -> std::cmp::Ordering {
@@ -277,13 +280,13 @@ impl Entry {
 
 /// A route's rules after rule-level checks that need the index (SMI groups, unsupported
 /// filters). `rules[i]` is `None` when rule `i` was dropped; `index[i]` is its position.
-struct ExpandedRules {
-    rules: Vec<Option<RuleSpec>>,
+struct ExpandedRules<'a> {
+    rules: Vec<Option<Cow<'a, RuleSpec>>>,
     index: Vec<usize>,
     dropped: Vec<String>,
 }
 
-fn expand_rules(index: &Index, route: &AdmittedRoute) -> ExpandedRules {
+fn expand_rules<'a>(index: &Index, route: &'a AdmittedRoute) -> ExpandedRules<'a> {
     let mut out = ExpandedRules {
         rules: vec![],
         index: vec![],
@@ -306,7 +309,7 @@ fn expand_rules(index: &Index, route: &AdmittedRoute) -> ExpandedRules {
             ));
             out.rules.push(None);
         } else {
-            out.rules.push(Some(rule.clone()));
+            out.rules.push(Some(Cow::Borrowed(rule)));
         }
         out.index.push(i);
     }
@@ -337,11 +340,11 @@ fn expand_rules(index: &Index, route: &AdmittedRoute) -> ExpandedRules {
             }
         }
         match out.rules.first_mut().and_then(|r| r.as_mut()) {
-            Some(rule) if !matches.is_empty() => rule.matches = matches,
+            Some(rule) if !matches.is_empty() => rule.to_mut().matches = matches,
             _ => out.rules.iter_mut().for_each(|r| *r = None),
         }
         if let Some(apex) = route.parents.first() {
-            out.rules.push(Some(RuleSpec {
+            out.rules.push(Some(Cow::Owned(RuleSpec {
                 matches: vec![RequestMatch::default()],
                 filters: vec![],
                 backends: vec![BackendRefSpec {
@@ -354,7 +357,7 @@ fn expand_rules(index: &Index, route: &AdmittedRoute) -> ExpandedRules {
                     filters: vec![],
                 }],
                 timeouts: Default::default(),
-            }));
+            })));
             out.index.push(route.rules.len());
         }
     }
@@ -503,7 +506,9 @@ struct Cx<'a> {
     index: &'a Index,
     loads: HashMap<SocketAddr, Arc<EndpointLoad>>,
     /// Resolved backends by (namespace, name, port), shared between rules.
-    backends: HashMap<(String, String, u16), Resolved>,
+    backends: HashMap<String, Resolved>,
+    /// Scratch buffer for `ns/name:port` cache keys.
+    key_buf: String,
     endpoints: HashMap<(String, String), ServiceEndpoints>,
 }
 
@@ -586,12 +591,13 @@ impl Cx<'_> {
         problems: &mut Vec<(&'static str, String)>,
     ) -> BackendTarget {
         let port = port.unwrap_or(parent_port);
-        let key = (ns.to_string(), name.to_string(), port);
-        if !self.backends.contains_key(&key) {
+        self.key_buf.clear();
+        let _ = write!(self.key_buf, "{ns}/{name}:{port}");
+        if !self.backends.contains_key(self.key_buf.as_str()) {
             let resolved = self.resolve(ns, name, port);
-            self.backends.insert(key.clone(), resolved);
+            self.backends.insert(self.key_buf.clone(), resolved);
         }
-        match &self.backends[&key] {
+        match &self.backends[self.key_buf.as_str()] {
             Ok(b) => BackendTarget::Service(b.clone()),
             Err((reason, msg)) => {
                 problems.push((reason, msg.clone()));

@@ -1,8 +1,10 @@
 //! The request path: bind a request to a rule, apply filters, pick a backend by weight and an
 //! endpoint by power of two choices, and forward under the rule's deadlines.
 
+use std::cell::RefCell;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::{Arc, Weak};
 
 use http::header::{self, HeaderName, HOST};
 use http::request::Parts;
@@ -20,50 +22,88 @@ use super::{fast_rand, route, Live, Proxy};
 use crate::table::matching::RequestView;
 use crate::table::{BackendTarget, Filter, Lookup, ParentPort, Protocol};
 
-/// hyper service entry point: never fails; failures become responses.
-pub async fn handle(
-    proxy: Arc<Proxy>,
+/// hyper service entry point: never fails; failures become responses. Binds the request to
+/// its parent Service right away (through the connection's [`ParentCache`]) and returns the
+/// future that serves it.
+pub fn handle(
+    proxy: &Arc<Proxy>,
+    cache: &ParentCache,
     req: Request<Incoming>,
-) -> Result<Response<ResponseBody>, Infallible> {
+) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static {
     let received = Instant::now();
     let live = proxy.live();
-    Ok(serve(&proxy, &live, req, received).await)
+    let parent =
+        route::authority_of(req.headers(), req.uri(), req.version()).and_then(|authority| {
+            cache
+                .parent(&live, authority)
+                .ok_or(ProxyError::UnknownAuthority)
+        });
+    let proxy = proxy.clone();
+    async move { Ok(serve(&proxy, &live, parent, req, received).await) }
+}
+
+/// The parent Service port of the last authority seen on one client connection. Clients send
+/// the same `Host` on every request of a connection, so this skips parsing the authority and
+/// the table's hash lookup for all but the first request after each table swap. Holds only weak
+/// references: an idle connection never keeps an old table alive.
+#[derive(Debug, Default)]
+pub struct ParentCache(RefCell<Option<CachedParent>>);
+
+#[derive(Debug)]
+struct CachedParent {
+    live: Weak<Live>,
+    authority: Box<str>,
+    parent: Weak<ParentPort>,
+}
+
+impl ParentCache {
+    fn parent(&self, live: &Arc<Live>, authority: &str) -> Option<Arc<ParentPort>> {
+        let mut slot = self.0.borrow_mut();
+        if let Some(c) = &*slot {
+            // The weak reference keeps the allocation, so an equal address is the same table.
+            if std::ptr::eq(c.live.as_ptr(), Arc::as_ptr(live)) && *c.authority == *authority {
+                if let Some(p) = c.parent.upgrade() {
+                    return Some(p);
+                }
+            }
+        }
+        let found = live.table.parent(authority)?;
+        let parent = live
+            .parents
+            .get(&(found as *const ParentPort as usize))?
+            .clone();
+        *slot = Some(CachedParent {
+            live: Arc::downgrade(live),
+            authority: authority.into(),
+            parent: Arc::downgrade(&parent),
+        });
+        Some(parent)
+    }
 }
 
 async fn serve(
     proxy: &Proxy,
     live: &Arc<Live>,
+    parent: Result<Arc<ParentPort>, ProxyError>,
     req: Request<Incoming>,
     received: Instant,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = req.into_parts();
-    let looked_up = match route::authority(&parts) {
-        Err(e) => Err(e),
-        Ok(authority) => {
-            let view = RequestView {
-                method: &parts.method,
-                path: parts.uri.path(),
-                query: parts.uri.query(),
-                headers: &parts.headers,
-            };
-            match live.table.lookup(authority, &view) {
-                Lookup::UnknownAuthority => Err(ProxyError::UnknownAuthority),
-                Lookup::NoMatch(_) => Err(ProxyError::NoRoute),
-                Lookup::Matched {
-                    parent,
-                    matched,
-                    rule,
-                } => Ok((parent, matched, rule)),
-            }
-        }
+    let parent_port = match parent {
+        Ok(p) => p,
+        Err(e) => return unrouted(proxy, &e),
     };
-    let (parent, matched, rule) = match looked_up {
-        Ok(found) => found,
-        Err(e) => {
-            proxy.metrics.count_unrouted(e.reason());
-            tracing::debug!(error = %e, "request not routed");
-            return error_response(&e);
-        }
+    let parent: &ParentPort = &parent_port;
+    let view = RequestView {
+        method: &parts.method,
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        headers: &parts.headers,
+    };
+    let (matched, rule) = match parent.lookup(&view) {
+        Lookup::Matched { matched, rule, .. } => (matched, rule),
+        Lookup::NoMatch(_) => return unrouted(proxy, &ProxyError::NoRoute),
+        Lookup::UnknownAuthority => return unrouted(proxy, &ProxyError::UnknownAuthority),
     };
     let route_metrics = live.metrics.route(parent, rule);
     let fail = |e: ProxyError| {
@@ -181,6 +221,13 @@ async fn serve(
     )
 }
 
+/// The answer to a request that was not bound to a rule.
+fn unrouted(proxy: &Proxy, e: &ProxyError) -> Response<ResponseBody> {
+    proxy.metrics.count_unrouted(e.reason());
+    tracing::debug!(error = %e, "request not routed");
+    error_response(e)
+}
+
 fn has_mirror(filters: &[Filter]) -> bool {
     filters
         .iter()
@@ -196,37 +243,69 @@ fn pool_for(proxy: &Proxy, live: &Live, addr: std::net::SocketAddr) -> Arc<Endpo
     }
 }
 
-/// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1).
+/// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1). `Connection` is
+/// first: the headers it names are hop-by-hop too.
 const HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("proxy-connection"),
 ];
 
+/// Bit of `TE` in the presence mask of [`strip_hop_by_hop`] (after the `HOP_BY_HOP` bits).
+const TE_BIT: u8 = 1 << 6;
+
+/// Remove the hop-by-hop headers of a message about to be forwarded. Runs twice per request, so
+/// it makes one pass over the names to see which are there (usually none in a request and only
+/// `Connection: keep-alive` in a response) and then touches only those, without allocating.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if let Some(conn) = headers.get(header::CONNECTION) {
-        // Headers named by Connection are hop-by-hop too; rare, so the allocation is fine.
-        let named: Vec<HeaderName> = conn
-            .to_str()
-            .unwrap_or("")
-            .split(',')
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for n in named {
-            headers.remove(n);
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        } else if name == header::TE {
+            present |= TE_BIT;
         }
     }
-    for h in &HOP_BY_HOP {
-        if headers.contains_key(h) {
+    if present == 0 {
+        return;
+    }
+    if present & 1 != 0 {
+        remove_connection_options(headers);
+    }
+    for (i, h) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
             headers.remove(h);
         }
     }
-    if let Some(te) = headers.get(header::TE) {
-        if te.as_bytes() != b"trailers" {
-            headers.remove(header::TE);
+    if present & TE_BIT != 0 {
+        if let Some(te) = headers.get(header::TE) {
+            if te.as_bytes() != b"trailers" {
+                headers.remove(header::TE);
+            }
+        }
+    }
+}
+
+/// Remove the headers named by `Connection` options (every `Connection` line). `keep-alive` is
+/// skipped here because [`HOP_BY_HOP`] removes it anyway.
+fn remove_connection_options(headers: &mut HeaderMap) {
+    let mut lines = headers.get_all(header::CONNECTION).iter();
+    let first = lines.next().cloned();
+    // More than one Connection line is rare; only then does this allocate.
+    let rest: Vec<HeaderValue> = lines.cloned().collect();
+    for value in first.iter().chain(&rest) {
+        for option in value.as_bytes().split(|&b| b == b',') {
+            let option = option.trim_ascii();
+            if option.is_empty() || option.eq_ignore_ascii_case(b"keep-alive") {
+                continue;
+            }
+            if let Ok(name) = std::str::from_utf8(option) {
+                // An option that is not a valid header name names nothing to remove.
+                headers.remove(name);
+            }
         }
     }
 }
@@ -359,5 +438,68 @@ fn send_mirrors<'a>(
             }
             drop(in_flight);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(*n, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn end_to_end_headers_pass_untouched() {
+        let mut h = headers(&[("host", "a.b"), ("accept", "*/*"), ("x-id", "1")]);
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_connection_options_are_removed() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, X-Trace ,Upgrade"),
+            ("connection", "x-other"),
+            ("keep-alive", "timeout=5"),
+            ("x-trace", "1"),
+            ("x-other", "2"),
+            ("upgrade", "h2c"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic eA=="),
+            ("transfer-encoding", "chunked"),
+            ("content-type", "text/plain"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
+        assert_eq!(left, ["content-type"]);
+    }
+
+    #[test]
+    fn te_trailers_is_kept_unless_connection_names_it() {
+        let mut h = headers(&[("te", "trailers")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.get(header::TE).unwrap(), "trailers");
+
+        let mut h = headers(&[("te", "gzip")]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.get(header::TE).is_none());
+
+        let mut h = headers(&[("te", "trailers"), ("connection", "te")]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn invalid_connection_options_are_ignored() {
+        let mut h = headers(&[("connection", "bad name, ,close"), ("x-a", "1")]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
+        assert_eq!(left, ["x-a"]);
     }
 }

@@ -19,14 +19,16 @@ pub mod server;
 pub mod timeout;
 
 use std::cell::Cell;
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::metrics::{Metrics, TableMetrics};
-use crate::table::{BackendTarget, Filter, RouteTable};
+use crate::metrics::{Metrics, PtrHasher, TableMetrics};
+use crate::table::{BackendTarget, Filter, ParentPort, RouteTable};
 use pool::Pools;
 
 /// Limits and timeouts of the proxy listener and its upstream client.
@@ -67,6 +69,9 @@ impl Default for ProxyConfig {
 #[derive(Debug)]
 pub struct Live {
     pub table: Arc<RouteTable>,
+    /// Every parent port of `table` by its address, so a request path that found a parent by
+    /// reference can hold it ([`forward::ParentCache`]).
+    pub(crate) parents: HashMap<usize, Arc<ParentPort>, BuildHasherDefault<PtrHasher>>,
     pub(crate) metrics: TableMetrics,
     pub(crate) pools: Pools,
 }
@@ -86,6 +91,7 @@ impl Proxy {
     pub fn new(metrics: Arc<Metrics>, config: ProxyConfig) -> Arc<Self> {
         let live = Live {
             table: Arc::new(RouteTable::new(crate::table::DEFAULT_CLUSTER_DOMAIN)),
+            parents: HashMap::default(),
             metrics: TableMetrics::default(),
             pools: Pools::default(),
         };
@@ -111,8 +117,14 @@ impl Proxy {
             endpoint_addrs(&table),
             self.config.connect_timeout,
         );
+        let parents = table
+            .services()
+            .flat_map(|s| s.ports.iter())
+            .map(|p| (Arc::as_ptr(p) as usize, p.clone()))
+            .collect();
         self.live.store(Arc::new(Live {
             table: Arc::new(table),
+            parents,
             metrics,
             pools,
         }));

@@ -5,21 +5,30 @@
 
 use http::header::HOST;
 use http::request::Parts;
-use http::Version;
+use http::{HeaderMap, Uri, Version};
 
 use super::error::ProxyError;
 
 /// The request authority used for routing.
 pub fn authority(parts: &Parts) -> Result<&str, ProxyError> {
-    let mut hosts = parts.headers.get_all(HOST).iter();
+    authority_of(&parts.headers, &parts.uri, parts.version)
+}
+
+/// [`authority`] from the pieces of a request head (before it is split into parts).
+pub fn authority_of<'a>(
+    headers: &'a HeaderMap,
+    uri: &'a Uri,
+    version: Version,
+) -> Result<&'a str, ProxyError> {
+    let mut hosts = headers.get_all(HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
         return Err(ProxyError::DuplicateHost);
     }
-    if parts.version == Version::HTTP_11 && host.is_none() {
+    if version == Version::HTTP_11 && host.is_none() {
         return Err(ProxyError::MissingHost);
     }
-    if let Some(a) = parts.uri.authority() {
+    if let Some(a) = uri.authority() {
         return Ok(a.as_str());
     }
     match host {

@@ -91,7 +91,8 @@ pub async fn serve(
                 read: metrics.bytes_in.clone(),
                 written: metrics.bytes_out.clone(),
             });
-            let svc = service_fn(move |req| forward::handle(proxy.clone(), req));
+            let cache = forward::ParentCache::default();
+            let svc = service_fn(move |req| forward::handle(&proxy, &cache, req));
             let (h1, h2) = &*builders;
             let result = if is_h2 {
                 watcher.watch(h2.serve_connection(io, svc)).await
