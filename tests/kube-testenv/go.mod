@@ -120,27 +120,27 @@ require (
 	gopkg.in/natefinch/lumberjack.v2 v2.2.1 // indirect
 	gopkg.in/yaml.v3 v3.0.1 // indirect
 	k8s.io/api v0.35.8 // indirect
-	k8s.io/apiextensions-apiserver v0.0.0 // indirect
+	k8s.io/apiextensions-apiserver v0.35.8 // indirect
 	k8s.io/apiserver v0.35.8 // indirect
 	k8s.io/cloud-provider v0.35.8 // indirect
-	k8s.io/cluster-bootstrap v0.0.0 // indirect
+	k8s.io/cluster-bootstrap v0.35.8 // indirect
 	k8s.io/component-helpers v0.35.8 // indirect
 	k8s.io/controller-manager v0.35.8 // indirect
-	k8s.io/csi-translation-lib v0.0.0 // indirect
+	k8s.io/csi-translation-lib v0.35.8 // indirect
 	k8s.io/dynamic-resource-allocation v0.35.8 // indirect
-	k8s.io/endpointslice v0.0.0 // indirect
-	k8s.io/externaljwt v0.0.0 // indirect
+	k8s.io/endpointslice v0.35.8 // indirect
+	k8s.io/externaljwt v0.35.8 // indirect
 	k8s.io/kms v0.35.8 // indirect
-	k8s.io/kube-aggregator v0.0.0 // indirect
-	k8s.io/kube-controller-manager v0.0.0 // indirect
+	k8s.io/kube-aggregator v0.35.8 // indirect
+	k8s.io/kube-controller-manager v0.35.8 // indirect
 	k8s.io/kube-openapi v0.0.0-20250910181357-589584f1c912 // indirect
-	k8s.io/kube-proxy v0.0.0 // indirect
-	k8s.io/kube-scheduler v0.0.0 // indirect
-	k8s.io/kubectl v0.0.0 // indirect
+	k8s.io/kube-proxy v0.35.8 // indirect
+	k8s.io/kube-scheduler v0.35.8 // indirect
+	k8s.io/kubectl v0.35.8 // indirect
 	k8s.io/kubelet v0.35.8 // indirect
 	k8s.io/metrics v0.35.8 // indirect
-	k8s.io/mount-utils v0.0.0 // indirect
-	k8s.io/pod-security-admission v0.0.0 // indirect
+	k8s.io/mount-utils v0.35.8 // indirect
+	k8s.io/pod-security-admission v0.35.8 // indirect
 	k8s.io/utils v0.0.0-20251002143259-bc988d571ff4 // indirect
 	sigs.k8s.io/apiserver-network-proxy/konnectivity-client v0.31.2 // indirect
 	sigs.k8s.io/json v0.0.0-20250730193827-2d320260d730 // indirect
@@ -151,7 +151,8 @@ require (
 
 // k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them with
 // ./staging/... in its own go.mod; Go ignores a dependency's replace lines, so
-// they are repeated here, pinned to the release matching k8s.io/kubernetes.
+// they are repeated here, pinned to the release matching k8s.io/kubernetes
+// (v1.35.8 -> v0.35.8). The requirements above name v0.35.8 too, for clarity.
 replace (
 	k8s.io/api => k8s.io/api v0.35.8
 	k8s.io/apiextensions-apiserver => k8s.io/apiextensions-apiserver v0.35.8
