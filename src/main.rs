@@ -46,6 +46,23 @@ enum Command {
         /// observed split per parent next to the configured weights.
         #[arg(long)]
         demo: bool,
+        /// Kubernetes mode: watch only this namespace (default: all namespaces).
+        #[arg(long, requires = "kube")]
+        namespace: Option<String>,
+        /// Kubernetes mode: label selector for HTTPRoutes, TrafficSplits and HTTPRouteGroups,
+        /// e.g. `app.kubernetes.io/part-of=shop` (Services and endpoints are always watched).
+        #[arg(long, requires = "kube")]
+        selector: Option<String>,
+        /// Kubernetes mode: namespace of the leader-election Lease
+        /// (default: $POD_NAMESPACE, else meshroute).
+        #[arg(long, requires = "kube")]
+        lease_namespace: Option<String>,
+        /// Kubernetes mode: name of the leader-election Lease.
+        #[arg(long, requires = "kube", default_value = "meshroute")]
+        lease_name: String,
+        /// Kubernetes mode: serve only; never write route status or Events.
+        #[arg(long, requires = "kube")]
+        read_only: bool,
     },
     /// Compile a directory of manifests offline and print each route's admission and status.
     /// Exits 1 when anything is rejected or not accepted.
@@ -88,6 +105,11 @@ fn main() -> ExitCode {
             listen,
             admin,
             demo,
+            namespace,
+            selector,
+            lease_namespace,
+            lease_name,
+            read_only,
         } => {
             let cfg = RunConfig {
                 config_dir: config,
@@ -95,6 +117,14 @@ fn main() -> ExitCode {
                 admin,
                 demo,
                 kube,
+                kube_options: meshroute::sources::kube::KubeOptions {
+                    namespace,
+                    label_selector: selector,
+                    lease_namespace,
+                    lease_name: Some(lease_name),
+                    read_only,
+                    ..Default::default()
+                },
                 ..Default::default()
             };
             match serve(cfg) {

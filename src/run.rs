@@ -1,5 +1,8 @@
-//! `meshroute run` in file mode: initial load and publish, proxy listener, admin server,
+//! `meshroute run`. File mode: initial load and publish, proxy listener, admin server,
 //! directory watcher and (with `--demo`) built-in echo backends and the live split view.
+//! Kubernetes mode (`kube: true`): proxy and admin listeners, then in the background discovery,
+//! watchers, leader election and the status writer ([`crate::sources::kube`]); `/ready` turns
+//! 200 once every watch has listed and the first table is published.
 //!
 //! [`start`] binds everything and returns a [`Running`] handle (tests use it with
 //! `127.0.0.1:0`); [`run`] is `start` plus waiting for the shutdown signal.
@@ -15,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch as signal;
 use tokio::task::JoinHandle;
 
+use crate::sources::kube::KubeOptions;
 use crate::sources::watch;
 
 use crate::compile::CompileOptions;
@@ -35,6 +39,8 @@ pub struct RunConfig {
     pub demo: bool,
     /// Read objects from the Kubernetes API instead of `config_dir`.
     pub kube: bool,
+    /// Scope, credentials and leader-election settings of Kubernetes mode.
+    pub kube_options: KubeOptions,
     /// Listener limits and upstream timeouts.
     pub proxy: ProxyConfig,
     /// Cluster domain accepted in authorities.
@@ -51,6 +57,7 @@ impl Default for RunConfig {
             admin: SocketAddr::from(([127, 0, 0, 1], 9990)),
             demo: false,
             kube: false,
+            kube_options: KubeOptions::default(),
             proxy: ProxyConfig::default(),
             cluster_domain: crate::table::DEFAULT_CLUSTER_DOMAIN.to_string(),
             resync: Some(Duration::from_secs(60)),
@@ -93,7 +100,7 @@ async fn stopped(mut rx: signal::Receiver<bool>) {
 /// Load, publish, bind and serve; returns once everything is listening.
 pub async fn start(config: RunConfig) -> anyhow::Result<Running> {
     if config.kube {
-        anyhow::bail!("Kubernetes mode is not available in this build; use --config DIR");
+        return start_kube(config).await;
     }
     let metrics = Arc::new(Metrics::new());
     let proxy = Proxy::new(metrics, config.proxy.clone());
@@ -165,6 +172,94 @@ pub async fn start(config: RunConfig) -> anyhow::Result<Running> {
             proxy_addr,
             stopped(stop_rx.clone()),
         )));
+    }
+
+    Ok(Running {
+        proxy_addr,
+        admin_addr,
+        proxy,
+        status,
+        stop,
+        server,
+        others,
+    })
+}
+
+/// Kubernetes mode: bind, serve an empty (not ready) table, and sync from the API server in
+/// the background.
+async fn start_kube(config: RunConfig) -> anyhow::Result<Running> {
+    use crate::sources::{kube as source, kube_status};
+
+    if config.demo {
+        tracing::warn!("--demo has no effect in Kubernetes mode");
+    }
+    let opts = config.kube_options.clone();
+    let client = source::client(&opts).await?;
+    let metrics = Arc::new(Metrics::new());
+    let proxy = Proxy::new(metrics, config.proxy.clone());
+    let status = Arc::new(ReloadStatus::default());
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let admin = TcpListener::bind(config.admin)
+        .await
+        .with_context(|| format!("cannot bind admin address {}", config.admin))?;
+    let proxy_addr = listener.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+    tracing::info!(%proxy_addr, %admin_addr, namespace = opts.namespace.as_deref().unwrap_or("*"), "meshroute running in Kubernetes mode");
+
+    let (stop, stop_rx) = signal::channel(false);
+    let server = tokio::spawn(crate::proxy::server::serve(
+        listener,
+        proxy.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    let mut others = Vec::new();
+    {
+        let (p, s, rx) = (proxy.clone(), status.clone(), stop_rx.clone());
+        others.push(tokio::spawn(async move {
+            if let Err(e) = crate::admin::serve(admin, p, s, stopped(rx)).await {
+                tracing::error!(error = %e, "admin server failed");
+            }
+        }));
+    }
+
+    let (snap_tx, snap_rx) = tokio::sync::watch::channel(Arc::new(source::Snapshot::default()));
+    let (plan_tx, plan_rx) = tokio::sync::oneshot::channel();
+    let sinks = source::Sinks {
+        proxy: proxy.clone(),
+        compile: CompileOptions {
+            cluster_domain: config.cluster_domain.clone(),
+        },
+        status: status.clone(),
+        snapshots: snap_tx,
+    };
+    others.push(tokio::spawn(source::run(
+        client.clone(),
+        opts.clone(),
+        sinks,
+        Some(plan_tx),
+        stopped(stop_rx.clone()),
+    )));
+    if !opts.read_only {
+        let identity = opts.identity();
+        let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
+        others.push(tokio::spawn(kube_status::elect(
+            client.clone(),
+            opts.lease_namespace(),
+            opts.lease_name(),
+            identity.clone(),
+            leader_tx,
+            stopped(stop_rx.clone()),
+        )));
+        let rx = stop_rx.clone();
+        others.push(tokio::spawn(async move {
+            // The writer needs to know which versions are watched.
+            if let Ok(plan) = plan_rx.await {
+                kube_status::write(client, plan, identity, snap_rx, leader_rx, stopped(rx)).await;
+            }
+        }));
     }
 
     Ok(Running {

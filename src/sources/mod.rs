@@ -1,4 +1,7 @@
-//! Sources of objects: a directory of manifests (file mode) or the Kubernetes API (kube mode).
+//! Sources of objects: a directory of manifests (file mode) or the Kubernetes API (kube mode),
+//! and kube mode's writes back (route status, Events, leader election).
 
 pub mod file;
+pub mod kube;
+pub mod kube_status;
 pub mod watch;

@@ -60,7 +60,7 @@ impl ReloadStatus {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn update(&self, f: impl FnOnce(&mut ReloadState)) {
+    pub fn update(&self, f: impl FnOnce(&mut ReloadState)) {
         f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()));
     }
 }

@@ -1,0 +1,844 @@
+//! Kubernetes source: kube-rs watchers for Services, EndpointSlices, Endpoints and every route
+//! kind the cluster serves, feeding the same [`Index`] and [`compile`] as file mode.
+//!
+//! - **Versions by discovery.** For each CRD group the best version the cluster serves is
+//!   watched (e.g. linkerd-smi clusters serve only TrafficSplit v1alpha1/v1alpha2). A kind the
+//!   cluster does not serve at all is not watched; one log line says so.
+//! - **Nothing is published before every watch has finished its initial list.**
+//! - **A relist replaces a kind atomically**: `Init`/`InitApply` are buffered and swapped in on
+//!   `InitDone`, so the table never sees a half-listed kind.
+//! - **API server gone**: the watchers back off and resume; the last table keeps serving.
+//! - **Fast**: every event is applied as it arrives; events already queued are applied together
+//!   and compiled once (no timer-based debounce).
+//!
+//! Route status and TrafficSplit Events are written by [`super::kube_status`] from the
+//! [`Snapshot`] published after every compile.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Endpoints, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Client, Config, Resource};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+
+use crate::compile::status::{RouteStatus, CONTROLLER_NAME};
+use crate::compile::{compile, CompileOptions};
+use crate::index::Index;
+use crate::model::{
+    Object, ObjectKey, DISCOVERY_GROUP, GATEWAY_GROUP, LINKERD_GROUP, SPECS_GROUP, SPLIT_GROUP,
+};
+use crate::proxy::Proxy;
+use crate::sources::file::{decode, Location};
+use crate::sources::watch::ReloadStatus;
+
+/// Scope and identity of Kubernetes mode.
+#[derive(Debug, Clone, Default)]
+pub struct KubeOptions {
+    /// Kubeconfig to use instead of in-cluster config / `KUBECONFIG`.
+    pub kubeconfig: Option<PathBuf>,
+    /// Watch only this namespace (all namespaces when `None`).
+    pub namespace: Option<String>,
+    /// Label selector for route-like objects (HTTPRoutes, TrafficSplits, HTTPRouteGroups).
+    /// Services and endpoints are always watched in full: a selected route must resolve its
+    /// parents and backends whatever their labels.
+    pub label_selector: Option<String>,
+    /// Namespace of the leader-election Lease (default: `$POD_NAMESPACE`, else `meshroute`).
+    pub lease_namespace: Option<String>,
+    /// Name of the Lease (default `meshroute`).
+    pub lease_name: Option<String>,
+    /// This replica's identity (default: `$POD_NAME`, else hostname plus a random suffix).
+    pub identity: Option<String>,
+    /// Do not write status or Events (serve only).
+    pub read_only: bool,
+}
+
+impl KubeOptions {
+    pub fn lease_namespace(&self) -> String {
+        self.lease_namespace
+            .clone()
+            .or_else(|| {
+                std::env::var("POD_NAMESPACE")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+            })
+            .unwrap_or_else(|| "meshroute".into())
+    }
+
+    pub fn lease_name(&self) -> String {
+        self.lease_name
+            .clone()
+            .unwrap_or_else(|| "meshroute".into())
+    }
+
+    pub fn identity(&self) -> String {
+        if let Some(id) = self.identity.clone() {
+            return id;
+        }
+        if let Some(pod) = std::env::var("POD_NAME").ok().filter(|s| !s.is_empty()) {
+            return pod;
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "meshroute".into());
+        format!("{host}-{:08x}", rand::random::<u32>())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeSourceError {
+    #[error("cannot read kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("cannot find Kubernetes credentials (in-cluster or KUBECONFIG): {0}")]
+    Infer(#[source] kube::config::InferConfigError),
+    #[error("cannot build a Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+    #[error("API discovery failed: {0}")]
+    Discovery(#[source] kube::Error),
+}
+
+/// A Kubernetes client from `opts.kubeconfig`, or in-cluster config / `KUBECONFIG`.
+pub async fn client(opts: &KubeOptions) -> Result<Client, KubeSourceError> {
+    let config = match &opts.kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path).map_err(|source| KubeSourceError::Kubeconfig {
+                path: path.clone(),
+                source,
+            })?;
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|source| KubeSourceError::Kubeconfig {
+                    path: path.clone(),
+                    source,
+                })?
+        }
+        None => Config::infer().await.map_err(KubeSourceError::Infer)?,
+    };
+    Client::try_from(config).map_err(KubeSourceError::Client)
+}
+
+/// A kind the source can watch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Slot {
+    Service,
+    EndpointSlice,
+    Endpoints,
+    GatewayHttpRoute,
+    LinkerdHttpRoute,
+    TrafficSplit,
+    HttpRouteGroup,
+}
+
+impl Slot {
+    pub const CRDS: [Slot; 4] = [
+        Slot::GatewayHttpRoute,
+        Slot::LinkerdHttpRoute,
+        Slot::TrafficSplit,
+        Slot::HttpRouteGroup,
+    ];
+
+    pub fn group(self) -> &'static str {
+        match self {
+            Slot::Service | Slot::Endpoints => "",
+            Slot::EndpointSlice => DISCOVERY_GROUP,
+            Slot::GatewayHttpRoute => GATEWAY_GROUP,
+            Slot::LinkerdHttpRoute => LINKERD_GROUP,
+            Slot::TrafficSplit => SPLIT_GROUP,
+            Slot::HttpRouteGroup => SPECS_GROUP,
+        }
+    }
+
+    pub fn kind(self) -> &'static str {
+        match self {
+            Slot::Service => "Service",
+            Slot::EndpointSlice => "EndpointSlice",
+            Slot::Endpoints => "Endpoints",
+            Slot::GatewayHttpRoute | Slot::LinkerdHttpRoute => "HTTPRoute",
+            Slot::TrafficSplit => "TrafficSplit",
+            Slot::HttpRouteGroup => "HTTPRouteGroup",
+        }
+    }
+
+    /// Versions meshroute understands, best first.
+    pub fn preferred_versions(self) -> &'static [&'static str] {
+        match self {
+            Slot::Service | Slot::Endpoints | Slot::EndpointSlice => &["v1"],
+            Slot::GatewayHttpRoute => &["v1", "v1beta1"],
+            Slot::LinkerdHttpRoute => &["v1beta3", "v1beta2", "v1beta1", "v1alpha1"],
+            Slot::TrafficSplit | Slot::HttpRouteGroup => {
+                &["v1alpha4", "v1alpha3", "v1alpha2", "v1alpha1"]
+            }
+        }
+    }
+
+    fn is_route_like(self) -> bool {
+        matches!(
+            self,
+            Slot::GatewayHttpRoute
+                | Slot::LinkerdHttpRoute
+                | Slot::TrafficSplit
+                | Slot::HttpRouteGroup
+        )
+    }
+
+    fn key(self, namespace: Option<&str>, name: Option<&str>) -> ObjectKey {
+        ObjectKey {
+            group: self.group(),
+            kind: self.kind(),
+            namespace: namespace.unwrap_or("default").to_string(),
+            name: name.unwrap_or_default().to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.group().is_empty() {
+            write!(f, "{}", self.kind())
+        } else {
+            write!(f, "{}.{}", self.kind(), self.group())
+        }
+    }
+}
+
+/// The best version meshroute understands among those `served` (`None`: do not watch).
+pub fn pick_version(slot: Slot, served: &[&str]) -> Option<&'static str> {
+    slot.preferred_versions()
+        .iter()
+        .copied()
+        .find(|v| served.contains(v))
+}
+
+/// What to watch, decided by discovery.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Watched kinds with the resource (group, version, plural) to use.
+    pub watched: Vec<(Slot, ApiResource)>,
+    /// Kinds not served by the cluster, with why.
+    pub skipped: Vec<(Slot, String)>,
+}
+
+impl Plan {
+    pub fn resource(&self, slot: Slot) -> Option<&ApiResource> {
+        self.watched
+            .iter()
+            .find(|(s, _)| *s == slot)
+            .map(|(_, ar)| ar)
+    }
+}
+
+/// Ask the API server which versions of our CRD kinds it serves.
+pub async fn discover(client: &Client) -> Result<Plan, KubeSourceError> {
+    let groups = [GATEWAY_GROUP, LINKERD_GROUP, SPLIT_GROUP, SPECS_GROUP];
+    let discovery = kube::Discovery::new(client.clone())
+        .filter(&groups)
+        .run()
+        .await
+        .map_err(KubeSourceError::Discovery)?;
+    let mut plan = Plan {
+        watched: vec![
+            (Slot::Service, ApiResource::erase::<Service>(&())),
+            (
+                Slot::EndpointSlice,
+                ApiResource::erase::<EndpointSlice>(&()),
+            ),
+            (Slot::Endpoints, ApiResource::erase::<Endpoints>(&())),
+        ],
+        skipped: vec![],
+    };
+    for slot in Slot::CRDS {
+        let Some(group) = discovery.get(slot.group()) else {
+            plan.skipped
+                .push((slot, format!("API group {} is not served", slot.group())));
+            continue;
+        };
+        // Versions of the group that actually have this kind.
+        let mut served: Vec<(String, ApiResource)> = Vec::new();
+        for v in group.versions() {
+            if let Some((ar, _)) = group
+                .versioned_resources(v)
+                .into_iter()
+                .find(|(ar, _)| ar.kind == slot.kind())
+            {
+                served.push((v.to_string(), ar));
+            }
+        }
+        let names: Vec<&str> = served.iter().map(|(v, _)| v.as_str()).collect();
+        match pick_version(slot, &names) {
+            Some(v) => {
+                if let Some((_, ar)) = served.into_iter().find(|(sv, _)| sv == v) {
+                    plan.watched.push((slot, ar));
+                }
+            }
+            None => plan.skipped.push((
+                slot,
+                format!(
+                    "served versions [{}] include none of [{}]",
+                    names.join(", "),
+                    slot.preferred_versions().join(", ")
+                ),
+            )),
+        }
+    }
+    Ok(plan)
+}
+
+/// What the status writer needs to know about a route-like object as last seen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteInfo {
+    pub api_version: String,
+    pub uid: Option<String>,
+    /// Our entries of `status.parents` as the API server holds them, without timestamps.
+    pub ours: Vec<Value>,
+    /// TrafficSplit: `service=weight` per backend, in order.
+    pub split_weights: Option<String>,
+}
+
+/// Published after every compile for the status writer.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub statuses: Vec<RouteStatus>,
+    pub infos: BTreeMap<ObjectKey, RouteInfo>,
+}
+
+/// One decoded object.
+#[derive(Debug)]
+struct Item {
+    key: ObjectKey,
+    object: Object,
+    info: Option<RouteInfo>,
+}
+
+#[derive(Debug)]
+enum Msg {
+    Init(Slot),
+    InitApply(Slot, Item),
+    InitDone(Slot),
+    Apply(Slot, Item),
+    Delete(Slot, ObjectKey),
+}
+
+/// Strip what the status comparison ignores: timestamps, and nulls.
+pub fn normalize_parent(entry: &Value) -> Value {
+    let mut v = entry.clone();
+    strip_nulls(&mut v);
+    if let Some(conds) = v.get_mut("conditions").and_then(Value::as_array_mut) {
+        for c in conds {
+            if let Some(o) = c.as_object_mut() {
+                o.remove("lastTransitionTime");
+            }
+        }
+    }
+    v
+}
+
+fn strip_nulls(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            o.retain(|_, x| !x.is_null());
+            o.values_mut().for_each(strip_nulls);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
+fn route_info(slot: Slot, api_version: &str, doc: &Value) -> Option<RouteInfo> {
+    if !matches!(
+        slot,
+        Slot::GatewayHttpRoute | Slot::LinkerdHttpRoute | Slot::TrafficSplit
+    ) {
+        return None;
+    }
+    let ours = doc
+        .pointer("/status/parents")
+        .and_then(Value::as_array)
+        .map(|ps| {
+            ps.iter()
+                .filter(|p| {
+                    p.get("controllerName").and_then(Value::as_str) == Some(CONTROLLER_NAME)
+                })
+                .map(normalize_parent)
+                .collect()
+        })
+        .unwrap_or_default();
+    let split_weights = (slot == Slot::TrafficSplit).then(|| {
+        doc.pointer("/spec/backends")
+            .and_then(Value::as_array)
+            .map(|bs| {
+                bs.iter()
+                    .map(|b| {
+                        let svc = b.get("service").and_then(Value::as_str).unwrap_or("?");
+                        let w = match b.get("weight") {
+                            Some(Value::String(s)) => s.clone(),
+                            Some(w) => w.to_string(),
+                            None => "?".into(),
+                        };
+                        format!("{svc}={w}")
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    });
+    Some(RouteInfo {
+        api_version: api_version.to_string(),
+        uid: doc
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        ours,
+        split_weights,
+    })
+}
+
+/// Decode a watched object through the same decoder as file mode.
+fn to_item(slot: Slot, ar: &ApiResource, mut doc: Value) -> Result<Item, String> {
+    if let Some(o) = doc.as_object_mut() {
+        o.insert("apiVersion".into(), Value::String(ar.api_version.clone()));
+        o.insert("kind".into(), Value::String(ar.kind.clone()));
+    }
+    let info = route_info(slot, &ar.api_version, &doc);
+    let location = Location {
+        file: PathBuf::from("kube"),
+        document: 0,
+    };
+    match decode(&location, doc) {
+        Ok(loaded) => Ok(Item {
+            key: loaded.object.key(),
+            object: loaded.object,
+            info,
+        }),
+        Err(e) => Err(match e.object {
+            Some(o) => format!("{o}: {}", e.message),
+            None => e.message,
+        }),
+    }
+}
+
+async fn watch_kind<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    slot: Slot,
+    ar: ApiResource,
+    tx: mpsc::UnboundedSender<Msg>,
+) where
+    K: Resource + Clone + DeserializeOwned + serde::Serialize + fmt::Debug + Send + 'static,
+{
+    let mut stream = std::pin::pin!(watcher::watcher(api, cfg).default_backoff());
+    let mut failing = false;
+    let convert = |obj: &K| -> Option<Item> {
+        let doc = match serde_json::to_value(obj) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(kind = %slot, error = %e, "cannot re-encode a watched object");
+                return None;
+            }
+        };
+        match to_item(slot, &ar, doc) {
+            Ok(item) => Some(item),
+            Err(e) => {
+                tracing::warn!(kind = %slot, "ignoring object the API server returned: {e}");
+                None
+            }
+        }
+    };
+    while let Some(ev) = stream.next().await {
+        let msg = match ev {
+            Err(e) => {
+                // One line per outage, not one per retry.
+                if !failing {
+                    tracing::warn!(kind = %slot, error = %e, "watch failed; retrying with backoff, the last table keeps serving");
+                }
+                failing = true;
+                continue;
+            }
+            Ok(ev) => {
+                if failing {
+                    tracing::info!(kind = %slot, "watch resumed");
+                    failing = false;
+                }
+                match ev {
+                    Event::Init => Msg::Init(slot),
+                    Event::InitDone => Msg::InitDone(slot),
+                    Event::InitApply(o) => match convert(&o) {
+                        Some(item) => Msg::InitApply(slot, item),
+                        None => continue,
+                    },
+                    Event::Apply(o) => match convert(&o) {
+                        Some(item) => Msg::Apply(slot, item),
+                        None => continue,
+                    },
+                    Event::Delete(o) => {
+                        let m = o.meta();
+                        Msg::Delete(slot, slot.key(m.namespace.as_deref(), m.name.as_deref()))
+                    }
+                }
+            }
+        };
+        if tx.send(msg).is_err() {
+            return;
+        }
+    }
+}
+
+fn api_for<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+fn spawn_watchers(
+    client: &Client,
+    plan: &Plan,
+    opts: &KubeOptions,
+    tx: &mpsc::UnboundedSender<Msg>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let ns = opts.namespace.as_deref();
+    let mut tasks = Vec::new();
+    for (slot, ar) in &plan.watched {
+        let mut cfg = watcher::Config::default();
+        if slot.is_route_like() {
+            if let Some(sel) = &opts.label_selector {
+                cfg = cfg.labels(sel);
+            }
+        }
+        let (slot, ar, tx) = (*slot, ar.clone(), tx.clone());
+        let task = match slot {
+            Slot::Service => tokio::spawn(watch_kind(
+                api_for::<Service>(client, ns),
+                cfg,
+                slot,
+                ar,
+                tx,
+            )),
+            Slot::EndpointSlice => tokio::spawn(watch_kind(
+                api_for::<EndpointSlice>(client, ns),
+                cfg,
+                slot,
+                ar,
+                tx,
+            )),
+            Slot::Endpoints => tokio::spawn(watch_kind(
+                api_for::<Endpoints>(client, ns),
+                cfg,
+                slot,
+                ar,
+                tx,
+            )),
+            _ => {
+                let api: Api<DynamicObject> = match ns {
+                    Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+                    None => Api::all_with(client.clone(), &ar),
+                };
+                tokio::spawn(watch_kind(api, cfg, slot, ar, tx))
+            }
+        };
+        tasks.push(task);
+    }
+    tasks
+}
+
+/// The source's view of the cluster.
+struct State {
+    index: Index,
+    /// Keys present per kind, to find what a relist dropped.
+    known: BTreeMap<Slot, BTreeSet<ObjectKey>>,
+    /// Objects of a relist in progress.
+    buffers: BTreeMap<Slot, Vec<Item>>,
+    synced: BTreeSet<Slot>,
+    expected: BTreeSet<Slot>,
+    infos: BTreeMap<ObjectKey, RouteInfo>,
+    dirty: bool,
+}
+
+impl State {
+    fn new(expected: BTreeSet<Slot>) -> Self {
+        State {
+            index: Index::new(),
+            known: BTreeMap::new(),
+            buffers: BTreeMap::new(),
+            synced: BTreeSet::new(),
+            expected,
+            infos: BTreeMap::new(),
+            dirty: false,
+        }
+    }
+
+    fn upsert(&mut self, slot: Slot, item: Item) {
+        self.known.entry(slot).or_default().insert(item.key.clone());
+        match item.info {
+            Some(info) => {
+                self.infos.insert(item.key.clone(), info);
+            }
+            None => {
+                self.infos.remove(&item.key);
+            }
+        }
+        if let Err(errs) = self.index.apply(item.object) {
+            let errs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+            tracing::warn!("{}: refused: {}", item.key, errs.join("; "));
+        }
+    }
+
+    fn remove(&mut self, slot: Slot, key: &ObjectKey) {
+        if let Some(k) = self.known.get_mut(&slot) {
+            k.remove(key);
+        }
+        self.infos.remove(key);
+        self.index.delete(key);
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Init(slot) => {
+                self.buffers.insert(slot, Vec::new());
+            }
+            Msg::InitApply(slot, item) => self.buffers.entry(slot).or_default().push(item),
+            Msg::InitDone(slot) => {
+                let items = self.buffers.remove(&slot).unwrap_or_default();
+                let listed: BTreeSet<ObjectKey> = items.iter().map(|i| i.key.clone()).collect();
+                let gone: Vec<ObjectKey> = self
+                    .known
+                    .get(&slot)
+                    .map(|k| k.difference(&listed).cloned().collect())
+                    .unwrap_or_default();
+                for key in &gone {
+                    self.remove(slot, key);
+                }
+                for item in items {
+                    self.upsert(slot, item);
+                }
+                if self.synced.insert(slot) {
+                    tracing::info!(kind = %slot, objects = listed.len(), "initial list complete");
+                }
+                self.dirty = true;
+            }
+            Msg::Apply(slot, item) => {
+                self.upsert(slot, item);
+                self.dirty = true;
+            }
+            Msg::Delete(slot, key) => {
+                self.remove(slot, &key);
+                self.dirty = true;
+            }
+        }
+    }
+
+    fn all_synced(&self) -> bool {
+        self.expected.is_subset(&self.synced)
+    }
+}
+
+/// Where the source publishes.
+#[derive(Clone)]
+pub struct Sinks {
+    pub proxy: Arc<Proxy>,
+    pub compile: CompileOptions,
+    pub status: Arc<ReloadStatus>,
+    pub snapshots: watch::Sender<Arc<Snapshot>>,
+}
+
+/// Discover (retrying until the API server answers), start the watchers and keep the proxy's
+/// table in step with the cluster until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    opts: KubeOptions,
+    sinks: Sinks,
+    plan_tx: Option<tokio::sync::oneshot::Sender<Plan>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut delay = Duration::from_millis(200);
+    let plan = loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            r = discover(&client) => match r {
+                Ok(plan) => break plan,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?delay, "cannot reach the API server");
+                    tokio::select! {
+                        () = &mut shutdown => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    };
+    for (slot, why) in &plan.skipped {
+        tracing::info!(kind = %slot, "not watching {slot}: {why}");
+    }
+    for (slot, ar) in &plan.watched {
+        tracing::info!(kind = %slot, api_version = %ar.api_version, namespace = opts.namespace.as_deref().unwrap_or("*"), "watching");
+    }
+    if let Some(tx) = plan_tx {
+        let _ = tx.send(plan.clone());
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let tasks = spawn_watchers(&client, &plan, &opts, &tx);
+    drop(tx);
+    let mut state = State::new(plan.watched.iter().map(|(s, _)| *s).collect());
+    loop {
+        let msg = tokio::select! {
+            () = &mut shutdown => break,
+            m = rx.recv() => m,
+        };
+        let Some(msg) = msg else { break };
+        state.handle(msg);
+        // Apply everything already queued, then compile once.
+        while let Ok(m) = rx.try_recv() {
+            state.handle(m);
+        }
+        if state.dirty && state.all_synced() {
+            state.dirty = false;
+            publish(&state, &sinks);
+        }
+    }
+    for t in tasks {
+        t.abort();
+    }
+}
+
+fn publish(state: &State, sinks: &Sinks) {
+    let first = !sinks.proxy.is_ready();
+    let prev = sinks.proxy.table();
+    let compiled = compile(&state.index, &sinks.compile, Some(&prev));
+    drop(prev);
+    let route_problems: Vec<String> = compiled
+        .statuses
+        .iter()
+        .flat_map(|s| {
+            let name = format!("{}/{}", s.namespace, s.name);
+            s.problems()
+                .into_iter()
+                .map(move |p| format!("{name}: {p}"))
+        })
+        .collect();
+    let parents = compiled.table.parent_count();
+    let generation = sinks.proxy.publish(compiled.table);
+    sinks.proxy.metrics.reloads.inc();
+    if first {
+        tracing::info!(
+            generation,
+            parents,
+            "every watch has listed; first routing table published"
+        );
+    } else {
+        tracing::debug!(generation, parents, "routing table published");
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    sinks.status.update(|s| {
+        s.generation = generation;
+        s.config_ok = true;
+        s.errors = Vec::new();
+        s.route_problems = route_problems;
+        s.reloads += 1;
+        s.last_reload_unix = now;
+    });
+    sinks.snapshots.send_replace(Arc::new(Snapshot {
+        statuses: compiled.statuses,
+        infos: state.infos.clone(),
+    }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn best_served_version_is_picked() {
+        assert_eq!(
+            pick_version(Slot::TrafficSplit, &["v1alpha1", "v1alpha2"]),
+            Some("v1alpha2")
+        );
+        assert_eq!(
+            pick_version(Slot::TrafficSplit, &["v1alpha4", "v1alpha1", "v1alpha2"]),
+            Some("v1alpha4")
+        );
+        assert_eq!(
+            pick_version(Slot::LinkerdHttpRoute, &["v1beta1", "v1beta3", "v1alpha1"]),
+            Some("v1beta3")
+        );
+        assert_eq!(
+            pick_version(Slot::GatewayHttpRoute, &["v1beta1"]),
+            Some("v1beta1")
+        );
+        assert_eq!(pick_version(Slot::TrafficSplit, &["v2"]), None);
+        assert_eq!(pick_version(Slot::HttpRouteGroup, &[]), None);
+    }
+
+    #[test]
+    fn status_comparison_ignores_timestamps_and_nulls() {
+        let a = serde_json::json!({"parentRef": {"name": "s", "port": null},
+            "conditions": [{"type": "Accepted", "lastTransitionTime": "2026-01-01T00:00:00Z"}]});
+        let b = serde_json::json!({"parentRef": {"name": "s"},
+            "conditions": [{"type": "Accepted", "lastTransitionTime": "2027-01-01T00:00:00Z"}]});
+        assert_eq!(normalize_parent(&a), normalize_parent(&b));
+    }
+
+    fn item(name: &str) -> Item {
+        let svc = Service {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Item {
+            key: Slot::Service.key(Some("ns"), Some(name)),
+            object: Object::Service(Box::new(svc)),
+            info: None,
+        }
+    }
+
+    #[test]
+    fn relist_replaces_a_kind_atomically_and_drops_what_is_gone() {
+        let mut st = State::new([Slot::Service, Slot::Endpoints].into());
+        st.handle(Msg::Init(Slot::Service));
+        st.handle(Msg::InitApply(Slot::Service, item("a")));
+        st.handle(Msg::InitApply(Slot::Service, item("b")));
+        // Nothing is visible before the list is complete.
+        assert!(st.index.services.is_empty());
+        st.handle(Msg::InitDone(Slot::Service));
+        assert_eq!(st.index.services.len(), 2);
+        assert!(!st.all_synced(), "Endpoints have not listed yet");
+        st.handle(Msg::Init(Slot::Endpoints));
+        st.handle(Msg::InitDone(Slot::Endpoints));
+        assert!(st.all_synced());
+        // A relist (after a watch desync) without `a`: `a` goes, `b` stays throughout.
+        st.handle(Msg::Init(Slot::Service));
+        st.handle(Msg::InitApply(Slot::Service, item("b")));
+        assert_eq!(
+            st.index.services.len(),
+            2,
+            "old state serves until InitDone"
+        );
+        st.handle(Msg::InitDone(Slot::Service));
+        let names: Vec<_> = st.index.services.keys().map(|(_, n)| n.clone()).collect();
+        assert_eq!(names, vec!["b".to_string()]);
+    }
+}

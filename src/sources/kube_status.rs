@@ -1,0 +1,518 @@
+//! Kubernetes mode's writes: route status, TrafficSplit Events and the leader election that
+//! makes one replica (of many serving) the only writer.
+//!
+//! **Status.** For each HTTPRoute (both groups) our `status.parents[]` entries (controllerName
+//! `meshroute.dev/controller`) are compared, without timestamps, with what the API server holds
+//! (as last seen by the watch); only a difference leads to a write. The write reads the object,
+//! keeps every other controller's entry as it is, replaces ours, and sends the whole list as a
+//! JSON merge patch on `/status` with the read `resourceVersion` as precondition (a conflict
+//! re-reads). `status.parents` is an atomic list in some CRDs, so a server-side apply of only
+//! our entries would take the list over and wipe Linkerd's; read-merge-write under optimistic
+//! concurrency is correct for atomic and map lists alike. `lastTransitionTime` only moves when
+//! a condition's status changes.
+//!
+//! **Events.** TrafficSplits have no status subresource: a change in their problems (Warning,
+//! reason from the failing condition) and in their weights (Normal, `WeightsChanged`) becomes an
+//! Event (events.k8s.io/v1).
+//!
+//! **Leader election.** A coordination.k8s.io Lease, renewed every 2 s, lost after 15 s without
+//! renewal; expiry is judged by the local clock since the record last changed (as client-go
+//! does), so clock skew between replicas does not matter.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::Client;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::kube::{normalize_parent, Plan, RouteInfo, Slot, Snapshot};
+use crate::compile::status::{RouteStatus, CONTROLLER_NAME};
+use crate::compile::validate::RouteKind;
+use crate::model::ObjectKey;
+
+/// Lease validity without renewal.
+pub const LEASE_DURATION: Duration = Duration::from_secs(15);
+/// How often the lease is renewed or tried.
+pub const RETRY_PERIOD: Duration = Duration::from_secs(2);
+/// A leader that could not renew for this long stops writing.
+pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("{route}: {source}")]
+    Api {
+        route: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{route}: status changed under us {attempts} times in a row")]
+    Contended { route: String, attempts: u32 },
+}
+
+fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+fn now_rfc3339() -> String {
+    // Whole seconds: what every controller writes, and what `date-time` schemas accept.
+    let now = Timestamp::now();
+    Timestamp::from_second(now.as_second())
+        .unwrap_or(now)
+        .to_string()
+}
+
+/// Hold the Lease `namespace/name` as `identity` whenever possible; `leader` says whether we
+/// hold it. Releases it on shutdown.
+pub async fn elect(
+    client: Client,
+    namespace: String,
+    name: String,
+    identity: String,
+    leader: watch::Sender<bool>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let api: Api<Lease> = Api::namespaced(client, &namespace);
+    // (holder, renewTime, resourceVersion) as last observed, and when it last changed.
+    let mut observed: Option<(Option<String>, Option<MicroTime>, Option<String>)> = None;
+    let mut observed_at = Instant::now();
+    let mut last_renew: Option<Instant> = None;
+    let mut warned = false;
+    loop {
+        let held = match try_lease(&api, &name, &identity, &mut observed, &mut observed_at).await {
+            Ok(held) => {
+                warned = false;
+                if held {
+                    last_renew = Some(Instant::now());
+                }
+                held
+            }
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(lease = %format!("{namespace}/{name}"), error = %e, "leader election: cannot read or renew the lease");
+                    warned = true;
+                }
+                // Keep writing only while the lease we hold is surely still ours.
+                *leader.borrow() && last_renew.is_some_and(|t| t.elapsed() < RENEW_DEADLINE)
+            }
+        };
+        leader.send_if_modified(|l| {
+            if *l != held {
+                tracing::info!(%identity, leader = held, "leader election: {}", if held { "this replica now writes status" } else { "another replica writes status" });
+                *l = held;
+                true
+            } else {
+                false
+            }
+        });
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = tokio::time::sleep(RETRY_PERIOD) => {}
+        }
+    }
+    if *leader.borrow() {
+        // Let another replica take over at once instead of after the lease expires.
+        let release = async {
+            if let Ok(Some(mut lease)) = api.get_opt(&name).await {
+                let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+                if spec.holder_identity.as_deref() == Some(identity.as_str()) {
+                    spec.holder_identity = None;
+                    spec.lease_duration_seconds = Some(1);
+                    let _ = api.replace(&name, &PostParams::default(), &lease).await;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), release).await;
+        leader.send_replace(false);
+    }
+}
+
+type Record = (Option<String>, Option<MicroTime>, Option<String>);
+
+async fn try_lease(
+    api: &Api<Lease>,
+    name: &str,
+    identity: &str,
+    observed: &mut Option<Record>,
+    observed_at: &mut Instant,
+) -> Result<bool, kube::Error> {
+    let now = MicroTime(Timestamp::now());
+    let secs = i32::try_from(LEASE_DURATION.as_secs()).unwrap_or(15);
+    let Some(mut lease) = api.get_opt(name).await? else {
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(identity.to_string()),
+                lease_duration_seconds: Some(secs),
+                acquire_time: Some(now.clone()),
+                renew_time: Some(now),
+                lease_transitions: Some(0),
+                ..Default::default()
+            }),
+        };
+        return match api.create(&PostParams::default(), &lease).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_conflict(&e) => Ok(false),
+            Err(e) => Err(e),
+        };
+    };
+    let spec = lease.spec.clone().unwrap_or_default();
+    let record = (
+        spec.holder_identity.clone(),
+        spec.renew_time.clone(),
+        lease.metadata.resource_version.clone(),
+    );
+    if observed.as_ref() != Some(&record) {
+        *observed = Some(record);
+        *observed_at = Instant::now();
+    }
+    let duration = Duration::from_secs(
+        u64::try_from(spec.lease_duration_seconds.unwrap_or(secs).max(1)).unwrap_or(15),
+    );
+    let holder = spec.holder_identity.as_deref().filter(|h| !h.is_empty());
+    let mine = holder == Some(identity);
+    if !(mine || holder.is_none() || observed_at.elapsed() > duration) {
+        return Ok(false);
+    }
+    lease.spec = Some(LeaseSpec {
+        holder_identity: Some(identity.to_string()),
+        lease_duration_seconds: Some(secs),
+        acquire_time: if mine {
+            spec.acquire_time
+        } else {
+            Some(now.clone())
+        },
+        renew_time: Some(now),
+        lease_transitions: Some(spec.lease_transitions.unwrap_or(0) + i32::from(!mine)),
+        ..spec
+    });
+    match api.replace(name, &PostParams::default(), &lease).await {
+        Ok(_) => Ok(true),
+        Err(e) if is_conflict(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// What was last reported per TrafficSplit (per leadership term).
+#[derive(Default)]
+struct Reported {
+    problems: HashMap<ObjectKey, Vec<String>>,
+    weights: HashMap<ObjectKey, String>,
+}
+
+/// Write status and Events from every snapshot while `leader` is true.
+pub async fn write(
+    client: Client,
+    plan: Plan,
+    identity: String,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    mut leader: watch::Receiver<bool>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: CONTROLLER_NAME.into(),
+            instance: Some(identity),
+        },
+    );
+    let mut reported = Reported::default();
+    let mut retry = false;
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            r = snapshots.changed() => if r.is_err() { return },
+            r = leader.changed() => {
+                if r.is_err() { return }
+                reported = Reported::default();
+            }
+            // Failed writes are retried; otherwise this is a cheap local comparison.
+            () = tokio::time::sleep(if retry { Duration::from_secs(2) } else { Duration::from_secs(30) }) => {}
+        }
+        if !*leader.borrow() {
+            continue;
+        }
+        let snap = snapshots.borrow_and_update().clone();
+        retry = false;
+        for rs in &snap.statuses {
+            let key = ObjectKey {
+                group: rs.kind.group(),
+                kind: rs.kind.kind(),
+                namespace: rs.namespace.clone(),
+                name: rs.name.clone(),
+            };
+            let Some(info) = snap.infos.get(&key) else {
+                continue;
+            };
+            if rs.kind == RouteKind::TrafficSplit {
+                for ev in split_events(&mut reported, &key, rs, info) {
+                    let reference = ObjectReference {
+                        api_version: Some(info.api_version.clone()),
+                        kind: Some("TrafficSplit".into()),
+                        namespace: Some(rs.namespace.clone()),
+                        name: Some(rs.name.clone()),
+                        uid: info.uid.clone(),
+                        ..Default::default()
+                    };
+                    if let Err(e) = recorder.publish(&ev, &reference).await {
+                        tracing::warn!(route = %key, error = %e, "cannot publish event");
+                    }
+                }
+                continue;
+            }
+            let slot = match rs.kind {
+                RouteKind::Gateway => Slot::GatewayHttpRoute,
+                _ => Slot::LinkerdHttpRoute,
+            };
+            let Some(ar) = plan.resource(slot) else {
+                continue;
+            };
+            let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &rs.namespace, ar);
+            match sync_status(&api, rs, info, &key).await {
+                Ok(true) => tracing::debug!(route = %key, "status written"),
+                Ok(false) => {}
+                Err(e) => {
+                    retry = true;
+                    tracing::warn!(error = %e, "cannot write route status");
+                }
+            }
+        }
+        let live: std::collections::HashSet<&ObjectKey> = snap.infos.keys().collect();
+        reported.problems.retain(|k, _| live.contains(k));
+        reported.weights.retain(|k, _| live.contains(k));
+    }
+}
+
+/// Our desired `status.parents` entries.
+fn desired(rs: &RouteStatus) -> Vec<Value> {
+    rs.parents
+        .iter()
+        .filter_map(|p| serde_json::to_value(p).ok())
+        .collect()
+}
+
+/// Merge `want` (ours) into `current` (everyone's): others' entries stay as they are, in
+/// order; ours replace our old ones. Timestamps carry over while a condition's status holds.
+pub fn merge_parents(current: &[Value], want: &[Value], now: &str) -> Vec<Value> {
+    let ours_old: Vec<&Value> = current
+        .iter()
+        .filter(|p| p.get("controllerName").and_then(Value::as_str) == Some(CONTROLLER_NAME))
+        .collect();
+    let mut out: Vec<Value> = current
+        .iter()
+        .filter(|p| p.get("controllerName").and_then(Value::as_str) != Some(CONTROLLER_NAME))
+        .cloned()
+        .collect();
+    for w in want {
+        let mut entry = w.clone();
+        let old = ours_old
+            .iter()
+            .find(|o| normalize_parent(&o["parentRef"]) == normalize_parent(&w["parentRef"]));
+        if let Some(conds) = entry.get_mut("conditions").and_then(Value::as_array_mut) {
+            for c in conds {
+                let kept = old.and_then(|o| {
+                    o["conditions"].as_array()?.iter().find_map(|oc| {
+                        (oc["type"] == c["type"] && oc["status"] == c["status"])
+                            .then(|| oc.get("lastTransitionTime").cloned())
+                            .flatten()
+                    })
+                });
+                if let Some(o) = c.as_object_mut() {
+                    o.insert(
+                        "lastTransitionTime".into(),
+                        kept.unwrap_or_else(|| Value::String(now.to_string())),
+                    );
+                }
+            }
+        }
+        out.push(entry);
+    }
+    out
+}
+
+/// Bring our entries of one route's status in line. `Ok(true)` when written.
+async fn sync_status(
+    api: &Api<DynamicObject>,
+    rs: &RouteStatus,
+    info: &RouteInfo,
+    key: &ObjectKey,
+) -> Result<bool, StatusError> {
+    let want = desired(rs);
+    let want_norm: Vec<Value> = want.iter().map(normalize_parent).collect();
+    if want_norm == info.ours {
+        return Ok(false);
+    }
+    let api_err = |source| StatusError::Api {
+        route: key.to_string(),
+        source,
+    };
+    const ATTEMPTS: u32 = 5;
+    for _ in 0..ATTEMPTS {
+        let obj = match api.get(&rs.name).await {
+            Ok(o) => o,
+            Err(e) if is_not_found(&e) => return Ok(false),
+            Err(e) => return Err(api_err(e)),
+        };
+        let current: Vec<Value> = obj
+            .data
+            .pointer("/status/parents")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let ours_now: Vec<Value> = current
+            .iter()
+            .filter(|p| p.get("controllerName").and_then(Value::as_str) == Some(CONTROLLER_NAME))
+            .map(normalize_parent)
+            .collect();
+        if ours_now == want_norm {
+            return Ok(false);
+        }
+        let merged = merge_parents(&current, &want, &now_rfc3339());
+        let patch = json!({
+            "metadata": {"resourceVersion": obj.metadata.resource_version},
+            "status": {"parents": merged},
+        });
+        match api
+            .patch_status(&rs.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return Ok(true),
+            Err(e) if is_conflict(&e) => continue,
+            Err(e) if is_not_found(&e) => return Ok(false),
+            Err(e) => return Err(api_err(e)),
+        }
+    }
+    Err(StatusError::Contended {
+        route: key.to_string(),
+        attempts: ATTEMPTS,
+    })
+}
+
+/// Events notes are limited to 1 kB.
+fn note(s: String) -> String {
+    if s.len() <= 1000 {
+        return s;
+    }
+    let mut end = 1000;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+fn split_events(
+    reported: &mut Reported,
+    key: &ObjectKey,
+    rs: &RouteStatus,
+    info: &RouteInfo,
+) -> Vec<Event> {
+    let mut out = Vec::new();
+    let problems = rs.problems();
+    let before = reported.problems.insert(key.clone(), problems.clone());
+    if before.as_ref() != Some(&problems) {
+        if !problems.is_empty() {
+            let reason = rs
+                .parents
+                .iter()
+                .flat_map(|p| p.conditions.iter())
+                .find(|c| match c.type_ {
+                    "PartiallyInvalid" => c.status == "True",
+                    _ => c.status != "True",
+                })
+                .map(|c| c.reason)
+                .unwrap_or("Invalid");
+            out.push(Event {
+                type_: EventType::Warning,
+                reason: reason.into(),
+                note: Some(note(problems.join("; "))),
+                action: "Route".into(),
+                secondary: None,
+            });
+        } else if before.is_some_and(|b| !b.is_empty()) {
+            out.push(Event {
+                type_: EventType::Normal,
+                reason: "Accepted".into(),
+                note: Some("every backend resolves again".into()),
+                action: "Route".into(),
+                secondary: None,
+            });
+        }
+    }
+    if let Some(w) = &info.split_weights {
+        if let Some(old) = reported.weights.insert(key.clone(), w.clone()) {
+            if &old != w {
+                out.push(Event {
+                    type_: EventType::Normal,
+                    reason: "WeightsChanged".into(),
+                    note: Some(note(format!("{old} → {w}"))),
+                    action: "Route".into(),
+                    secondary: None,
+                });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_keeps_other_controllers_entries_and_replaces_ours() {
+        let current = vec![
+            json!({"parentRef": {"name": "smiley"}, "controllerName": "linkerd.io/policy-controller",
+                   "conditions": [{"type": "Accepted", "status": "True", "lastTransitionTime": "t0"}]}),
+            json!({"parentRef": {"name": "old"}, "controllerName": CONTROLLER_NAME,
+                   "conditions": [{"type": "Accepted", "status": "True", "lastTransitionTime": "t1"}]}),
+            json!({"parentRef": {"name": "smiley"}, "controllerName": CONTROLLER_NAME,
+                   "conditions": [{"type": "Accepted", "status": "True", "lastTransitionTime": "t2"},
+                                  {"type": "ResolvedRefs", "status": "True", "lastTransitionTime": "t3"}]}),
+        ];
+        let want = vec![
+            json!({"parentRef": {"name": "smiley"}, "controllerName": CONTROLLER_NAME,
+            "conditions": [{"type": "Accepted", "status": "True"},
+                           {"type": "ResolvedRefs", "status": "False"}]}),
+        ];
+        let merged = merge_parents(&current, &want, "now");
+        assert_eq!(merged.len(), 2);
+        assert_eq!(merged[0], current[0], "Linkerd's entry is untouched");
+        let conds = merged[1]["conditions"].as_array().unwrap();
+        assert_eq!(
+            conds[0]["lastTransitionTime"], "t2",
+            "unchanged status keeps its time"
+        );
+        assert_eq!(
+            conds[1]["lastTransitionTime"], "now",
+            "changed status gets a new time"
+        );
+    }
+
+    #[test]
+    fn merge_into_empty_status_adds_ours() {
+        let want = vec![
+            json!({"parentRef": {"name": "s"}, "controllerName": CONTROLLER_NAME,
+            "conditions": [{"type": "Accepted", "status": "True"}]}),
+        ];
+        let merged = merge_parents(&[], &want, "now");
+        assert_eq!(merged.len(), 1);
+        assert_eq!(merged[0]["conditions"][0]["lastTransitionTime"], "now");
+    }
+}
