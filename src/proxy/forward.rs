@@ -257,17 +257,31 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 /// Bit of `TE` in the presence mask of [`strip_hop_by_hop`] (after the `HOP_BY_HOP` bits).
 const TE_BIT: u8 = 1 << 6;
 
+/// The presence bit of a (lowercase) header name: its index in [`HOP_BY_HOP`], [`TE_BIT`], or
+/// 0 for an end-to-end header. Dispatches on the length first, so the common names cost one
+/// comparison of a length rather than seven of names.
+fn hop_by_hop_bit(name: &str) -> u8 {
+    let index = match name.len() {
+        2 if name == "te" => return TE_BIT,
+        7 if name == "upgrade" => 4,
+        10 if name == "connection" => 0,
+        10 if name == "keep-alive" => 1,
+        16 if name == "proxy-connection" => 5,
+        17 if name == "transfer-encoding" => 3,
+        19 if name == "proxy-authorization" => 2,
+        _ => return 0,
+    };
+    debug_assert_eq!(HOP_BY_HOP[index].as_str(), name);
+    1 << index
+}
+
 /// Remove the hop-by-hop headers of a message about to be forwarded. Runs twice per request, so
 /// it makes one pass over the names to see which are there (usually none in a request and only
 /// `Connection: keep-alive` in a response) and then touches only those, without allocating.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut present = 0u8;
     for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            present |= 1 << i;
-        } else if name == header::TE {
-            present |= TE_BIT;
-        }
+        present |= hop_by_hop_bit(name.as_str());
     }
     if present == 0 {
         return;
@@ -451,6 +465,24 @@ mod tests {
             h.append(*n, HeaderValue::from_static(v));
         }
         h
+    }
+
+    #[test]
+    fn each_hop_by_hop_name_has_its_own_bit() {
+        for (i, h) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_bit(h.as_str()), 1 << i, "{h}");
+        }
+        assert_eq!(hop_by_hop_bit("te"), TE_BIT);
+        for other in [
+            "host",
+            "tf",
+            "upgrades",
+            "connectio",
+            "content-length",
+            "x-keep-alive",
+        ] {
+            assert_eq!(hop_by_hop_bit(other), 0, "{other}");
+        }
     }
 
     #[test]

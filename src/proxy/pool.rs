@@ -127,7 +127,9 @@ impl EndpointPool {
         loop {
             let (mut sender, reused) = match self.pop_ready() {
                 Some(s) => (s, true),
-                None => (self.connect_h1().await?, false),
+                // Boxed: the connect future is large and rare; inline it would bloat every
+                // request's future, which hyper and tokio move around by value.
+                None => (Box::pin(self.connect_h1()).await?, false),
             };
             match sender.try_send_request(req).await {
                 Ok(rsp) => {
@@ -157,7 +159,7 @@ impl EndpointPool {
         let mut sender = match existing {
             Some(s) => s,
             None => {
-                let s = self.connect_h2().await?;
+                let s = Box::pin(self.connect_h2()).await?;
                 *lock(&self.h2) = Some(s.clone());
                 s
             }
