@@ -97,6 +97,17 @@ async fn stopped(mut rx: signal::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
+/// The proxy and admin listeners of `config`.
+async fn bind(config: &RunConfig) -> anyhow::Result<(TcpListener, TcpListener)> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let admin = TcpListener::bind(config.admin)
+        .await
+        .with_context(|| format!("cannot bind admin address {}", config.admin))?;
+    Ok((listener, admin))
+}
+
 /// Load, publish, bind and serve; returns once everything is listening.
 pub async fn start(config: RunConfig) -> anyhow::Result<Running> {
     if config.kube {
@@ -135,12 +146,7 @@ pub async fn start(config: RunConfig) -> anyhow::Result<Running> {
         others.extend(crate::demo::start_backends(proxy.clone(), stopped(stop_rx.clone())).await);
     }
 
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let admin = TcpListener::bind(config.admin)
-        .await
-        .with_context(|| format!("cannot bind admin address {}", config.admin))?;
+    let (listener, admin) = bind(&config).await?;
     let proxy_addr = listener.local_addr()?;
     let admin_addr = admin.local_addr()?;
     tracing::info!(%proxy_addr, %admin_addr, dir = %config.config_dir.display(), "meshroute running");
@@ -199,12 +205,7 @@ async fn start_kube(config: RunConfig) -> anyhow::Result<Running> {
     let proxy = Proxy::new(metrics, config.proxy.clone());
     let status = Arc::new(ReloadStatus::default());
 
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let admin = TcpListener::bind(config.admin)
-        .await
-        .with_context(|| format!("cannot bind admin address {}", config.admin))?;
+    let (listener, admin) = bind(&config).await?;
     let proxy_addr = listener.local_addr()?;
     let admin_addr = admin.local_addr()?;
     tracing::info!(%proxy_addr, %admin_addr, namespace = opts.namespace.as_deref().unwrap_or("*"), "meshroute running in Kubernetes mode");

@@ -49,6 +49,21 @@ pub struct Compiled {
     pub statuses: Vec<RouteStatus>,
 }
 
+impl Compiled {
+    /// Every problem of every route, one line each, prefixed with the route's `namespace/name`.
+    pub fn route_problems(&self) -> Vec<String> {
+        self.statuses
+            .iter()
+            .flat_map(|s| {
+                let name = format!("{}/{}", s.namespace, s.name);
+                s.problems()
+                    .into_iter()
+                    .map(move |p| format!("{name}: {p}"))
+            })
+            .collect()
+    }
+}
+
 /// Compile the index. `prev` (the live table, if any) lends its endpoint load counters so
 /// load-aware balancing carries over a swap.
 pub fn compile(index: &Index, opts: &CompileOptions, prev: Option<&RouteTable>) -> Compiled {

@@ -724,16 +724,7 @@ fn publish(state: &State, sinks: &Sinks) {
     let prev = sinks.proxy.table();
     let compiled = compile(&state.index, &sinks.compile, Some(&prev));
     drop(prev);
-    let route_problems: Vec<String> = compiled
-        .statuses
-        .iter()
-        .flat_map(|s| {
-            let name = format!("{}/{}", s.namespace, s.name);
-            s.problems()
-                .into_iter()
-                .map(move |p| format!("{name}: {p}"))
-        })
-        .collect();
+    let route_problems = compiled.route_problems();
     let parents = compiled.table.parent_count();
     let generation = sinks.proxy.publish(compiled.table);
     sinks.proxy.metrics.reloads.inc();

@@ -117,16 +117,7 @@ pub fn reload_once(
     let prev = proxy.table();
     let compiled = compile(&outcome.index, opts, Some(&prev));
     drop(prev);
-    let route_problems: Vec<String> = compiled
-        .statuses
-        .iter()
-        .flat_map(|s| {
-            let name = format!("{}/{}", s.namespace, s.name);
-            s.problems()
-                .into_iter()
-                .map(move |p| format!("{name}: {p}"))
-        })
-        .collect();
+    let route_problems = compiled.route_problems();
     for p in &route_problems {
         tracing::warn!("route not fully accepted: {p}");
     }
