@@ -19,6 +19,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::mpsc;
 use tokio::time::Sleep;
 
+use super::h1;
 use super::pool::PooledConn;
 use crate::metrics::{BackendMetrics, RouteMetrics};
 use crate::table::InFlight;
@@ -32,7 +33,7 @@ pub enum StreamError {
     #[error("{0} expired while the response body was streaming")]
     Timeout(&'static str),
     #[error("upstream body failed: {0}")]
-    Upstream(#[source] hyper::Error),
+    Upstream(#[source] BoxError),
     #[error("request body was cut short; mirror copy abandoned")]
     MirrorAbandoned,
 }
@@ -140,6 +141,43 @@ impl Body for RequestBody {
     }
 }
 
+/// A response body as it comes from an endpoint: read by the request's own task
+/// ([`h1`]) or by a hyper client connection.
+#[derive(Debug)]
+pub enum UpstreamIncoming {
+    Inline(h1::InlineBody),
+    Hyper(Incoming),
+}
+
+impl Body for UpstreamIncoming {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamIncoming::Inline(b) => b.poll_frame(cx).map_err(Into::into),
+            UpstreamIncoming::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamIncoming::Inline(b) => b.is_end_stream(),
+            UpstreamIncoming::Hyper(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamIncoming::Inline(b) => b.size_hint(),
+            UpstreamIncoming::Hyper(b) => b.size_hint(),
+        }
+    }
+}
+
 /// A body sent to the client.
 #[derive(Debug)]
 pub struct ResponseBody(Kind);
@@ -160,7 +198,7 @@ impl ResponseBody {
     }
 
     pub(crate) fn upstream(
-        inner: Incoming,
+        inner: UpstreamIncoming,
         deadline: Option<(Pin<Box<Sleep>>, &'static str)>,
         completion: Completion,
     ) -> Self {
@@ -210,7 +248,7 @@ impl Completion {
 
 #[derive(Debug)]
 struct UpstreamBody {
-    inner: Incoming,
+    inner: UpstreamIncoming,
     deadline: Option<(Pin<Box<Sleep>>, &'static str)>,
     completion: Option<Completion>,
 }

@@ -40,7 +40,7 @@ pub enum ProxyError {
     #[error("endpoint {addr} failed the exchange: {source}")]
     Upstream {
         addr: SocketAddr,
-        source: hyper::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("request timeout expired")]
     RequestTimeout,

@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, Uri, Version};
 use hyper::body::{Body, Incoming};
 use tokio::time::Instant;
 
-use super::body::{Completion, RequestBody, ResponseBody};
+use super::body::{Completion, RequestBody, ResponseBody, UpstreamIncoming};
 use super::error::{error_response, ProxyError};
 use super::filters::{self, RequestEffects};
 use super::pool::EndpointPool;
@@ -182,10 +182,9 @@ async fn serve(
     };
     let pool = pool_for(proxy, live, endpoint.addr);
     let authority = effects.authority.take().or_else(|| svc.authority.clone());
-    let upstream_req = match upstream_request(parts, body, svc.protocol, authority) {
-        Ok(r) => r,
-        Err(e) => return fail(e),
-    };
+    if let Err(e) = prepare_upstream(&mut parts, svc.protocol, authority) {
+        return fail(e);
+    }
 
     let in_flight = endpoint.load.start();
     let backend_metrics = live.metrics.backend(parent, backend);
@@ -195,14 +194,17 @@ async fn serve(
     let dispatched = Instant::now();
     let mut deadline = timeout::attempt_deadline(&rule.timeouts, received, dispatched)
         .map(|(at, which)| Deadline::new(at, which));
-    let sent = timeout::bounded(pool.send(upstream_req, svc.protocol), deadline.as_mut()).await;
+    let sent = timeout::bounded(pool.send(parts, body, svc.protocol), deadline.as_mut()).await;
     let (rsp, conn) = match sent {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
 
     let (mut head, upstream_body) = rsp.into_parts();
-    strip_hop_by_hop(&mut head.headers);
+    if matches!(upstream_body, UpstreamIncoming::Hyper(_)) {
+        // The inline HTTP/1.1 client leaves these out while parsing.
+        strip_hop_by_hop(&mut head.headers);
+    }
     filters::apply_response(&rule.filters, &mut head.headers);
     filters::apply_response(&backend.filters, &mut head.headers);
     let completion = Completion {
@@ -257,10 +259,14 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 /// Bit of `TE` in the presence mask of [`strip_hop_by_hop`] (after the `HOP_BY_HOP` bits).
 const TE_BIT: u8 = 1 << 6;
 
+/// The bits of `Connection` and `Transfer-Encoding` from [`hop_by_hop_bit`].
+pub(super) const HOP_CONNECTION: u8 = 1;
+pub(super) const HOP_TRANSFER_ENCODING: u8 = 1 << 3;
+
 /// The presence bit of a (lowercase) header name: its index in [`HOP_BY_HOP`], [`TE_BIT`], or
 /// 0 for an end-to-end header. Dispatches on the length first, so the common names cost one
 /// comparison of a length rather than seven of names.
-fn hop_by_hop_bit(name: &str) -> u8 {
+pub(super) fn hop_by_hop_bit(name: &str) -> u8 {
     let index = match name.len() {
         2 if name == "te" => return TE_BIT,
         7 if name == "upgrade" => 4,
@@ -324,14 +330,13 @@ fn remove_connection_options(headers: &mut HeaderMap) {
     }
 }
 
-/// Turn the client's request into the request for an endpoint speaking `protocol`.
+/// Turn the client's request head into the head for an endpoint speaking `protocol`.
 /// `authority` replaces the client's authority (URLRewrite hostname, gateway-mode mirrors).
-fn upstream_request(
-    mut parts: Parts,
-    body: RequestBody,
+fn prepare_upstream(
+    parts: &mut Parts,
     protocol: Protocol,
     authority: Option<HeaderValue>,
-) -> Result<Request<RequestBody>, ProxyError> {
+) -> Result<(), ProxyError> {
     strip_hop_by_hop(&mut parts.headers);
     match protocol {
         Protocol::Http1 => {
@@ -379,7 +384,7 @@ fn upstream_request(
             parts.uri = Uri::from_parts(up).map_err(|_| ProxyError::InvalidAuthority)?;
         }
     }
-    Ok(Request::from_parts(parts, body))
+    Ok(())
 }
 
 /// Fire the RequestMirror filters that win their fraction: each sends a copy of the request
@@ -413,11 +418,10 @@ fn send_mirrors<'a>(
         *head.method_mut() = parts.method.clone();
         *head.uri_mut() = parts.uri.clone();
         *head.headers_mut() = parts.headers.clone();
-        let (copy_parts, ()) = head.into_parts();
-        let Ok(req) = upstream_request(copy_parts, copy_body, svc.protocol, svc.authority.clone())
-        else {
+        let (mut copy_parts, ()) = head.into_parts();
+        if prepare_upstream(&mut copy_parts, svc.protocol, svc.authority.clone()).is_err() {
             continue;
-        };
+        }
         let pool = pool_for(proxy, live, ep.addr);
         let metrics = live.metrics.mirror(parent, m).cloned();
         let in_flight = ep.load.start();
@@ -429,7 +433,7 @@ fn send_mirrors<'a>(
                 m.requests.inc();
             }
             let exchange = async {
-                let (rsp, conn) = pool.send(req, protocol).await?;
+                let (rsp, conn) = pool.send(copy_parts, copy_body, protocol).await?;
                 // Drain the answer so the connection can be reused.
                 let mut body = rsp.into_body();
                 while let Some(frame) =
@@ -473,6 +477,8 @@ mod tests {
             assert_eq!(hop_by_hop_bit(h.as_str()), 1 << i, "{h}");
         }
         assert_eq!(hop_by_hop_bit("te"), TE_BIT);
+        assert_eq!(hop_by_hop_bit("connection"), HOP_CONNECTION);
+        assert_eq!(hop_by_hop_bit("transfer-encoding"), HOP_TRANSFER_ENCODING);
         for other in [
             "host",
             "tf",

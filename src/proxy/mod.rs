@@ -13,6 +13,7 @@ pub mod body;
 pub mod error;
 pub mod filters;
 pub mod forward;
+pub mod h1;
 pub mod pool;
 pub mod route;
 pub mod server;

@@ -1,10 +1,17 @@
 //! Upstream connections, one pool per endpoint address.
 //!
 //! The proxy only ever connects to an address it took from a table [`Endpoint`]; there is no
-//! code path from a request's authority to a socket. HTTP/1.1 connections are kept in a small
-//! per-endpoint idle stack and reused; h2c endpoints share one multiplexed connection. Pools are
-//! keyed by address and carried from one table generation to the next, so a table swap keeps
-//! every warm connection.
+//! code path from a request's authority to a socket. HTTP/1.1 connections are kept in small
+//! per-endpoint idle stacks and reused: one of plain sockets for bodiless requests, which the
+//! request's own task drives ([`h1`](super::h1)), and one of hyper client connections for
+//! requests with a body. h2c endpoints share one multiplexed connection. Pools are keyed by
+//! address and carried from one table generation to the next, so a table swap keeps every warm
+//! connection.
+//!
+//! Idle plain sockets are not watched: one the endpoint closed is found out (without a system
+//! call, from the socket's readiness) when it is next taken, and a request that still meets a
+//! connection closed under it is sent again on another when that is safe
+//! ([`h1::Failure::retryable`]).
 //!
 //! [`Endpoint`]: crate::table::Endpoint
 
@@ -14,14 +21,16 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use http::request::Parts;
 use http::{Request, Response};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use super::body::RequestBody;
+use super::body::{RequestBody, UpstreamIncoming};
 use super::error::ProxyError;
+use super::h1;
 use crate::metrics::PtrHasher;
 use crate::table::Protocol;
 
@@ -34,6 +43,10 @@ pub struct EndpointPool {
     addr: SocketAddr,
     connect_timeout: Duration,
     idle: Mutex<Vec<http1::SendRequest<RequestBody>>>,
+    // Boxed on purpose: a connection moves between this stack, request futures and response
+    // bodies, and a pointer is cheaper to move than the connection.
+    #[allow(clippy::vec_box)]
+    idle_inline: Mutex<Vec<Box<h1::Conn>>>,
     h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
 }
 
@@ -77,6 +90,7 @@ impl EndpointPool {
             addr,
             connect_timeout,
             idle: Mutex::new(Vec::new()),
+            idle_inline: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
         }
     }
@@ -102,28 +116,87 @@ impl EndpointPool {
         None
     }
 
-    /// Number of idle HTTP/1.1 connections (for tests and debugging).
-    pub fn idle_count(&self) -> usize {
-        lock(&self.idle).len()
+    pub(super) fn put_inline(&self, conn: Box<h1::Conn>) {
+        let mut idle = lock(&self.idle_inline);
+        if idle.len() < MAX_IDLE_PER_ENDPOINT {
+            idle.push(conn);
+        }
     }
 
-    /// Send one request to this endpoint. For HTTP/1.1 the connection comes back with the
-    /// response and must be released when the body ends.
+    fn pop_inline(&self) -> Option<Box<h1::Conn>> {
+        let mut idle = lock(&self.idle_inline);
+        while let Some(c) = idle.pop() {
+            if c.is_usable() {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// Number of idle HTTP/1.1 connections (for tests and debugging).
+    pub fn idle_count(&self) -> usize {
+        lock(&self.idle).len() + lock(&self.idle_inline).len()
+    }
+
+    /// Send one request to this endpoint. `parts` must already be in the form `protocol`
+    /// wants (see `forward::prepare_upstream`). A hyper HTTP/1.1 connection comes back with
+    /// the response and must be released when the body ends; the others look after
+    /// themselves.
     pub async fn send(
         self: &Arc<Self>,
-        req: Request<RequestBody>,
+        parts: Parts,
+        body: RequestBody,
         protocol: Protocol,
-    ) -> Result<(Response<Incoming>, Option<PooledConn>), ProxyError> {
+    ) -> Result<(Response<UpstreamIncoming>, Option<PooledConn>), ProxyError> {
         match protocol {
-            Protocol::Http1 => self.send_h1(req).await,
-            Protocol::H2c => Ok((self.send_h2(req).await?, None)),
+            Protocol::Http1 if body.is_end_stream() => {
+                let rsp = self.send_inline(&parts).await?;
+                Ok((rsp.map(UpstreamIncoming::Inline), None))
+            }
+            // Boxed: hyper's futures are large, and these paths are the rarer ones.
+            Protocol::Http1 => {
+                let req = Request::from_parts(parts, body);
+                let (rsp, conn) = Box::pin(self.send_h1(req)).await?;
+                Ok((rsp.map(UpstreamIncoming::Hyper), Some(conn)))
+            }
+            Protocol::H2c => {
+                let rsp = Box::pin(self.send_h2(Request::from_parts(parts, body))).await?;
+                Ok((rsp.map(UpstreamIncoming::Hyper), None))
+            }
+        }
+    }
+
+    /// A bodiless HTTP/1.1 exchange driven by the calling task, on a pooled socket when one
+    /// is idle. A reused socket that turns out closed is retried on another when
+    /// [`h1::Failure::retryable`] allows; a new one never is.
+    async fn send_inline(
+        self: &Arc<Self>,
+        parts: &Parts,
+    ) -> Result<Response<h1::InlineBody>, ProxyError> {
+        loop {
+            let (conn, reused) = match self.pop_inline() {
+                Some(c) => (c, true),
+                None => (h1::Conn::new(Box::pin(self.connect()).await?), false),
+            };
+            match h1::exchange(conn, parts, self).await {
+                Ok(rsp) => return Ok(rsp),
+                Err(f) if reused && f.retryable => {
+                    tracing::debug!(addr = %self.addr, error = %f.error, "pooled connection was closed; sending again");
+                }
+                Err(f) => {
+                    return Err(ProxyError::Upstream {
+                        addr: self.addr,
+                        source: f.error.into(),
+                    })
+                }
+            }
         }
     }
 
     async fn send_h1(
         self: &Arc<Self>,
         mut req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Option<PooledConn>), ProxyError> {
+    ) -> Result<(Response<Incoming>, PooledConn), ProxyError> {
         loop {
             let (mut sender, reused) = match self.pop_ready() {
                 Some(s) => (s, true),
@@ -137,7 +210,7 @@ impl EndpointPool {
                         pool: self.clone(),
                         sender,
                     };
-                    return Ok((rsp, Some(conn)));
+                    return Ok((rsp, conn));
                 }
                 Err(mut e) => match e.take_message() {
                     // A pooled connection the backend closed while idle: the request never
@@ -146,7 +219,7 @@ impl EndpointPool {
                     _ => {
                         return Err(ProxyError::Upstream {
                             addr: self.addr,
-                            source: e.into_error(),
+                            source: e.into_error().into(),
                         })
                     }
                 },
@@ -164,15 +237,15 @@ impl EndpointPool {
                 s
             }
         };
-        let upstream = |source| ProxyError::Upstream {
+        let upstream = |source: hyper::Error| ProxyError::Upstream {
             addr: self.addr,
-            source,
+            source: source.into(),
         };
         sender.ready().await.map_err(upstream)?;
         sender.send_request(req).await.map_err(upstream)
     }
 
-    async fn connect(&self) -> Result<TokioIo<TcpStream>, ProxyError> {
+    async fn connect(&self) -> Result<TcpStream, ProxyError> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr))
             .await
             .map_err(|_| ProxyError::ConnectTimeout(self.addr))?
@@ -182,17 +255,17 @@ impl EndpointPool {
             })?;
         // Small request/response exchanges: latency over batching.
         let _ = stream.set_nodelay(true);
-        Ok(TokioIo::new(stream))
+        Ok(stream)
     }
 
     async fn connect_h1(&self) -> Result<http1::SendRequest<RequestBody>, ProxyError> {
-        let io = self.connect().await?;
+        let io = TokioIo::new(self.connect().await?);
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
             .await
             .map_err(|source| ProxyError::Upstream {
                 addr: self.addr,
-                source,
+                source: source.into(),
             })?;
         let addr = self.addr;
         tokio::spawn(async move {
@@ -204,14 +277,14 @@ impl EndpointPool {
     }
 
     async fn connect_h2(&self) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
-        let io = self.connect().await?;
+        let io = TokioIo::new(self.connect().await?);
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(io)
             .await
             .map_err(|source| ProxyError::Upstream {
                 addr: self.addr,
-                source,
+                source: source.into(),
             })?;
         let addr = self.addr;
         tokio::spawn(async move {

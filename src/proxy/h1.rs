@@ -1,0 +1,912 @@
+//! The upstream HTTP/1.1 exchange of a request without a body, run inside the request's own
+//! task.
+//!
+//! Most proxied requests carry no body (GET, HEAD, DELETE…). For them a general client, with
+//! a connection task per upstream connection and channels between it and the request, is pure
+//! overhead: the request head is written with one `write`, the response head comes back with
+//! one `read`, and the body streams straight off the socket into the client's response. This
+//! module does exactly that and nothing more; requests with a body (and h2c endpoints) go
+//! through hyper's client in [`pool`](super::pool).
+//!
+//! Responses are framed as RFC 9112 §6.3 says: no body for HEAD, 1xx, 204 and 304; chunked
+//! when `Transfer-Encoding` ends in `chunked`; otherwise `Content-Length` (all values equal);
+//! otherwise until the endpoint closes. Interim 1xx responses are skipped and `101` is refused
+//! (the proxy never asks for an upgrade). A connection goes back to its pool only when its
+//! response ended exactly at the framing's end, keep-alive was agreed and nothing extra was
+//! received; every other end closes it, which is also how an abandoned exchange is cancelled
+//! upstream.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll, Waker};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::CONTENT_LENGTH;
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
+use hyper::body::{Frame, SizeHint};
+use std::future::Future;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::forward::{hop_by_hop_bit, HOP_CONNECTION, HOP_TRANSFER_ENCODING};
+use super::pool::EndpointPool;
+
+/// Most header fields accepted in a response head or a trailer section.
+const MAX_HEADERS: usize = 128;
+/// Largest response head (all interim heads included) or trailer section, in bytes.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Bytes made room for before each read.
+const READ_CHUNK: usize = 8 * 1024;
+/// Longest chunk-size line (size and extensions) accepted.
+const MAX_CHUNK_LINE: usize = 1024;
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("connection closed before a complete response head")]
+    Closed,
+    #[error("connection closed inside the response body")]
+    Truncated,
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+    #[error("invalid response: {0}")]
+    Invalid(&'static str),
+}
+
+/// One connection to an endpoint, idle in its pool or lent to one exchange. Always boxed, so
+/// that request futures and bodies carry a pointer rather than the connection.
+#[derive(Debug)]
+pub struct Conn {
+    stream: TcpStream,
+    /// Received bytes not yet consumed; always empty while the connection is idle.
+    buf: BytesMut,
+    /// Scratch space for the request head, kept across exchanges.
+    head: Vec<u8>,
+    /// Scratch space for the response head's field positions.
+    spans: Vec<Span>,
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream) -> Box<Self> {
+        Box::new(Conn {
+            stream,
+            buf: BytesMut::new(),
+            head: Vec::new(),
+            spans: Vec::new(),
+        })
+    }
+
+    /// Whether an idle connection can carry a request: nothing (no data, no EOF) may have
+    /// arrived on it since its last response. Costs no system call unless the socket's cached
+    /// readiness says something arrived.
+    pub fn is_usable(&self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                // The readiness may be stale; a read tells for sure.
+                let mut probe = [0u8; 1];
+                matches!(self.stream.try_read(&mut probe),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Read more bytes into `buf`; 0 means the endpoint closed.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        // `read_buf` keeps no state between polls, so a fresh future per poll is fine; it
+        // reads into the spare capacity without zeroing it.
+        pin!(self.stream.read_buf(&mut self.buf)).poll(cx)
+    }
+}
+
+/// A failed exchange and whether the request may be sent again on another connection.
+#[derive(Debug)]
+pub struct Failure {
+    pub error: Error,
+    /// True when the endpoint cannot have acted on the request: the connection failed before
+    /// any response byte, and the method is idempotent or the head was never written.
+    pub retryable: bool,
+}
+
+/// Send the head of a bodiless request on `conn` and read the response head. The request
+/// must be in origin form with its `Host` header set (see `forward::upstream_request`).
+pub async fn exchange(
+    mut conn: Box<Conn>,
+    req: &Parts,
+    pool: &Arc<EndpointPool>,
+) -> Result<Response<InlineBody>, Failure> {
+    encode_head(&mut conn.head, req);
+    if let Err(e) = conn.stream.write_all(&conn.head).await {
+        return Err(Failure {
+            error: e.into(),
+            retryable: true,
+        });
+    }
+    let idempotent = is_idempotent(&req.method);
+    let head_request = req.method == Method::HEAD;
+    let mut received = false;
+    loop {
+        match parse_head(&mut conn.buf, &mut conn.spans, head_request) {
+            Ok(Some((rsp, framing, keep_alive))) => {
+                let body = InlineBody {
+                    conn: Some(conn),
+                    pool: pool.clone(),
+                    state: State::from(framing),
+                    keep_alive,
+                };
+                let mut rsp = rsp.map(|()| body);
+                rsp.body_mut().release_if_done();
+                return Ok(rsp);
+            }
+            Ok(None) => {}
+            Err(error) => {
+                return Err(Failure {
+                    error,
+                    retryable: false,
+                })
+            }
+        }
+        let read = std::future::poll_fn(|cx| conn.poll_fill(cx)).await;
+        match read {
+            Ok(n) if n > 0 => received = true,
+            Ok(_) => {
+                return Err(Failure {
+                    error: Error::Closed,
+                    retryable: !received && idempotent,
+                })
+            }
+            Err(e) => {
+                return Err(Failure {
+                    error: e.into(),
+                    retryable: !received && idempotent,
+                })
+            }
+        }
+    }
+}
+
+/// RFC 9110 §9.2.2.
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Write the request line and header fields of `req` into `dst` (cleared first).
+fn encode_head(dst: &mut Vec<u8>, req: &Parts) {
+    dst.clear();
+    dst.extend_from_slice(req.method.as_str().as_bytes());
+    dst.push(b' ');
+    let target = req.uri.path_and_query().map_or("", |pq| pq.as_str());
+    dst.extend_from_slice(if target.is_empty() { "/" } else { target }.as_bytes());
+    dst.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &req.headers {
+        dst.extend_from_slice(name.as_str().as_bytes());
+        dst.extend_from_slice(b": ");
+        dst.extend_from_slice(value.as_bytes());
+        dst.extend_from_slice(b"\r\n");
+    }
+    dst.extend_from_slice(b"\r\n");
+}
+
+/// How a response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// Where in a header block one field's name and value lie, as offsets into the block.
+type Span = ((usize, usize), (usize, usize));
+
+/// Parse one final response head off the front of `buf`, skipping interim 1xx heads.
+/// `Ok(None)` asks for more bytes. On success the head's bytes are consumed and the rest of
+/// `buf` is the start of the body. The returned header map is ready to forward: the
+/// hop-by-hop fields (RFC 9110 §7.6.1, with those `Connection` names) are already left out.
+/// `spans` is scratch space.
+fn parse_head(
+    buf: &mut BytesMut,
+    spans: &mut Vec<Span>,
+    head_request: bool,
+) -> Result<Option<(Response<()>, Framing, bool)>, Error> {
+    loop {
+        let mut fields = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let parse = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            buf,
+            &mut fields,
+        );
+        let len = match parse {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
+                return Err(Error::Invalid("response head too large"))
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(Error::Invalid("too many response header fields"))
+            }
+            Err(_) => return Err(Error::Invalid("malformed response head")),
+        };
+        let code = parsed.code.unwrap_or(0);
+        let status = StatusCode::from_u16(code).map_err(|_| Error::Invalid("bad status code"))?;
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(Error::Invalid("unrequested protocol switch"));
+        }
+        if status.is_informational() {
+            buf.advance(len);
+            continue;
+        }
+        let version = match parsed.version {
+            Some(1) => Version::HTTP_11,
+            _ => Version::HTTP_10,
+        };
+        record_spans(spans, buf, parsed.headers);
+        let block = buf.split_to(len).freeze();
+        let mut facts = Facts::default();
+        let headers = header_map(&block, spans, Some(&mut facts))?;
+        let (framing, keep_alive) = facts.framing(version, status, head_request)?;
+        let mut rsp = Response::new(());
+        *rsp.status_mut() = status;
+        *rsp.version_mut() = version;
+        *rsp.headers_mut() = headers;
+        return Ok(Some((rsp, framing, keep_alive)));
+    }
+}
+
+/// Record where the parsed `fields` lie inside `block` (they borrow it, so they are turned
+/// into offsets before the block is split off and frozen).
+fn record_spans(spans: &mut Vec<Span>, block: &[u8], fields: &[httparse::Header<'_>]) {
+    let base = block.as_ptr() as usize;
+    spans.clear();
+    spans.extend(fields.iter().map(|f| {
+        let name = f.name.as_ptr() as usize - base;
+        let value = f.value.as_ptr() as usize - base;
+        ((name, f.name.len()), (value, f.value.len()))
+    }));
+}
+
+/// What the framing-related fields of a response head said.
+#[derive(Debug, Default)]
+struct Facts {
+    close: bool,
+    keep_alive: bool,
+    /// Whether the last transfer coding is `chunked`, if `Transfer-Encoding` is present.
+    chunked: Option<bool>,
+    content_length: Option<u64>,
+    /// Extra field names listed in `Connection` (rare; removed at the end).
+    connection_options: Vec<HeaderName>,
+}
+
+impl Facts {
+    /// Note one field. Returns whether it is end-to-end (to be forwarded).
+    fn note(&mut self, name: &HeaderName, value: &[u8]) -> Result<bool, Error> {
+        let tokens = || value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
+        if *name == CONTENT_LENGTH {
+            for part in tokens() {
+                let n = parse_decimal(part).ok_or(Error::Invalid("bad content-length"))?;
+                if self.content_length.is_some_and(|l| l != n) {
+                    return Err(Error::Invalid("conflicting content-length"));
+                }
+                self.content_length = Some(n);
+            }
+            return Ok(true);
+        }
+        match hop_by_hop_bit(name.as_str()) {
+            0 => return Ok(true),
+            HOP_CONNECTION => {
+                for token in tokens() {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        self.close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        self.keep_alive = true;
+                    } else if let Ok(n) = HeaderName::from_bytes(token) {
+                        self.connection_options.push(n);
+                    }
+                }
+            }
+            HOP_TRANSFER_ENCODING => {
+                let last = tokens().next_back().unwrap_or_default();
+                self.chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+            }
+            _ => {}
+        }
+        Ok(false)
+    }
+
+    /// The body framing and whether the connection may be reused afterwards.
+    fn framing(
+        &self,
+        version: Version,
+        status: StatusCode,
+        head_request: bool,
+    ) -> Result<(Framing, bool), Error> {
+        let mut keep_alive = if version == Version::HTTP_11 {
+            !self.close
+        } else {
+            self.keep_alive && !self.close
+        };
+        if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            return Ok((Framing::Length(0), keep_alive));
+        }
+        if let Some(chunked) = self.chunked {
+            // Transfer-Encoding overrides Content-Length, but a message with both may be an
+            // attempt at smuggling: never reuse its connection.
+            if self.content_length.is_some() || version != Version::HTTP_11 {
+                keep_alive = false;
+            }
+            return Ok(if chunked {
+                (Framing::Chunked, keep_alive)
+            } else {
+                (Framing::UntilClose, false)
+            });
+        }
+        Ok(match self.content_length {
+            Some(n) => (Framing::Length(n), keep_alive),
+            None => (Framing::UntilClose, false),
+        })
+    }
+}
+
+/// Header fields from their spans in `block`; values share `block` instead of being copied.
+/// With `facts`, the fields of a response head are noted there and only the end-to-end ones
+/// are kept.
+fn header_map(
+    block: &Bytes,
+    spans: &[Span],
+    mut facts: Option<&mut Facts>,
+) -> Result<HeaderMap, Error> {
+    let mut map = HeaderMap::with_capacity(spans.len());
+    for &((n, nl), (v, vl)) in spans {
+        let name = HeaderName::from_bytes(&block[n..n + nl])
+            .map_err(|_| Error::Invalid("bad header name"))?;
+        if let Some(f) = facts.as_deref_mut() {
+            if !f.note(&name, &block[v..v + vl])? {
+                continue;
+            }
+        }
+        let value = HeaderValue::from_maybe_shared(block.slice(v..v + vl))
+            .map_err(|_| Error::Invalid("bad header value"))?;
+        map.append(name, value);
+    }
+    if let Some(f) = facts {
+        for name in &f.connection_options {
+            map.remove(name);
+        }
+    }
+    Ok(map)
+}
+
+fn parse_decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
+    })
+}
+
+/// Where the body decoder stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Bytes left of a sized body.
+    Length(u64),
+    /// Expecting a chunk-size line.
+    ChunkSize,
+    /// Bytes left of the current chunk's data.
+    ChunkData(u64),
+    /// Expecting the CRLF after a chunk's data.
+    ChunkEnd,
+    /// Expecting the trailer section after the last chunk.
+    Trailers,
+    UntilClose,
+    Done,
+}
+
+impl From<Framing> for State {
+    fn from(f: Framing) -> Self {
+        match f {
+            Framing::Length(0) => State::Done,
+            Framing::Length(n) => State::Length(n),
+            Framing::Chunked => State::ChunkSize,
+            Framing::UntilClose => State::UntilClose,
+        }
+    }
+}
+
+/// What one decoding step produced.
+#[derive(Debug)]
+enum Step {
+    Frame(Frame<Bytes>),
+    /// Nothing more can be decoded from the buffered bytes.
+    NeedMore,
+    /// The body ended.
+    End,
+}
+
+/// Decode as much as possible of the body from `buf`, advancing `state`.
+fn decode(state: &mut State, buf: &mut BytesMut) -> Result<Step, Error> {
+    loop {
+        match *state {
+            State::Done => return Ok(Step::End),
+            State::Length(left) | State::ChunkData(left) => {
+                if buf.is_empty() {
+                    return Ok(Step::NeedMore);
+                }
+                let n = left.min(buf.len() as u64);
+                let rest = left - n;
+                *state = match (*state, rest) {
+                    (State::Length(_), 0) => State::Done,
+                    (State::Length(_), r) => State::Length(r),
+                    (_, 0) => State::ChunkEnd,
+                    (_, r) => State::ChunkData(r),
+                };
+                // `n` is at most `buf.len()`, so it fits in usize.
+                let data = buf.split_to(n as usize).freeze();
+                return Ok(Step::Frame(Frame::data(data)));
+            }
+            State::UntilClose => {
+                if buf.is_empty() {
+                    return Ok(Step::NeedMore);
+                }
+                return Ok(Step::Frame(Frame::data(buf.split().freeze())));
+            }
+            State::ChunkSize => {
+                let Some(line_end) = find_crlf(buf, MAX_CHUNK_LINE)? else {
+                    return Ok(Step::NeedMore);
+                };
+                let size = chunk_size(&buf[..line_end])?;
+                buf.advance(line_end + 2);
+                *state = if size == 0 {
+                    State::Trailers
+                } else {
+                    State::ChunkData(size)
+                };
+            }
+            State::ChunkEnd => {
+                if buf.len() < 2 {
+                    return Ok(Step::NeedMore);
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err(Error::Invalid("chunk data not followed by CRLF"));
+                }
+                buf.advance(2);
+                *state = State::ChunkSize;
+            }
+            State::Trailers => {
+                if buf.starts_with(b"\r\n") {
+                    buf.advance(2);
+                    *state = State::Done;
+                    return Ok(Step::End);
+                }
+                let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut spans = Vec::new();
+                let len = match httparse::parse_headers(buf, &mut fields) {
+                    Ok(httparse::Status::Complete((len, parsed))) => {
+                        record_spans(&mut spans, buf, parsed);
+                        len
+                    }
+                    Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
+                        return Err(Error::Invalid("trailer section too large"))
+                    }
+                    Ok(httparse::Status::Partial) => return Ok(Step::NeedMore),
+                    Err(_) => return Err(Error::Invalid("malformed trailer section")),
+                };
+                let block = buf.split_to(len).freeze();
+                let trailers = header_map(&block, &spans, None)?;
+                *state = State::Done;
+                return Ok(Step::Frame(Frame::trailers(trailers)));
+            }
+        }
+    }
+}
+
+/// The offset of the first CRLF in `buf`, refusing a bare LF or a line longer than `limit`.
+fn find_crlf(buf: &[u8], limit: usize) -> Result<Option<usize>, Error> {
+    let window = &buf[..buf.len().min(limit + 2)];
+    match window.iter().position(|&b| b == b'\n') {
+        Some(0) => Err(Error::Invalid("bare LF in chunked framing")),
+        Some(i) if window[i - 1] == b'\r' => Ok(Some(i - 1)),
+        Some(_) => Err(Error::Invalid("bare LF in chunked framing")),
+        None if buf.len() > limit + 1 => Err(Error::Invalid("chunk-size line too long")),
+        None => Ok(None),
+    }
+}
+
+/// The size of a chunk-size line (`1*HEXDIG [ chunk-ext ]`); extensions are ignored.
+fn chunk_size(line: &[u8]) -> Result<u64, Error> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return Err(Error::Invalid("bad chunk size"));
+    }
+    let rest = line[digits..].trim_ascii_start();
+    if !rest.is_empty() && rest[0] != b';' {
+        return Err(Error::Invalid("bad chunk size"));
+    }
+    if rest.contains(&b'\r') {
+        return Err(Error::Invalid("bare CR in chunk extension"));
+    }
+    let mut size = 0u64;
+    for &d in &line[..digits] {
+        // `is_ascii_hexdigit` was checked above, and 16 digits cannot overflow.
+        size = size << 4 | u64::from((d as char).to_digit(16).unwrap_or(0));
+    }
+    Ok(size)
+}
+
+/// A response body read straight off its upstream connection, which goes back to the pool
+/// the moment the body ends cleanly.
+#[derive(Debug)]
+pub struct InlineBody {
+    conn: Option<Box<Conn>>,
+    pool: Arc<EndpointPool>,
+    state: State,
+    keep_alive: bool,
+}
+
+impl InlineBody {
+    /// Hand the connection back if the body has ended and the connection can be reused.
+    fn release_if_done(&mut self) {
+        if self.state != State::Done {
+            return;
+        }
+        if let Some(conn) = self.conn.take() {
+            if self.keep_alive && conn.buf.is_empty() {
+                self.pool.put_inline(conn);
+            }
+        }
+    }
+
+    pub fn is_end_stream(&self) -> bool {
+        self.state == State::Done
+    }
+
+    pub fn size_hint(&self) -> SizeHint {
+        match self.state {
+            State::Done => SizeHint::with_exact(0),
+            State::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+
+    pub fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                // Ended (and released), or failed before.
+                return Poll::Ready(None);
+            };
+            match decode(&mut self.state, &mut conn.buf) {
+                Ok(Step::Frame(frame)) => {
+                    self.release_if_done();
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Ok(Step::End) => {
+                    self.release_if_done();
+                    return Poll::Ready(None);
+                }
+                Ok(Step::NeedMore) => {}
+                Err(e) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) if self.state == State::UntilClose => {
+                    self.state = State::Done;
+                    self.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(Error::Truncated)));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+}
+
+impl hyper::body::Body for InlineBody {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        InlineBody::poll_frame(self.get_mut(), cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        InlineBody::is_end_stream(self)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        InlineBody::size_hint(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &str, head_request: bool) -> Result<Option<(Response<()>, Framing, bool)>, Error> {
+        parse_head(&mut BytesMut::from(raw), &mut Vec::new(), head_request)
+    }
+
+    fn framing_of(raw: &str) -> (Framing, bool) {
+        let (_, f, k) = head(raw, false).unwrap().unwrap();
+        (f, k)
+    }
+
+    /// Decode `raw` fed one byte at a time, as the slowest endpoint would send it.
+    fn decode_bytewise(
+        mut state: State,
+        raw: &[u8],
+    ) -> Result<(Vec<u8>, Option<HeaderMap>), Error> {
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        let mut trailers = None;
+        let mut input = raw.iter();
+        loop {
+            match decode(&mut state, &mut buf)? {
+                Step::Frame(f) => match f.into_data() {
+                    Ok(d) => body.extend_from_slice(&d),
+                    Err(f) => trailers = f.into_trailers().ok(),
+                },
+                Step::End => return Ok((body, trailers)),
+                Step::NeedMore => match input.next() {
+                    Some(&b) => buf.extend_from_slice(&[b]),
+                    None => return Err(Error::Truncated),
+                },
+            }
+        }
+    }
+
+    #[test]
+    fn request_head_is_origin_form_with_every_field() {
+        let mut req = http::Request::builder()
+            .method("GET")
+            .uri("/a/b?x=1")
+            .header("host", "svc.ns:80")
+            .header("x-multi", "1")
+            .header("x-multi", "2")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let mut out = Vec::new();
+        encode_head(&mut out, &req);
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            "GET /a/b?x=1 HTTP/1.1\r\nhost: svc.ns:80\r\nx-multi: 1\r\nx-multi: 2\r\n\r\n"
+        );
+        req.uri = http::Uri::from_static("*");
+        req.method = Method::OPTIONS;
+        req.headers.clear();
+        encode_head(&mut out, &req);
+        assert_eq!(out, b"OPTIONS * HTTP/1.1\r\n\r\n");
+    }
+
+    #[test]
+    fn response_heads_choose_the_right_framing() {
+        let ok = "HTTP/1.1 200 OK\r\n";
+        assert_eq!(
+            framing_of(&format!("{ok}content-length: 5\r\n\r\n")),
+            (Framing::Length(5), true)
+        );
+        assert_eq!(
+            framing_of(&format!("{ok}Content-Length: 5, 5\r\n\r\n")),
+            (Framing::Length(5), true)
+        );
+        assert_eq!(
+            framing_of(&format!("{ok}transfer-encoding: gzip, chunked\r\n\r\n")),
+            (Framing::Chunked, true)
+        );
+        assert_eq!(
+            framing_of(&format!(
+                "{ok}transfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n"
+            )),
+            (Framing::Chunked, false)
+        );
+        assert_eq!(
+            framing_of(&format!("{ok}transfer-encoding: gzip\r\n\r\n")),
+            (Framing::UntilClose, false)
+        );
+        assert_eq!(
+            framing_of(&format!("{ok}\r\n")),
+            (Framing::UntilClose, false)
+        );
+        assert_eq!(
+            framing_of(&format!(
+                "{ok}connection: Upgrade, Close\r\ncontent-length: 0\r\n\r\n"
+            )),
+            (Framing::Length(0), false)
+        );
+        assert_eq!(
+            framing_of("HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\n"),
+            (Framing::Length(2), false)
+        );
+        assert_eq!(
+            framing_of("HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\n"),
+            (Framing::Length(2), true)
+        );
+        assert_eq!(
+            framing_of("HTTP/1.1 204 No Content\r\ncontent-length: 7\r\n\r\n"),
+            (Framing::Length(0), true)
+        );
+        assert_eq!(
+            framing_of("HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\n\r\n"),
+            (Framing::Length(0), true)
+        );
+        let (_, f, _) = head(&format!("{ok}content-length: 9\r\n\r\n"), true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(f, Framing::Length(0), "a HEAD response has no body");
+    }
+
+    #[test]
+    fn hop_by_hop_fields_and_connection_options_are_left_out() {
+        let (rsp, _, keep_alive) = head(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Trace\r\nKeep-Alive: timeout=5\r\n\
+             X-Trace: 1\r\nTransfer-Encoding: chunked\r\nUpgrade: h2c\r\nTE: trailers\r\n\
+             Proxy-Connection: close\r\nContent-Type: text/plain\r\nX-Keep: 2\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        let mut names: Vec<&str> = rsp.headers().keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-type", "x-keep"]);
+        assert!(keep_alive);
+    }
+
+    #[test]
+    fn interim_heads_are_skipped_and_the_rest_is_body() {
+        let mut buf = BytesMut::from(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n\
+             HTTP/1.1 201 Created\r\nx-a: 1\r\ncontent-length: 2\r\n\r\nhi",
+        );
+        let (rsp, framing, _) = parse_head(&mut buf, &mut Vec::new(), false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(rsp.status(), 201);
+        assert_eq!(rsp.headers()["x-a"], "1");
+        assert!(!rsp.headers().contains_key("link"));
+        assert_eq!(framing, Framing::Length(2));
+        assert_eq!(&buf[..], b"hi");
+    }
+
+    #[test]
+    fn partial_heads_ask_for_more() {
+        let full = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        for cut in 0..full.len() {
+            assert!(head(&full[..cut], false).unwrap().is_none(), "cut at {cut}");
+        }
+        assert!(head(full, false).unwrap().is_some());
+    }
+
+    #[test]
+    fn broken_heads_are_errors() {
+        for raw in [
+            "HTTP/1.1 2000 OK\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: \r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
+            "HTTX/1.1 200 OK\r\n\r\n",
+        ] {
+            assert!(
+                matches!(head(raw, false), Err(Error::Invalid(_))),
+                "{raw:?}"
+            );
+        }
+        let mut many = String::from("HTTP/1.1 200 OK\r\n");
+        for i in 0..=MAX_HEADERS {
+            many.push_str(&format!("x-{i}: 1\r\n"));
+        }
+        many.push_str("\r\n");
+        assert!(matches!(head(&many, false), Err(Error::Invalid(_))));
+        let huge = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(MAX_HEAD_BYTES));
+        assert!(matches!(head(&huge, false), Err(Error::Invalid(_))));
+    }
+
+    #[test]
+    fn chunked_bodies_decode_with_extensions_and_trailers_byte_by_byte() {
+        let raw =
+            b"5;name=value\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-sum: 42\r\n\r\n";
+        let (body, trailers) = decode_bytewise(State::ChunkSize, raw).unwrap();
+        assert_eq!(body, b"helloabcdefghijklmnopqrstuvwxyz");
+        assert_eq!(trailers.unwrap()["x-sum"], "42");
+
+        let (body, trailers) = decode_bytewise(State::ChunkSize, b"3\r\nabc\r\n0\r\n\r\n").unwrap();
+        assert_eq!(body, b"abc");
+        assert!(trailers.is_none());
+    }
+
+    #[test]
+    fn broken_chunked_bodies_are_errors() {
+        for raw in [
+            &b"x\r\nabc\r\n0\r\n\r\n"[..],
+            b"3\nabc\r\n0\r\n\r\n",
+            b"3\r\nabcd\r\n0\r\n\r\n",
+            b"11111111111111111\r\n",
+            b"3 x\r\nabc\r\n0\r\n\r\n",
+            b"3;a\rb\r\nabc\r\n0\r\n\r\n",
+            b"0\r\nbad trailer\r\n\r\n",
+        ] {
+            let r = decode_bytewise(State::ChunkSize, raw);
+            assert!(
+                matches!(r, Err(Error::Invalid(_))),
+                "{:?}: {r:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        let long = format!("1;{}\r\n", "e".repeat(MAX_CHUNK_LINE + 10));
+        assert!(matches!(
+            decode_bytewise(State::ChunkSize, long.as_bytes()),
+            Err(Error::Invalid(_))
+        ));
+        assert!(matches!(
+            decode_bytewise(State::ChunkSize, b"5\r\nab"),
+            Err(Error::Truncated)
+        ));
+    }
+
+    #[test]
+    fn sized_and_close_delimited_bodies_stop_where_they_should() {
+        let (body, _) = decode_bytewise(State::Length(3), b"abc").unwrap();
+        assert_eq!(body, b"abc");
+        let mut state = State::Length(2);
+        let mut buf = BytesMut::from(&b"abEXTRA"[..]);
+        let Step::Frame(f) = decode(&mut state, &mut buf).unwrap() else {
+            panic!("expected data");
+        };
+        assert_eq!(f.into_data().unwrap(), "ab");
+        assert_eq!(state, State::Done);
+        assert_eq!(&buf[..], b"EXTRA", "bytes past the body stay unread");
+
+        let mut state = State::UntilClose;
+        let mut buf = BytesMut::from(&b"all of it"[..]);
+        let Step::Frame(f) = decode(&mut state, &mut buf).unwrap() else {
+            panic!("expected data");
+        };
+        assert_eq!(f.into_data().unwrap(), "all of it");
+        assert!(matches!(
+            decode(&mut state, &mut buf).unwrap(),
+            Step::NeedMore
+        ));
+    }
+
+    #[test]
+    fn decimal_lengths() {
+        assert_eq!(parse_decimal(b"0"), Some(0));
+        assert_eq!(parse_decimal(b"1234"), Some(1234));
+        assert_eq!(
+            parse_decimal(b"9999999999999999999"),
+            Some(9_999_999_999_999_999_999)
+        );
+        assert_eq!(parse_decimal(b"+1"), None);
+        assert_eq!(parse_decimal(b""), None);
+        assert_eq!(parse_decimal(b"1 2"), None);
+    }
+}

@@ -1,0 +1,350 @@
+//! The upstream side of HTTP/1.1 against scripted endpoints that answer with exact bytes:
+//! every response framing, interim responses, broken and ambiguous responses, and pooled
+//! connections the endpoint closes.
+
+#[path = "support/proxy.rs"]
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use support::*;
+
+const HOST: &str = "raw.shop.svc.cluster.local";
+
+/// What a scripted endpoint does with one request: bytes to answer (none: say nothing) and
+/// whether to close the connection afterwards.
+struct Reply {
+    bytes: Vec<u8>,
+    close: bool,
+}
+
+fn reply(bytes: &str) -> Reply {
+    Reply {
+        bytes: bytes.as_bytes().to_vec(),
+        close: false,
+    }
+}
+
+fn reply_and_close(bytes: &str) -> Reply {
+    Reply {
+        bytes: bytes.as_bytes().to_vec(),
+        close: true,
+    }
+}
+
+/// The script: (connection number, request number on that connection, request head) → reply.
+type Script = dyn Fn(usize, usize, &str) -> Reply + Send + Sync;
+
+/// An endpoint that reads request heads and answers them from a script.
+struct Scripted {
+    backend: Backend,
+    heads: Arc<Mutex<Vec<String>>>,
+    connections: Arc<AtomicUsize>,
+}
+
+impl Scripted {
+    async fn start(script: impl Fn(usize, usize, &str) -> Reply + Send + Sync + 'static) -> Self {
+        let script: Arc<Script> = Arc::new(script);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (h, c) = (heads.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let n = c.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve_scripted(stream, n, script.clone(), h.clone()));
+            }
+        });
+        let backend = Backend {
+            name: "raw".into(),
+            addr,
+            seen: Arc::default(),
+            connections: Arc::default(),
+            cancelled: Arc::default(),
+        };
+        Scripted {
+            backend,
+            heads,
+            connections,
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+async fn serve_scripted(
+    mut s: TcpStream,
+    conn: usize,
+    script: Arc<Script>,
+    heads: Arc<Mutex<Vec<String>>>,
+) {
+    let mut buf = Vec::new();
+    let mut nth = 0;
+    loop {
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..end);
+        heads.lock().unwrap().push(head.clone());
+        let r = script(conn, nth, &head);
+        nth += 1;
+        if s.write_all(&r.bytes).await.is_err() {
+            return;
+        }
+        if r.close {
+            let _ = s.shutdown().await;
+            return;
+        }
+    }
+}
+
+async fn proxy_to(endpoint: &Scripted) -> (tempfile::TempDir, meshroute::run::Running) {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "svc.yaml",
+        &service_with_endpoints("shop", "raw", &[(&endpoint.backend, true)]),
+    );
+    let m = start_on(dir.path()).await;
+    (dir, m)
+}
+
+/// Send `method path` through the proxy; the body is collected (its error kept as text).
+async fn call(
+    m: &meshroute::run::Running,
+    method: &str,
+    path: &str,
+) -> (StatusCode, http::HeaderMap, Result<Bytes, String>) {
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://{}{path}", m.proxy_addr))
+        .header("host", HOST)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let rsp = tokio::time::timeout(Duration::from_secs(5), client().request(req))
+        .await
+        .expect("proxy answers in time")
+        .expect("proxy answers");
+    let (parts, body) = rsp.into_parts();
+    let body = tokio::time::timeout(Duration::from_secs(5), body.collect())
+        .await
+        .expect("body ends in time")
+        .map(|c| c.to_bytes())
+        .map_err(|e| e.to_string());
+    (parts.status, parts.headers, body)
+}
+
+#[tokio::test]
+async fn chunked_response_with_extensions_and_trailers_arrives_whole_and_reuses_the_connection() {
+    let ep = Scripted::start(|_, _, _| {
+        reply(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-a: 1\r\n\r\n\
+             5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 11\r\n\r\n",
+        )
+    })
+    .await;
+    let (_dir, m) = proxy_to(&ep).await;
+    for _ in 0..3 {
+        let (status, headers, body) = call(&m, "GET", "/c?x=1").await;
+        assert_eq!(status, 200);
+        assert_eq!(headers["x-a"], "1");
+        assert_eq!(body.unwrap(), "hello world");
+    }
+    assert_eq!(ep.connections(), 1, "one connection carries every exchange");
+    let head = ep.heads.lock().unwrap()[0].clone();
+    assert!(head.starts_with("GET /c?x=1 HTTP/1.1\r\n"), "{head}");
+    assert!(head.contains(&format!("host: {HOST}\r\n")), "{head}");
+}
+
+#[tokio::test]
+async fn close_delimited_response_is_read_to_the_end_and_its_connection_not_reused() {
+    let ep =
+        Scripted::start(|_, _, _| reply_and_close("HTTP/1.1 200 OK\r\n\r\nuntil the end")).await;
+    let (_dir, m) = proxy_to(&ep).await;
+    for _ in 0..2 {
+        let (status, _, body) = call(&m, "GET", "/").await;
+        assert_eq!(status, 200);
+        assert_eq!(body.unwrap(), "until the end");
+    }
+    assert_eq!(ep.connections(), 2);
+}
+
+#[tokio::test]
+async fn interim_responses_are_skipped() {
+    let ep = Scripted::start(|_, _, _| {
+        reply(
+            "HTTP/1.1 103 Early Hints\r\nlink: </s.css>\r\n\r\n\
+             HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        )
+    })
+    .await;
+    let (_dir, m) = proxy_to(&ep).await;
+    let (status, headers, body) = call(&m, "GET", "/").await;
+    assert_eq!(status, 200);
+    assert!(headers.get("link").is_none());
+    assert_eq!(body.unwrap(), "ok");
+}
+
+#[tokio::test]
+async fn head_response_has_no_body_and_keeps_the_connection() {
+    let ep = Scripted::start(|_, _, head| {
+        if head.starts_with("HEAD ") {
+            reply("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n")
+        } else {
+            reply("HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nget")
+        }
+    })
+    .await;
+    let (_dir, m) = proxy_to(&ep).await;
+    let (status, headers, body) = call(&m, "HEAD", "/").await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-length"], "100");
+    assert_eq!(body.unwrap(), "");
+    let (_, _, body) = call(&m, "GET", "/").await;
+    assert_eq!(body.unwrap(), "get");
+    assert_eq!(ep.connections(), 1);
+}
+
+#[tokio::test]
+async fn broken_or_ambiguous_responses_are_502_upstream_protocol_error() {
+    let many_fields: String = (0..200).map(|i| format!("x-{i}: 1\r\n")).collect();
+    let cases = [
+        "HTTP/1.1 2000 OK\r\ncontent-length: 0\r\n\r\n".to_string(),
+        "HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab".to_string(),
+        "HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n".to_string(),
+        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n".to_string(),
+        "NOT HTTP AT ALL\r\n\r\n".to_string(),
+        format!("HTTP/1.1 200 OK\r\n{many_fields}content-length: 0\r\n\r\n"),
+        format!(
+            "HTTP/1.1 200 OK\r\nx-big: {}\r\ncontent-length: 0\r\n\r\n",
+            "a".repeat(70 * 1024)
+        ),
+    ];
+    for case in cases {
+        let bytes = case.clone();
+        let ep = Scripted::start(move |_, _, _| reply_and_close(&bytes)).await;
+        let (_dir, m) = proxy_to(&ep).await;
+        let (status, headers, _) = call(&m, "GET", "/").await;
+        let shown = &case[..case.len().min(60)];
+        assert_eq!(status, 502, "{shown:?}");
+        assert_eq!(
+            headers["meshroute-error"], "upstream-protocol-error",
+            "{shown:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn endpoint_closing_without_an_answer_is_502() {
+    let ep = Scripted::start(|_, _, _| reply_and_close("")).await;
+    let (_dir, m) = proxy_to(&ep).await;
+    let (status, headers, _) = call(&m, "GET", "/").await;
+    assert_eq!(status, 502);
+    assert_eq!(headers["meshroute-error"], "upstream-protocol-error");
+}
+
+#[tokio::test]
+async fn body_cut_short_is_never_passed_off_as_complete() {
+    let ep = Scripted::start(|_, _, head| {
+        if head.contains("/chunked") {
+            reply_and_close("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhel")
+        } else {
+            reply_and_close("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc")
+        }
+    })
+    .await;
+    let (_dir, m) = proxy_to(&ep).await;
+    for path in ["/sized", "/chunked"] {
+        // A raw client, to see exactly what the proxy sends before it closes.
+        let mut s = TcpStream::connect(m.proxy_addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nhost: {HOST}\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+            .await
+            .expect("the proxy closes the client connection")
+            .unwrap();
+        let text = String::from_utf8_lossy(&out).into_owned();
+        // Either nothing was sent yet, or a head whose body stops short of its framing.
+        if let Some(at) = text.find("\r\n\r\n") {
+            let (head, body) = (&text[..at], &text[at + 4..]);
+            let complete = if head.contains("content-length: 10") {
+                body.len() >= 10
+            } else {
+                body.ends_with("0\r\n\r\n")
+            };
+            assert!(!complete, "{path}: {text:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn pooled_connection_the_endpoint_closed_is_replaced_for_the_next_request() {
+    // Every response says keep-alive, but the endpoint closes right after it anyway.
+    let ep = Scripted::start(|_, _, _| {
+        reply_and_close("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+    })
+    .await;
+    let (_dir, m) = proxy_to(&ep).await;
+    for i in 0..5 {
+        let (status, _, body) = call(&m, "GET", "/").await;
+        assert_eq!(status, 200, "request {i}");
+        assert_eq!(body.unwrap(), "ok");
+        // Let the close reach the proxy's socket before the next request.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ep.connections(), 5);
+}
+
+#[tokio::test]
+async fn connection_closed_under_a_request_is_retried_only_when_that_is_safe() {
+    // The first request on each connection is answered; the second is read and then the
+    // connection is closed without a word (an endpoint's idle timeout racing the request).
+    let ep = Scripted::start(|_, nth, _| {
+        if nth == 0 {
+            reply("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        } else {
+            reply_and_close("")
+        }
+    })
+    .await;
+    let (_dir, m) = proxy_to(&ep).await;
+    let (status, _, _) = call(&m, "GET", "/warm").await;
+    assert_eq!(status, 200);
+    // GET is idempotent: sent again on a new connection.
+    let (status, _, body) = call(&m, "GET", "/again").await;
+    assert_eq!(status, 200);
+    assert_eq!(body.unwrap(), "ok");
+    assert_eq!(ep.connections(), 2);
+    // POST is not: the endpoint may have acted on it, so the client hears of the failure.
+    let (status, headers, _) = call(&m, "POST", "/once").await;
+    assert_eq!(status, 502);
+    assert_eq!(headers["meshroute-error"], "upstream-protocol-error");
+    let posts = ep
+        .heads
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|h| h.starts_with("POST /once"))
+        .count();
+    assert_eq!(posts, 1, "a POST is never sent twice");
+}
