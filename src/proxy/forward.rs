@@ -6,6 +6,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::sync::{Arc, Weak};
 
+use futures::FutureExt;
 use http::header::{self, HeaderName, HOST};
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -38,8 +39,9 @@ pub fn handle(
                 .parent(&live, authority)
                 .ok_or(ProxyError::UnknownAuthority)
         });
-    let proxy = proxy.clone();
-    async move { Ok(serve(&proxy, &live, parent, req, received).await) }
+    // `map` rather than an async block around `serve`: hyper moves this future around, and a
+    // wrapper would add one more copy of it on the first poll.
+    serve(proxy.clone(), live, parent, req, received).map(Ok)
 }
 
 /// The parent Service port of the last authority seen on one client connection. Clients send
@@ -82,12 +84,13 @@ impl ParentCache {
 }
 
 async fn serve(
-    proxy: &Proxy,
-    live: &Arc<Live>,
+    proxy: Arc<Proxy>,
+    live: Arc<Live>,
     parent: Result<Arc<ParentPort>, ProxyError>,
     req: Request<Incoming>,
     received: Instant,
 ) -> Response<ResponseBody> {
+    let (proxy, live) = (&*proxy, &live);
     let (mut parts, body) = req.into_parts();
     let parent_port = match parent {
         Ok(p) => p,
@@ -194,7 +197,16 @@ async fn serve(
     let dispatched = Instant::now();
     let mut deadline = timeout::attempt_deadline(&rule.timeouts, received, dispatched)
         .map(|(at, which)| Deadline::new(at, which));
-    let sent = timeout::bounded(pool.send(parts, body, svc.protocol), deadline.as_mut()).await;
+    let sent = if svc.protocol == Protocol::Http1 && body.is_end_stream() {
+        // The common case, kept apart so that the request head is only borrowed, not moved
+        // through every layer of futures.
+        timeout::bounded(pool.send_inline(&parts), deadline.as_mut())
+            .await
+            .map(|rsp| (rsp.map(UpstreamIncoming::Inline), None))
+    } else {
+        let send = pool.send_hyper(parts, body, svc.protocol);
+        Box::pin(timeout::bounded(send, deadline.as_mut())).await
+    };
     let (rsp, conn) = match sent {
         Ok(r) => r,
         Err(e) => return fail(e),

@@ -148,11 +148,21 @@ impl EndpointPool {
         body: RequestBody,
         protocol: Protocol,
     ) -> Result<(Response<UpstreamIncoming>, Option<PooledConn>), ProxyError> {
+        if protocol == Protocol::Http1 && body.is_end_stream() {
+            let rsp = self.send_inline(&parts).await?;
+            return Ok((rsp.map(UpstreamIncoming::Inline), None));
+        }
+        self.send_hyper(parts, body, protocol).await
+    }
+
+    /// [`send`](Self::send) through hyper's client, whatever the request.
+    pub async fn send_hyper(
+        self: &Arc<Self>,
+        parts: Parts,
+        body: RequestBody,
+        protocol: Protocol,
+    ) -> Result<(Response<UpstreamIncoming>, Option<PooledConn>), ProxyError> {
         match protocol {
-            Protocol::Http1 if body.is_end_stream() => {
-                let rsp = self.send_inline(&parts).await?;
-                Ok((rsp.map(UpstreamIncoming::Inline), None))
-            }
             // Boxed: hyper's futures are large, and these paths are the rarer ones.
             Protocol::Http1 => {
                 let req = Request::from_parts(parts, body);
@@ -169,7 +179,7 @@ impl EndpointPool {
     /// A bodiless HTTP/1.1 exchange driven by the calling task, on a pooled socket when one
     /// is idle. A reused socket that turns out closed is retried on another when
     /// [`h1::Failure::retryable`] allows; a new one never is.
-    async fn send_inline(
+    pub async fn send_inline(
         self: &Arc<Self>,
         parts: &Parts,
     ) -> Result<Response<h1::InlineBody>, ProxyError> {
