@@ -341,10 +341,11 @@ pub async fn admin(running: &Running, path: &str) -> (StatusCode, String) {
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
-/// Wait until the live table's generation is at least `gen` (bounded).
+/// Wait until the live table's generation is at least `gen`, and the reload status (written
+/// just after the table is published) has caught up with it (bounded).
 pub async fn wait_generation(running: &Running, gen: u64) {
     for _ in 0..300 {
-        if running.proxy.table().generation >= gen {
+        if running.proxy.table().generation >= gen && running.status.snapshot().generation >= gen {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
