@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use super::body::{Completion, RequestBody, ResponseBody, UpstreamIncoming};
 use super::error::{error_response, ProxyError};
 use super::filters::{self, RequestEffects};
-use super::pool::EndpointPool;
+use super::pool::{self, EndpointPool};
 use super::timeout::{self, Deadline};
 use super::{fast_rand, route, Live, Proxy};
 use crate::table::matching::RequestView;
@@ -197,7 +197,7 @@ async fn serve(
     let dispatched = Instant::now();
     let mut deadline = timeout::attempt_deadline(&rule.timeouts, received, dispatched)
         .map(|(at, which)| Deadline::new(at, which));
-    let sent = if svc.protocol == Protocol::Http1 && body.is_end_stream() {
+    let sent = if pool::inline_eligible(&parts, &body, svc.protocol) {
         // The common case, kept apart so that the request head is only borrowed, not moved
         // through every layer of futures.
         timeout::bounded(pool.send_inline(&parts), deadline.as_mut())
@@ -306,6 +306,11 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     if present & 1 != 0 {
         remove_connection_options(headers);
+    }
+    if present & HOP_TRANSFER_ENCODING != 0 {
+        // RFC 9112 §6.3: a Content-Length received with Transfer-Encoding is removed before
+        // forwarding (the body is re-framed anyway).
+        headers.remove(header::CONTENT_LENGTH);
     }
     for (i, h) in HOP_BY_HOP.iter().enumerate() {
         if present & (1 << i) != 0 {
@@ -523,6 +528,7 @@ mod tests {
             ("proxy-connection", "keep-alive"),
             ("proxy-authorization", "Basic eA=="),
             ("transfer-encoding", "chunked"),
+            ("content-length", "3"),
             ("content-type", "text/plain"),
         ]);
         strip_hop_by_hop(&mut h);

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::CONTENT_LENGTH;
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HOST, TRAILER};
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use hyper::body::{Frame, SizeHint};
@@ -42,6 +42,8 @@ pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 const READ_CHUNK: usize = 8 * 1024;
 /// Longest chunk-size line (size and extensions) accepted.
 const MAX_CHUNK_LINE: usize = 1024;
+/// Most chunk-extension bytes accepted over one body (hyper's limit too).
+const MAX_CHUNK_EXTENSIONS: usize = 16 * 1024;
 
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -80,19 +82,35 @@ impl Conn {
     }
 
     /// Whether an idle connection can carry a request: nothing (no data, no EOF) may have
-    /// arrived on it since its last response. Costs no system call unless the socket's cached
-    /// readiness says something arrived.
-    pub fn is_usable(&self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.stream.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
+    /// arrived on it since its last response.
+    ///
+    /// The quick check reads the socket's cached readiness and costs no system call unless
+    /// something arrived, but it can miss a close the I/O driver has not processed yet (or
+    /// answer `Pending` because the task's cooperative budget is spent). That is fine for a
+    /// request that may be sent again ([`Failure::retryable`]); for one that may not,
+    /// `thorough` always asks the kernel.
+    pub fn is_usable(&self, thorough: bool) -> bool {
+        if !thorough {
+            let mut cx = Context::from_waker(Waker::noop());
+            match self.stream.poll_read_ready(&mut cx) {
+                Poll::Pending => return true,
+                Poll::Ready(Err(_)) => return false,
                 // The readiness may be stale; a read tells for sure.
-                let mut probe = [0u8; 1];
-                matches!(self.stream.try_read(&mut probe),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+                Poll::Ready(Ok(())) => {}
             }
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Drop buffers grown by an unusual exchange before the connection idles in its pool.
+    pub fn trim(&mut self) {
+        if self.buf.capacity() > 2 * READ_CHUNK {
+            self.buf = BytesMut::new();
+        }
+        if self.head.capacity() > 4096 {
+            self.head = Vec::new();
         }
     }
 
@@ -111,8 +129,9 @@ impl Conn {
 #[derive(Debug)]
 pub struct Failure {
     pub error: Error,
-    /// True when the endpoint cannot have acted on the request: the connection failed before
-    /// any response byte, and the method is idempotent or the head was never written.
+    /// True when sending the request once more is safe (RFC 9110 §9.2.2): writing its head
+    /// failed, so the endpoint never had the whole request; or the connection ended before any
+    /// response byte and the method is idempotent, so a repeat has the same effect.
     pub retryable: bool,
 }
 
@@ -133,14 +152,16 @@ pub async fn exchange(
     let idempotent = is_idempotent(&req.method);
     let head_request = req.method == Method::HEAD;
     let mut received = false;
+    let mut interim = 0;
     loop {
-        match parse_head(&mut conn.buf, &mut conn.spans, head_request) {
+        match parse_head(&mut conn.buf, &mut conn.spans, &mut interim, head_request) {
             Ok(Some((rsp, framing, keep_alive))) => {
                 let body = InlineBody {
                     conn: Some(conn),
                     pool: pool.clone(),
                     state: State::from(framing),
                     keep_alive,
+                    extension_budget: MAX_CHUNK_EXTENSIONS,
                 };
                 let mut rsp = rsp.map(|()| body);
                 rsp.body_mut().release_if_done();
@@ -174,7 +195,7 @@ pub async fn exchange(
 }
 
 /// RFC 9110 §9.2.2.
-fn is_idempotent(m: &Method) -> bool {
+pub fn is_idempotent(m: &Method) -> bool {
     matches!(
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
@@ -213,10 +234,12 @@ type Span = ((usize, usize), (usize, usize));
 /// `Ok(None)` asks for more bytes. On success the head's bytes are consumed and the rest of
 /// `buf` is the start of the body. The returned header map is ready to forward: the
 /// hop-by-hop fields (RFC 9110 §7.6.1, with those `Connection` names) are already left out.
-/// `spans` is scratch space.
+/// `spans` is scratch space; `interim` counts the bytes of interim heads already skipped, which
+/// count against [`MAX_HEAD_BYTES`] too.
 fn parse_head(
     buf: &mut BytesMut,
     spans: &mut Vec<Span>,
+    interim: &mut usize,
     head_request: bool,
 ) -> Result<Option<(Response<()>, Framing, bool)>, Error> {
     loop {
@@ -229,7 +252,7 @@ fn parse_head(
         );
         let len = match parse {
             Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
+            Ok(httparse::Status::Partial) if *interim + buf.len() >= MAX_HEAD_BYTES => {
                 return Err(Error::Invalid("response head too large"))
             }
             Ok(httparse::Status::Partial) => return Ok(None),
@@ -244,6 +267,10 @@ fn parse_head(
             return Err(Error::Invalid("unrequested protocol switch"));
         }
         if status.is_informational() {
+            *interim += len;
+            if *interim >= MAX_HEAD_BYTES {
+                return Err(Error::Invalid("response head too large"));
+            }
             buf.advance(len);
             continue;
         }
@@ -284,6 +311,8 @@ struct Facts {
     /// Whether the last transfer coding is `chunked`, if `Transfer-Encoding` is present.
     chunked: Option<bool>,
     content_length: Option<u64>,
+    /// Whether `Content-Length` came as more than one value (`5, 5`), to be sent on as one.
+    content_length_listed: bool,
     /// Extra field names listed in `Connection` (rare; removed at the end).
     connection_options: Vec<HeaderName>,
 }
@@ -295,8 +324,11 @@ impl Facts {
         if *name == CONTENT_LENGTH {
             for part in tokens() {
                 let n = parse_decimal(part).ok_or(Error::Invalid("bad content-length"))?;
-                if self.content_length.is_some_and(|l| l != n) {
-                    return Err(Error::Invalid("conflicting content-length"));
+                if let Some(l) = self.content_length {
+                    if l != n {
+                        return Err(Error::Invalid("conflicting content-length"));
+                    }
+                    self.content_length_listed = true;
                 }
                 self.content_length = Some(n);
             }
@@ -316,8 +348,15 @@ impl Facts {
                 }
             }
             HOP_TRANSFER_ENCODING => {
-                let last = tokens().next_back().unwrap_or_default();
-                self.chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+                // Codings accumulate over every field line; empty list items do not count.
+                let chunked = |t: &[u8]| t.eq_ignore_ascii_case(b"chunked");
+                for coding in tokens().filter(|t| !t.is_empty()) {
+                    if self.chunked == Some(true) {
+                        // Anything after `chunked` (even `chunked` again) is not allowed.
+                        return Err(Error::Invalid("transfer coding after chunked"));
+                    }
+                    self.chunked = Some(chunked(coding));
+                }
             }
             _ => {}
         }
@@ -340,9 +379,12 @@ impl Facts {
             return Ok((Framing::Length(0), keep_alive));
         }
         if let Some(chunked) = self.chunked {
-            // Transfer-Encoding overrides Content-Length, but a message with both may be an
-            // attempt at smuggling: never reuse its connection.
-            if self.content_length.is_some() || version != Version::HTTP_11 {
+            // RFC 9112 §6.3: Transfer-Encoding would override Content-Length, but a message
+            // with both may be an attempt at smuggling and "ought to be handled as an error".
+            if self.content_length.is_some() {
+                return Err(Error::Invalid("both transfer-encoding and content-length"));
+            }
+            if version != Version::HTTP_11 {
                 keep_alive = false;
             }
             return Ok(if chunked {
@@ -382,6 +424,9 @@ fn header_map(
     if let Some(f) = facts {
         for name in &f.connection_options {
             map.remove(name);
+        }
+        if let (true, Some(n)) = (f.content_length_listed, f.content_length) {
+            map.insert(CONTENT_LENGTH, HeaderValue::from(n));
         }
     }
     Ok(map)
@@ -434,8 +479,14 @@ enum Step {
     End,
 }
 
-/// Decode as much as possible of the body from `buf`, advancing `state`.
-fn decode(state: &mut State, buf: &mut BytesMut) -> Result<Step, Error> {
+/// Decode as much as possible of the body from `buf`, advancing `state`. Chunk extensions
+/// are ignored, but their bytes are taken from `extension_budget` so that an endpoint cannot
+/// make the proxy read far more than the body.
+fn decode(
+    state: &mut State,
+    buf: &mut BytesMut,
+    extension_budget: &mut usize,
+) -> Result<Step, Error> {
     loop {
         match *state {
             State::Done => return Ok(Step::End),
@@ -465,7 +516,10 @@ fn decode(state: &mut State, buf: &mut BytesMut) -> Result<Step, Error> {
                 let Some(line_end) = find_crlf(buf, MAX_CHUNK_LINE)? else {
                     return Ok(Step::NeedMore);
                 };
-                let size = chunk_size(&buf[..line_end])?;
+                let (size, extension) = chunk_size(&buf[..line_end])?;
+                *extension_budget = extension_budget
+                    .checked_sub(extension)
+                    .ok_or(Error::Invalid("too many chunk extension bytes"))?;
                 buf.advance(line_end + 2);
                 *state = if size == 0 {
                     State::Trailers
@@ -484,6 +538,9 @@ fn decode(state: &mut State, buf: &mut BytesMut) -> Result<Step, Error> {
                 *state = State::ChunkSize;
             }
             State::Trailers => {
+                if buf.starts_with(b"\n") {
+                    return Err(Error::Invalid("bare LF in chunked framing"));
+                }
                 if buf.starts_with(b"\r\n") {
                     buf.advance(2);
                     *state = State::Done;
@@ -503,10 +560,34 @@ fn decode(state: &mut State, buf: &mut BytesMut) -> Result<Step, Error> {
                     Err(_) => return Err(Error::Invalid("malformed trailer section")),
                 };
                 let block = buf.split_to(len).freeze();
-                let trailers = header_map(&block, &spans, None)?;
+                let mut trailers = header_map(&block, &spans, None)?;
+                drop_forbidden_trailers(&mut trailers);
                 *state = State::Done;
                 return Ok(Step::Frame(Frame::trailers(trailers)));
             }
+        }
+    }
+}
+
+/// Remove the fields a trailer section must not carry or that only describe one hop: framing,
+/// routing and connection fields (RFC 9110 §6.5.1, §7.6.1).
+fn drop_forbidden_trailers(trailers: &mut HeaderMap) {
+    let forbidden = |n: &HeaderName| {
+        hop_by_hop_bit(n.as_str()) != 0
+            || [
+                CONTENT_LENGTH,
+                HOST,
+                TRAILER,
+                CONTENT_ENCODING,
+                CONTENT_TYPE,
+                CONTENT_RANGE,
+            ]
+            .contains(n)
+    };
+    if trailers.keys().any(forbidden) {
+        let names: Vec<HeaderName> = trailers.keys().filter(|n| forbidden(n)).cloned().collect();
+        for n in names {
+            trailers.remove(n);
         }
     }
 }
@@ -523,13 +604,18 @@ fn find_crlf(buf: &[u8], limit: usize) -> Result<Option<usize>, Error> {
     }
 }
 
-/// The size of a chunk-size line (`1*HEXDIG [ chunk-ext ]`); extensions are ignored.
-fn chunk_size(line: &[u8]) -> Result<u64, Error> {
+/// The size of a chunk-size line (`1*HEXDIG [ BWS ";" chunk-ext ]`) and the length of its
+/// extensions, which are otherwise ignored.
+fn chunk_size(line: &[u8]) -> Result<(u64, usize), Error> {
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
     if digits == 0 || digits > 16 {
         return Err(Error::Invalid("bad chunk size"));
     }
-    let rest = line[digits..].trim_ascii_start();
+    let blank = line[digits..]
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count();
+    let rest = &line[digits + blank..];
     if !rest.is_empty() && rest[0] != b';' {
         return Err(Error::Invalid("bad chunk size"));
     }
@@ -541,7 +627,7 @@ fn chunk_size(line: &[u8]) -> Result<u64, Error> {
         // `is_ascii_hexdigit` was checked above, and 16 digits cannot overflow.
         size = size << 4 | u64::from((d as char).to_digit(16).unwrap_or(0));
     }
-    Ok(size)
+    Ok((size, line.len() - digits))
 }
 
 /// A response body read straight off its upstream connection, which goes back to the pool
@@ -552,6 +638,8 @@ pub struct InlineBody {
     pool: Arc<EndpointPool>,
     state: State,
     keep_alive: bool,
+    /// Chunk-extension bytes still accepted ([`decode`]).
+    extension_budget: usize,
 }
 
 impl InlineBody {
@@ -588,7 +676,7 @@ impl InlineBody {
                 // Ended (and released), or failed before.
                 return Poll::Ready(None);
             };
-            match decode(&mut self.state, &mut conn.buf) {
+            match decode(&mut self.state, &mut conn.buf, &mut self.extension_budget) {
                 Ok(Step::Frame(frame)) => {
                     self.release_if_done();
                     return Poll::Ready(Some(Ok(frame)));
@@ -648,7 +736,12 @@ mod tests {
     use super::*;
 
     fn head(raw: &str, head_request: bool) -> Result<Option<(Response<()>, Framing, bool)>, Error> {
-        parse_head(&mut BytesMut::from(raw), &mut Vec::new(), head_request)
+        parse_head(
+            &mut BytesMut::from(raw),
+            &mut Vec::new(),
+            &mut 0,
+            head_request,
+        )
     }
 
     fn framing_of(raw: &str) -> (Framing, bool) {
@@ -665,13 +758,20 @@ mod tests {
         let mut body = Vec::new();
         let mut trailers = None;
         let mut input = raw.iter();
+        let mut budget = MAX_CHUNK_EXTENSIONS;
         loop {
-            match decode(&mut state, &mut buf)? {
+            match decode(&mut state, &mut buf, &mut budget)? {
                 Step::Frame(f) => match f.into_data() {
                     Ok(d) => body.extend_from_slice(&d),
                     Err(f) => trailers = f.into_trailers().ok(),
                 },
-                Step::End => return Ok((body, trailers)),
+                Step::End => {
+                    // The decoder must stop exactly at the end of the framing: what is left
+                    // decides whether the connection can be reused.
+                    assert!(buf.is_empty(), "unconsumed: {buf:?}");
+                    assert_eq!(input.next(), None, "input left after the end");
+                    return Ok((body, trailers));
+                }
                 Step::NeedMore => match input.next() {
                     Some(&b) => buf.extend_from_slice(&[b]),
                     None => return Err(Error::Truncated),
@@ -722,8 +822,14 @@ mod tests {
         );
         assert_eq!(
             framing_of(&format!(
-                "{ok}transfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n"
+                "{ok}transfer-encoding: gzip\r\ntransfer-encoding: , chunked,\r\n\r\n"
             )),
+            (Framing::Chunked, true)
+        );
+        assert_eq!(
+            framing_of(
+                "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n"
+            ),
             (Framing::Chunked, false)
         );
         assert_eq!(
@@ -779,12 +885,70 @@ mod tests {
     }
 
     #[test]
+    fn chunk_sizes_allow_blanks_before_extensions_only() {
+        assert_eq!(chunk_size(b"1a").unwrap(), (26, 0));
+        assert_eq!(chunk_size(b"3 \t;x=y").unwrap(), (3, 6));
+        assert_eq!(chunk_size(b"3 ").unwrap(), (3, 1));
+        assert!(chunk_size(b"3 x").is_err());
+    }
+
+    #[test]
+    fn chunk_extensions_have_a_total_budget() {
+        // 1-byte chunks each carrying a 1000-byte extension: 17 of them exceed 16 KiB.
+        let ext = "e".repeat(1000);
+        let raw: String = (0..17).map(|_| format!("1;{ext}\r\na\r\n")).collect();
+        let r = decode_bytewise(State::ChunkSize, format!("{raw}0\r\n\r\n").as_bytes());
+        assert!(matches!(r, Err(Error::Invalid(_))), "{r:?}");
+        let few: String = (0..10).map(|_| format!("1;{ext}\r\na\r\n")).collect();
+        let (body, _) =
+            decode_bytewise(State::ChunkSize, format!("{few}0\r\n\r\n").as_bytes()).unwrap();
+        assert_eq!(body, b"aaaaaaaaaa");
+    }
+
+    #[test]
+    fn endless_interim_heads_hit_the_head_limit() {
+        let early = "HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n";
+        let mut buf = BytesMut::new();
+        let mut interim = 0;
+        let mut spans = Vec::new();
+        let mut outcome = Ok(None);
+        for _ in 0..(2 * MAX_HEAD_BYTES / early.len()) {
+            buf.extend_from_slice(early.as_bytes());
+            outcome = parse_head(&mut buf, &mut spans, &mut interim, false);
+            if outcome.is_err() {
+                break;
+            }
+        }
+        assert!(matches!(outcome, Err(Error::Invalid(_))), "{outcome:?}");
+    }
+
+    #[test]
+    fn trailers_lose_framing_routing_and_hop_by_hop_fields() {
+        let raw = b"0\r\nx-sum: 1\r\ncontent-length: 5\r\nconnection: close\r\nhost: a\r\n\
+                    transfer-encoding: chunked\r\ntrailer: x\r\n\r\n";
+        let (_, trailers) = decode_bytewise(State::ChunkSize, raw).unwrap();
+        let trailers = trailers.unwrap();
+        let names: Vec<&str> = trailers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["x-sum"]);
+    }
+
+    #[test]
+    fn listed_content_length_is_sent_on_as_one_value() {
+        let (rsp, framing, _) = head("HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(framing, Framing::Length(5));
+        let values: Vec<_> = rsp.headers().get_all(CONTENT_LENGTH).iter().collect();
+        assert_eq!(values, ["5"]);
+    }
+
+    #[test]
     fn interim_heads_are_skipped_and_the_rest_is_body() {
         let mut buf = BytesMut::from(
             "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n\
              HTTP/1.1 201 Created\r\nx-a: 1\r\ncontent-length: 2\r\n\r\nhi",
         );
-        let (rsp, framing, _) = parse_head(&mut buf, &mut Vec::new(), false)
+        let (rsp, framing, _) = parse_head(&mut buf, &mut Vec::new(), &mut 0, false)
             .unwrap()
             .unwrap();
         assert_eq!(rsp.status(), 201);
@@ -814,6 +978,9 @@ mod tests {
             "HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n",
             "HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
             "HTTX/1.1 200 OK\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: gzip\r\n\r\n",
         ] {
             assert!(
                 matches!(head(raw, false), Err(Error::Invalid(_))),
@@ -853,6 +1020,9 @@ mod tests {
             b"3 x\r\nabc\r\n0\r\n\r\n",
             b"3;a\rb\r\nabc\r\n0\r\n\r\n",
             b"0\r\nbad trailer\r\n\r\n",
+            b"3\r\r\nabc\r\n0\r\n\r\n",
+            b"3\x0c\r\nabc\r\n0\r\n\r\n",
+            b"0\r\n\n",
         ] {
             let r = decode_bytewise(State::ChunkSize, raw);
             assert!(
@@ -878,7 +1048,7 @@ mod tests {
         assert_eq!(body, b"abc");
         let mut state = State::Length(2);
         let mut buf = BytesMut::from(&b"abEXTRA"[..]);
-        let Step::Frame(f) = decode(&mut state, &mut buf).unwrap() else {
+        let Step::Frame(f) = decode(&mut state, &mut buf, &mut 0).unwrap() else {
             panic!("expected data");
         };
         assert_eq!(f.into_data().unwrap(), "ab");
@@ -887,12 +1057,12 @@ mod tests {
 
         let mut state = State::UntilClose;
         let mut buf = BytesMut::from(&b"all of it"[..]);
-        let Step::Frame(f) = decode(&mut state, &mut buf).unwrap() else {
+        let Step::Frame(f) = decode(&mut state, &mut buf, &mut 0).unwrap() else {
             panic!("expected data");
         };
         assert_eq!(f.into_data().unwrap(), "all of it");
         assert!(matches!(
-            decode(&mut state, &mut buf).unwrap(),
+            decode(&mut state, &mut buf, &mut 0).unwrap(),
             Step::NeedMore
         ));
     }

@@ -8,17 +8,19 @@
 //! address and carried from one table generation to the next, so a table swap keeps every warm
 //! connection.
 //!
-//! Idle plain sockets are not watched: one the endpoint closed is found out (without a system
-//! call, from the socket's readiness) when it is next taken, and a request that still meets a
-//! connection closed under it is sent again on another when that is safe
-//! ([`h1::Failure::retryable`]).
+//! Idle plain sockets have no task of their own. One the endpoint closed is found out when it
+//! is next taken (from the socket's readiness, or with a read for requests that must not be
+//! sent twice), and [`sweep`] closes those that closed or idled longer than [`IDLE_SECS`] once
+//! a second. A request that still meets a connection closed under it is sent once more, on a
+//! new connection, when that is safe ([`h1::Failure::retryable`]).
 //!
 //! [`Endpoint`]: crate::table::Endpoint
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use http::request::Parts;
@@ -37,16 +39,37 @@ use crate::table::Protocol;
 /// Idle HTTP/1.1 connections kept per endpoint beyond which released ones are closed.
 const MAX_IDLE_PER_ENDPOINT: usize = 512;
 
+/// Seconds an idle plain socket is kept (plus up to one second of sweep granularity): below
+/// the shortest keep-alive timeouts common servers use (Node.js: 5 s), so the proxy closes
+/// idle connections before the endpoint does and rarely meets one closing under a request.
+pub const IDLE_SECS: u32 = 3;
+
+/// Whole seconds since the first sweep, advanced by [`sweep`]: a clock that costs the request
+/// path one relaxed load instead of reading the time.
+static IDLE_CLOCK: AtomicU32 = AtomicU32::new(0);
+static CLOCK_START: OnceLock<std::time::Instant> = OnceLock::new();
+
+/// Close the idle plain sockets of `pools` that the endpoint closed or that idled too long.
+/// The proxy calls this once a second.
+pub fn sweep<'a>(pools: impl IntoIterator<Item = &'a Arc<EndpointPool>>) {
+    let start = CLOCK_START.get_or_init(std::time::Instant::now);
+    let now = u32::try_from(start.elapsed().as_secs()).unwrap_or(u32::MAX);
+    IDLE_CLOCK.store(now, Ordering::Relaxed);
+    for pool in pools {
+        pool.sweep_idle(now);
+    }
+}
+
 /// Connections of one endpoint.
 #[derive(Debug)]
 pub struct EndpointPool {
     addr: SocketAddr,
     connect_timeout: Duration,
     idle: Mutex<Vec<http1::SendRequest<RequestBody>>>,
-    // Boxed on purpose: a connection moves between this stack, request futures and response
-    // bodies, and a pointer is cheaper to move than the connection.
-    #[allow(clippy::vec_box)]
-    idle_inline: Mutex<Vec<Box<h1::Conn>>>,
+    /// Idle plain sockets, oldest first, each with the [`IDLE_CLOCK`] second it went idle.
+    /// Boxed: a connection moves between this stack, request futures and response bodies,
+    /// and a pointer is cheaper to move than the connection.
+    idle_inline: Mutex<Vec<(Box<h1::Conn>, u32)>>,
     h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
 }
 
@@ -116,21 +139,45 @@ impl EndpointPool {
         None
     }
 
-    pub(super) fn put_inline(&self, conn: Box<h1::Conn>) {
+    pub(super) fn put_inline(&self, mut conn: Box<h1::Conn>) {
+        conn.trim();
+        let since = IDLE_CLOCK.load(Ordering::Relaxed);
         let mut idle = lock(&self.idle_inline);
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
-            idle.push(conn);
+            idle.push((conn, since));
+            return;
+        }
+        drop(idle);
+        // Closed outside the lock.
+        drop(conn);
+    }
+
+    /// The most recently idled usable socket (see [`h1::Conn::is_usable`] for `thorough`).
+    /// Sockets found unusable are closed outside the lock.
+    fn pop_inline(&self, thorough: bool) -> Option<Box<h1::Conn>> {
+        loop {
+            let (conn, _) = lock(&self.idle_inline).pop()?;
+            if conn.is_usable(thorough) {
+                return Some(conn);
+            }
         }
     }
 
-    fn pop_inline(&self) -> Option<Box<h1::Conn>> {
-        let mut idle = lock(&self.idle_inline);
-        while let Some(c) = idle.pop() {
-            if c.is_usable() {
-                return Some(c);
+    fn sweep_idle(&self, now: u32) {
+        let mut dead = Vec::new();
+        {
+            let mut idle = lock(&self.idle_inline);
+            let mut i = 0;
+            while i < idle.len() {
+                let (conn, since) = &idle[i];
+                if now.saturating_sub(*since) >= IDLE_SECS || !conn.is_usable(false) {
+                    dead.push(idle.remove(i));
+                } else {
+                    i += 1;
+                }
             }
         }
-        None
+        drop(dead);
     }
 
     /// Number of idle HTTP/1.1 connections (for tests and debugging).
@@ -148,7 +195,7 @@ impl EndpointPool {
         body: RequestBody,
         protocol: Protocol,
     ) -> Result<(Response<UpstreamIncoming>, Option<PooledConn>), ProxyError> {
-        if protocol == Protocol::Http1 && body.is_end_stream() {
+        if inline_eligible(&parts, &body, protocol) {
             let rsp = self.send_inline(&parts).await?;
             return Ok((rsp.map(UpstreamIncoming::Inline), None));
         }
@@ -183,24 +230,33 @@ impl EndpointPool {
         self: &Arc<Self>,
         parts: &Parts,
     ) -> Result<Response<h1::InlineBody>, ProxyError> {
-        loop {
-            let (conn, reused) = match self.pop_inline() {
-                Some(c) => (c, true),
-                None => (h1::Conn::new(Box::pin(self.connect()).await?), false),
-            };
-            match h1::exchange(conn, parts, self).await {
-                Ok(rsp) => return Ok(rsp),
-                Err(f) if reused && f.retryable => {
-                    tracing::debug!(addr = %self.addr, error = %f.error, "pooled connection was closed; sending again");
-                }
-                Err(f) => {
-                    return Err(ProxyError::Upstream {
-                        addr: self.addr,
-                        source: f.error.into(),
-                    })
-                }
+        let failed = |f: h1::Failure| ProxyError::Upstream {
+            addr: self.addr,
+            source: f.error.into(),
+        };
+        let pooled = self.pop_inline(!h1::is_idempotent(&parts.method));
+        let reused = pooled.is_some();
+        let conn = match pooled {
+            Some(c) => c,
+            None => self.connect_inline().await?,
+        };
+        match h1::exchange(conn, parts, self).await {
+            Ok(rsp) => Ok(rsp),
+            // A pooled connection closed under the request: once more, on a new connection
+            // (never again on another pooled one, and never a second time).
+            Err(f) if reused && f.retryable => {
+                tracing::debug!(addr = %self.addr, error = %f.error, "pooled connection was closed; sending once more");
+                let conn = self.connect_inline().await?;
+                h1::exchange(conn, parts, self).await.map_err(failed)
             }
+            Err(f) => Err(failed(f)),
         }
+    }
+
+    async fn connect_inline(&self) -> Result<Box<h1::Conn>, ProxyError> {
+        // Boxed: the connect future is large and rare; inline it would bloat every request's
+        // future, which hyper and tokio move around by value.
+        Ok(h1::Conn::new(Box::pin(self.connect()).await?))
     }
 
     async fn send_h1(
@@ -304,6 +360,12 @@ impl EndpointPool {
         });
         Ok(sender)
     }
+}
+
+/// Whether a request goes through [`EndpointPool::send_inline`]: HTTP/1.1, no body, and not
+/// CONNECT (whose 2xx answer starts a tunnel, not a body).
+pub fn inline_eligible(parts: &Parts, body: &RequestBody, protocol: Protocol) -> bool {
+    protocol == Protocol::Http1 && body.is_end_stream() && parts.method != http::Method::CONNECT
 }
 
 /// Pools by endpoint address, rebuilt (reusing surviving pools) with every table.

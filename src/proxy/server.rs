@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use super::{forward, Proxy};
+use super::{forward, pool, Proxy};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -42,6 +42,18 @@ pub async fn serve(
         .keep_alive_interval(Duration::from_secs(30));
     let builders = Arc::new((h1, h2));
 
+    // Idle upstream sockets have no task of their own; this closes stale ones.
+    let _stop_sweeping = AbortOnDrop({
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                pool::sweep(proxy.live().pools.values());
+            }
+        })
+    });
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -114,6 +126,15 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// Aborts a task when dropped, whichever way the owner ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Whether the connection starts with the h2 prior-knowledge preface. Waits only as long as
