@@ -159,7 +159,20 @@ impl Body for UpstreamIncoming {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             UpstreamIncoming::Inline(b) => b.poll_frame(cx).map_err(Into::into),
-            UpstreamIncoming::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamIncoming::Hyper(b) => {
+                let frame = ready!(Pin::new(b).poll_frame(cx));
+                Poll::Ready(frame.map(|f| {
+                    f.map(|f| match f.into_trailers() {
+                        Ok(mut trailers) => {
+                            // The inline client filters its trailers while decoding.
+                            h1::drop_forbidden_trailers(&mut trailers);
+                            Frame::trailers(trailers)
+                        }
+                        Err(f) => f,
+                    })
+                    .map_err(Into::into)
+                }))
+            }
         }
     }
 
