@@ -67,19 +67,8 @@ pub struct Conn {
     buf: BytesMut,
     /// Scratch space for the request head, kept across exchanges.
     head: Vec<u8>,
-    /// Scratch space for parsing response heads.
-    scratch: Scratch,
-}
-
-/// What parsing a response head reuses from one exchange to the next.
-#[derive(Debug, Default)]
-struct Scratch {
-    /// Where the fields of the head being parsed lie.
+    /// Scratch space for the response head's field positions.
     spans: Vec<Span>,
-    /// The field names of the previous head, by position. An endpoint sends much the same
-    /// names in the same order every time, and comparing raw bytes with the cached name is
-    /// cheaper than parsing and classifying a name again.
-    names: Vec<HeaderName>,
 }
 
 impl Conn {
@@ -88,7 +77,7 @@ impl Conn {
             stream,
             buf: BytesMut::new(),
             head: Vec::new(),
-            scratch: Scratch::default(),
+            spans: Vec::new(),
         })
     }
 
@@ -165,7 +154,7 @@ pub async fn exchange(
     let mut received = false;
     let mut interim = 0;
     loop {
-        match parse_head(&mut conn.buf, &mut conn.scratch, &mut interim, head_request) {
+        match parse_head(&mut conn.buf, &mut conn.spans, &mut interim, head_request) {
             Ok(Some((rsp, framing, keep_alive))) => {
                 let body = InlineBody {
                     conn: Some(conn),
@@ -245,11 +234,11 @@ type Span = ((usize, usize), (usize, usize));
 /// `Ok(None)` asks for more bytes. On success the head's bytes are consumed and the rest of
 /// `buf` is the start of the body. The returned header map is ready to forward: the
 /// hop-by-hop fields (RFC 9110 §7.6.1, with those `Connection` names) are already left out.
-/// `scratch` is reused between heads; `interim` counts the bytes of interim heads already skipped, which
+/// `spans` is scratch space; `interim` counts the bytes of interim heads already skipped, which
 /// count against [`MAX_HEAD_BYTES`] too.
 fn parse_head(
     buf: &mut BytesMut,
-    scratch: &mut Scratch,
+    spans: &mut Vec<Span>,
     interim: &mut usize,
     head_request: bool,
 ) -> Result<Option<(Response<()>, Framing, bool)>, Error> {
@@ -289,10 +278,10 @@ fn parse_head(
             Some(1) => Version::HTTP_11,
             _ => Version::HTTP_10,
         };
-        record_spans(&mut scratch.spans, buf, parsed.headers);
+        record_spans(spans, buf, parsed.headers);
         let block = buf.split_to(len).freeze();
         let mut facts = Facts::default();
-        let headers = header_map(&block, &scratch.spans, &mut scratch.names, Some(&mut facts))?;
+        let headers = header_map(&block, spans, Some(&mut facts))?;
         let (framing, keep_alive) = facts.framing(version, status, head_request)?;
         let mut rsp = Response::new(());
         *rsp.status_mut() = status;
@@ -412,28 +401,17 @@ impl Facts {
 }
 
 /// Header fields from their spans in `block`; values share `block` instead of being copied.
-/// `names` caches the names seen at each position (see [`Scratch::names`]). With `facts`, the
-/// fields of a response head are noted there and only the end-to-end ones are kept.
+/// With `facts`, the fields of a response head are noted there and only the end-to-end ones
+/// are kept.
 fn header_map(
     block: &Bytes,
     spans: &[Span],
-    names: &mut Vec<HeaderName>,
     mut facts: Option<&mut Facts>,
 ) -> Result<HeaderMap, Error> {
     let mut map = HeaderMap::with_capacity(spans.len());
-    for (i, &((n, nl), (v, vl))) in spans.iter().enumerate() {
-        let raw = &block[n..n + nl];
-        let name = match names.get(i) {
-            // Same letters as a valid name, so the same valid name.
-            Some(cached) if cached.as_str().as_bytes().eq_ignore_ascii_case(raw) => cached.clone(),
-            _ => {
-                let parsed =
-                    HeaderName::from_bytes(raw).map_err(|_| Error::Invalid("bad header name"))?;
-                names.truncate(i);
-                names.push(parsed.clone());
-                parsed
-            }
-        };
+    for &((n, nl), (v, vl)) in spans {
+        let name = HeaderName::from_bytes(&block[n..n + nl])
+            .map_err(|_| Error::Invalid("bad header name"))?;
         if let Some(f) = facts.as_deref_mut() {
             if !f.note(&name, &block[v..v + vl])? {
                 continue;
@@ -582,7 +560,7 @@ fn decode(
                     Err(_) => return Err(Error::Invalid("malformed trailer section")),
                 };
                 let block = buf.split_to(len).freeze();
-                let mut trailers = header_map(&block, &spans, &mut Vec::new(), None)?;
+                let mut trailers = header_map(&block, &spans, None)?;
                 drop_forbidden_trailers(&mut trailers);
                 *state = State::Done;
                 return Ok(Step::Frame(Frame::trailers(trailers)));
@@ -760,7 +738,7 @@ mod tests {
     fn head(raw: &str, head_request: bool) -> Result<Option<(Response<()>, Framing, bool)>, Error> {
         parse_head(
             &mut BytesMut::from(raw),
-            &mut Scratch::default(),
+            &mut Vec::new(),
             &mut 0,
             head_request,
         )
@@ -932,11 +910,11 @@ mod tests {
         let early = "HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n";
         let mut buf = BytesMut::new();
         let mut interim = 0;
-        let mut scratch = Scratch::default();
+        let mut spans = Vec::new();
         let mut outcome = Ok(None);
         for _ in 0..(2 * MAX_HEAD_BYTES / early.len()) {
             buf.extend_from_slice(early.as_bytes());
-            outcome = parse_head(&mut buf, &mut scratch, &mut interim, false);
+            outcome = parse_head(&mut buf, &mut spans, &mut interim, false);
             if outcome.is_err() {
                 break;
             }
@@ -965,44 +943,12 @@ mod tests {
     }
 
     #[test]
-    fn cached_names_are_only_reused_for_the_same_name() {
-        let mut scratch = Scratch::default();
-        let heads = [
-            "HTTP/1.1 200 OK\r\nContent-Type: a\r\nX-A: 1\r\nConnection: close\r\n\r\n",
-            "HTTP/1.1 200 OK\r\ncontent-TYPE: b\r\nX-AA: 2\r\nX-A: 3\r\n\r\n",
-            "HTTP/1.1 200 OK\r\nX-A: 4\r\n\r\n",
-        ];
-        let mut seen = Vec::new();
-        for raw in heads {
-            let mut buf = BytesMut::from(raw);
-            let (rsp, _, _) = parse_head(&mut buf, &mut scratch, &mut 0, false)
-                .unwrap()
-                .unwrap();
-            let mut fields: Vec<String> = rsp
-                .headers()
-                .iter()
-                .map(|(n, v)| format!("{n}={}", v.to_str().unwrap()))
-                .collect();
-            fields.sort_unstable();
-            seen.push(fields.join(","));
-        }
-        assert_eq!(
-            seen,
-            [
-                "content-type=a,x-a=1",
-                "content-type=b,x-a=3,x-aa=2",
-                "x-a=4",
-            ]
-        );
-    }
-
-    #[test]
     fn interim_heads_are_skipped_and_the_rest_is_body() {
         let mut buf = BytesMut::from(
             "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n\
              HTTP/1.1 201 Created\r\nx-a: 1\r\ncontent-length: 2\r\n\r\nhi",
         );
-        let (rsp, framing, _) = parse_head(&mut buf, &mut Scratch::default(), &mut 0, false)
+        let (rsp, framing, _) = parse_head(&mut buf, &mut Vec::new(), &mut 0, false)
             .unwrap()
             .unwrap();
         assert_eq!(rsp.status(), 201);
