@@ -141,6 +141,18 @@ async fn proxy_to(endpoint: &Scripted) -> (tempfile::TempDir, meshroute::run::Ru
     (dir, m)
 }
 
+/// Write `request` raw to the proxy and read everything it sends until it closes (bounded).
+async fn raw_exchange(m: &meshroute::run::Running, request: &str) -> String {
+    let mut s = TcpStream::connect(m.proxy_addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("the proxy closes the client connection in time")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Send `method path` through the proxy; the body is collected (its error kept as text).
 async fn call(
     m: &meshroute::run::Running,
@@ -299,15 +311,7 @@ async fn body_cut_short_is_never_passed_off_as_complete() {
     let (_dir, m) = proxy_to(&ep).await;
     for path in ["/sized", "/chunked"] {
         // A raw client, to see exactly what the proxy sends before it closes.
-        let mut s = TcpStream::connect(m.proxy_addr).await.unwrap();
-        let req = format!("GET {path} HTTP/1.1\r\nhost: {HOST}\r\n\r\n");
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut out = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
-            .await
-            .expect("the proxy closes the client connection")
-            .unwrap();
-        let text = String::from_utf8_lossy(&out).into_owned();
+        let text = raw_exchange(&m, &format!("GET {path} HTTP/1.1\r\nhost: {HOST}\r\n\r\n")).await;
         // Either nothing was sent yet, or a head whose body stops short of its framing.
         if let Some(at) = text.find("\r\n\r\n") {
             let (head, body) = (&text[..at], &text[at + 4..]);
@@ -425,19 +429,12 @@ async fn declared_trailers_reach_a_client_that_asks_for_them_without_forbidden_f
     .await;
     let (_dir, m) = proxy_to(&ep).await;
     for (method, body) in [("GET", ""), ("POST", "abc")] {
-        let mut s = TcpStream::connect(m.proxy_addr).await.unwrap();
         let req = format!(
             "{method} / HTTP/1.1\r\nhost: {HOST}\r\nte: trailers\r\nconnection: close\r\n\
              content-length: {}\r\n\r\n{body}",
             body.len()
         );
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut out = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
-            .await
-            .expect("the proxy answers and closes")
-            .unwrap();
-        let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
+        let text = raw_exchange(&m, &req).await.to_ascii_lowercase();
         let at = text
             .find("5\r\nhello\r\n0\r\n")
             .unwrap_or_else(|| panic!("{method}: {text:?}"));

@@ -158,7 +158,7 @@ impl Body for UpstreamIncoming {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            UpstreamIncoming::Inline(b) => b.poll_frame(cx).map_err(Into::into),
+            UpstreamIncoming::Inline(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             UpstreamIncoming::Hyper(b) => {
                 let frame = ready!(Pin::new(b).poll_frame(cx));
                 Poll::Ready(frame.map(|f| {

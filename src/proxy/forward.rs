@@ -304,7 +304,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if present == 0 {
         return;
     }
-    if present & 1 != 0 {
+    if present & HOP_CONNECTION != 0 {
         remove_connection_options(headers);
     }
     if present & HOP_TRANSFER_ENCODING != 0 {

@@ -654,61 +654,6 @@ impl InlineBody {
             }
         }
     }
-
-    pub fn is_end_stream(&self) -> bool {
-        self.state == State::Done
-    }
-
-    pub fn size_hint(&self) -> SizeHint {
-        match self.state {
-            State::Done => SizeHint::with_exact(0),
-            State::Length(n) => SizeHint::with_exact(n),
-            _ => SizeHint::default(),
-        }
-    }
-
-    pub fn poll_frame(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
-        loop {
-            let Some(conn) = self.conn.as_mut() else {
-                // Ended (and released), or failed before.
-                return Poll::Ready(None);
-            };
-            match decode(&mut self.state, &mut conn.buf, &mut self.extension_budget) {
-                Ok(Step::Frame(frame)) => {
-                    self.release_if_done();
-                    return Poll::Ready(Some(Ok(frame)));
-                }
-                Ok(Step::End) => {
-                    self.release_if_done();
-                    return Poll::Ready(None);
-                }
-                Ok(Step::NeedMore) => {}
-                Err(e) => {
-                    self.conn = None;
-                    return Poll::Ready(Some(Err(e)));
-                }
-            }
-            match ready!(conn.poll_fill(cx)) {
-                Ok(0) if self.state == State::UntilClose => {
-                    self.state = State::Done;
-                    self.conn = None;
-                    return Poll::Ready(None);
-                }
-                Ok(0) => {
-                    self.conn = None;
-                    return Poll::Ready(Some(Err(Error::Truncated)));
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    self.conn = None;
-                    return Poll::Ready(Some(Err(e.into())));
-                }
-            }
-        }
-    }
 }
 
 impl hyper::body::Body for InlineBody {
@@ -719,15 +664,57 @@ impl hyper::body::Body for InlineBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
-        InlineBody::poll_frame(self.get_mut(), cx)
+        // Unpin: the connection is boxed.
+        let this = self.get_mut();
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                // Ended (and released), or failed before.
+                return Poll::Ready(None);
+            };
+            match decode(&mut this.state, &mut conn.buf, &mut this.extension_budget) {
+                Ok(Step::Frame(frame)) => {
+                    this.release_if_done();
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Ok(Step::End) => {
+                    this.release_if_done();
+                    return Poll::Ready(None);
+                }
+                Ok(Step::NeedMore) => {}
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) if this.state == State::UntilClose => {
+                    this.state = State::Done;
+                    this.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(Error::Truncated)));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        InlineBody::is_end_stream(self)
+        self.state == State::Done
     }
 
     fn size_hint(&self) -> SizeHint {
-        InlineBody::size_hint(self)
+        match self.state {
+            State::Done => SizeHint::with_exact(0),
+            State::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
     }
 }
 
