@@ -17,10 +17,10 @@ use std::time::Instant;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::mpsc;
-use tokio::time::Sleep;
 
 use super::h1;
 use super::pool::PooledConn;
+use super::timer::ReusedSleep;
 use crate::metrics::{BackendMetrics, RouteMetrics};
 use crate::table::InFlight;
 
@@ -212,7 +212,7 @@ impl ResponseBody {
 
     pub(crate) fn upstream(
         inner: UpstreamIncoming,
-        deadline: Option<(Pin<Box<Sleep>>, &'static str)>,
+        deadline: Option<(ReusedSleep, &'static str)>,
         completion: Completion,
     ) -> Self {
         ResponseBody(Kind::Upstream(UpstreamBody {
@@ -262,7 +262,7 @@ impl Completion {
 #[derive(Debug)]
 struct UpstreamBody {
     inner: UpstreamIncoming,
-    deadline: Option<(Pin<Box<Sleep>>, &'static str)>,
+    deadline: Option<(ReusedSleep, &'static str)>,
     completion: Option<Completion>,
 }
 
@@ -295,7 +295,7 @@ impl Body for ResponseBody {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream(u) => {
                 if let Some((sleep, which)) = &mut u.deadline {
-                    if sleep.as_mut().poll(cx).is_ready() {
+                    if Pin::new(sleep).poll(cx).is_ready() {
                         let which = *which;
                         u.deadline = None;
                         u.settle(Some("response-stream-timeout"));

@@ -18,6 +18,7 @@ pub mod pool;
 pub mod route;
 pub mod server;
 pub mod timeout;
+pub mod timer;
 
 use std::cell::Cell;
 use std::collections::HashMap;

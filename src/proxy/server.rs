@@ -11,13 +11,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use super::timer::HyperTimer;
 use super::{forward, pool, Proxy};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -30,13 +31,13 @@ pub async fn serve(
 ) -> io::Result<()> {
     let cfg = proxy.config.clone();
     let mut h1 = hyper::server::conn::http1::Builder::new();
-    h1.timer(TokioTimer::new())
+    h1.timer(HyperTimer)
         .header_read_timeout(cfg.header_read_timeout)
         .max_headers(cfg.max_headers)
         .max_header_size(cfg.max_header_bytes)
         .max_buf_size(cfg.max_header_bytes.max(8192));
     let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    h2.timer(TokioTimer::new())
+    h2.timer(HyperTimer)
         .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(1000)
         .keep_alive_interval(Duration::from_secs(30));

@@ -8,12 +8,12 @@
 //! expiry is what cancels the exchange upstream (h1 connection closed, h2 stream reset).
 
 use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use super::error::ProxyError;
+use super::timer::{Kind, ReusedSleep};
 use crate::table::Timeouts;
 
 /// Which timeout bounds an attempt.
@@ -61,17 +61,18 @@ fn add(at: Instant, d: Duration) -> Instant {
         .unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
-/// A running deadline: the pinned sleep is reused by the response body after the head.
+/// A running deadline: the sleep is handed on to the response body after the head, and
+/// goes back to the spare list when the exchange ends ([`super::timer`]).
 #[derive(Debug)]
 pub struct Deadline {
-    pub sleep: Pin<Box<Sleep>>,
+    pub sleep: ReusedSleep,
     pub which: Which,
 }
 
 impl Deadline {
     pub fn new(at: Instant, which: Which) -> Self {
         Deadline {
-            sleep: Box::pin(tokio::time::sleep_until(at)),
+            sleep: ReusedSleep::until(at, Kind::Deadline),
             which,
         }
     }
@@ -88,7 +89,7 @@ where
             tokio::select! {
                 biased;
                 r = fut => r,
-                () = d.sleep.as_mut() => Err(d.which.error()),
+                () = &mut d.sleep => Err(d.which.error()),
             }
         }
     }
