@@ -157,3 +157,46 @@ async fn graceful_shutdown_finishes_in_flight_requests_and_stops_accepting() {
     );
     assert!(TcpStream::connect(addr).await.is_err(), "listener closed");
 }
+
+#[tokio::test]
+async fn shutdown_closes_idle_keep_alive_connections_at_once() {
+    let own = Backend::start("own").await;
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "svc.yaml",
+        &service_with_endpoints("shop", "web", &[(&own, true)]),
+    );
+    // A header-read timeout longer than the drain, so only the shutdown signal can close an
+    // idle connection in time.
+    let cfg = meshroute::proxy::ProxyConfig {
+        header_read_timeout: Duration::from_secs(30),
+        ..test_config()
+    };
+    let m = start_with(dir.path(), cfg).await;
+    // Two clients that finished a request and keep their connections open.
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(m.proxy_addr).await.unwrap();
+        let req = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        idle.push(s);
+    }
+    assert_eq!(own.count(), 2);
+    let started = Instant::now();
+    m.shutdown().await.unwrap();
+    // The drain timeout is 3 s: the idle connections must not hold the shutdown until then.
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    for mut s in idle {
+        let (rest, took) = read_all(&mut s, Duration::from_secs(5)).await;
+        assert_eq!(rest, "", "closed without another word");
+        assert!(took < Duration::from_secs(1), "{took:?}");
+    }
+}

@@ -154,7 +154,13 @@ pub async fn exchange(
     let mut received = false;
     let mut interim = 0;
     loop {
-        match parse_head(&mut conn.buf, &mut conn.spans, &mut interim, head_request) {
+        // Usually nothing is buffered yet: read before trying to parse.
+        let parsed = if conn.buf.is_empty() {
+            Ok(None)
+        } else {
+            parse_head(&mut conn.buf, &mut conn.spans, &mut interim, head_request)
+        };
+        match parsed {
             Ok(Some((rsp, framing, keep_alive))) => {
                 let body = InlineBody {
                     conn: Some(conn),

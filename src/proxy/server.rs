@@ -6,17 +6,18 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use super::timer::HyperTimer;
 use super::{forward, pool, Proxy};
@@ -56,7 +57,7 @@ pub async fn serve(
         })
     });
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
-    let graceful = GracefulShutdown::new();
+    let drain = Arc::new(Drain::default());
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -84,7 +85,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
         let builders = builders.clone();
-        let watcher = graceful.watcher();
+        let watch = Drain::watch(&drain);
         let read_timeout = cfg.header_read_timeout;
         tokio::spawn(async move {
             let metrics = proxy.metrics.clone();
@@ -108,9 +109,9 @@ pub async fn serve(
             let svc = service_fn(move |req| forward::handle(&proxy, &cache, req));
             let (h1, h2) = &*builders;
             let result = if is_h2 {
-                watcher.watch(h2.serve_connection(io, svc)).await
+                watch.run(h2.serve_connection(io, svc)).await
             } else {
-                watcher.watch(h1.serve_connection(io, svc)).await
+                watch.run(h1.serve_connection(io, svc)).await
             };
             if let Err(e) = result {
                 tracing::debug!(error = %e, "client connection ended with an error");
@@ -121,12 +122,121 @@ pub async fn serve(
     }
     drop(listener);
     tokio::select! {
-        () = graceful.shutdown() => {}
+        () = drain.start() => {}
         () = tokio::time::sleep(cfg.drain_timeout) => {
             tracing::warn!("drain timeout reached; closing remaining connections");
         }
     }
     Ok(())
+}
+
+/// Graceful shutdown of client connections. Each connection registers its task's waker once
+/// (again only if the task's waker changes), so watching costs an atomic load per poll; on
+/// shutdown every registered task is woken and asks hyper to finish in-flight requests and
+/// close (idle connections close at once).
+#[derive(Default)]
+struct Drain {
+    draining: AtomicBool,
+    open: AtomicUsize,
+    wakers: Mutex<Wakers>,
+    closed: Notify,
+}
+
+#[derive(Default)]
+struct Wakers {
+    slots: Vec<Option<Waker>>,
+    free: Vec<usize>,
+}
+
+impl Drain {
+    fn watch(this: &Arc<Self>) -> Watch {
+        this.open.fetch_add(1, Ordering::AcqRel);
+        let mut w = this.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = match w.free.pop() {
+            Some(i) => i,
+            None => {
+                w.slots.push(None);
+                w.slots.len() - 1
+            }
+        };
+        Watch {
+            drain: this.clone(),
+            slot,
+            waker: None,
+            shutting_down: false,
+        }
+    }
+
+    /// Signal every watched connection, then wait until all have ended.
+    async fn start(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        let wakers: Vec<Waker> = {
+            let mut w = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
+            w.slots.iter_mut().filter_map(Option::take).collect()
+        };
+        wakers.into_iter().for_each(Waker::wake);
+        loop {
+            let closed = self.closed.notified();
+            if self.open.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            closed.await;
+        }
+    }
+}
+
+/// One connection's registration with the [`Drain`].
+struct Watch {
+    drain: Arc<Drain>,
+    slot: usize,
+    waker: Option<Waker>,
+    shutting_down: bool,
+}
+
+impl Watch {
+    /// Drive `conn` to its end, asking it to shut down gracefully once draining starts.
+    async fn run<C: GracefulConnection>(mut self, conn: C) -> C::Output {
+        let mut conn = std::pin::pin!(conn);
+        std::future::poll_fn(|cx| {
+            if !self.shutting_down && self.draining(cx) {
+                self.shutting_down = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            conn.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    /// Whether draining has started; otherwise make sure this task will be woken when it does.
+    fn draining(&mut self, cx: &Context<'_>) -> bool {
+        if self.drain.draining.load(Ordering::Acquire) {
+            return true;
+        }
+        if self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            return false;
+        }
+        let waker = cx.waker().clone();
+        {
+            let mut w = self.drain.wakers.lock().unwrap_or_else(|e| e.into_inner());
+            w.slots[self.slot] = Some(waker.clone());
+        }
+        self.waker = Some(waker);
+        // Draining may have started before the waker was in place.
+        self.drain.draining.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        {
+            let mut w = self.drain.wakers.lock().unwrap_or_else(|e| e.into_inner());
+            w.slots[self.slot] = None;
+            w.free.push(self.slot);
+        }
+        if self.drain.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.drain.closed.notify_waiters();
+        }
+    }
 }
 
 /// Aborts a task when dropped, whichever way the owner ends.
