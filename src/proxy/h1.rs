@@ -974,6 +974,11 @@ mod tests {
             "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
             "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, chunked\r\n\r\n",
             "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: gzip\r\n\r\n",
+            // Control bytes and obs-fold in values.
+            "HTTP/1.1 200 OK\r\nx-a: a\x7fb\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nx-a: a\x01b\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nx-a: a\rb\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nx-a: a\r\n folded\r\n\r\n",
         ] {
             assert!(
                 matches!(head(raw, false), Err(Error::Invalid(_))),
