@@ -11,8 +11,10 @@
 //! than a new one.
 //!
 //! A spare whose deadline passes while it waits on the list fires once and wakes the task that
-//! last polled it; that task finds nothing to do. Spares belong to the runtime that made them:
-//! a list is emptied when its thread is seen running a different runtime.
+//! last polled it; that task finds nothing to do. Until then the spare holds that task's waker
+//! (so its memory): at most [`MAX_SPARES`] per kind and thread, for one timeout's length.
+//! Spares belong to the runtime that made them: a sleep is only handed out again to a timer of
+//! the same runtime, since polling one whose runtime has shut down panics.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -49,11 +51,11 @@ fn current_runtime() -> Option<Id> {
     Handle::try_current().ok().map(|h| h.id())
 }
 
-fn take(kind: Kind) -> Option<Pin<Box<Sleep>>> {
-    let runtime = current_runtime()?;
+/// A spare of `runtime`, if this thread has one.
+fn take(kind: Kind, runtime: Id) -> Option<Pin<Box<Sleep>>> {
     SPARES
         .try_with(|s| {
-            let mut s = s.borrow_mut();
+            let mut s = s.try_borrow_mut().ok()?;
             if s.runtime != Some(runtime) {
                 return None;
             }
@@ -63,10 +65,9 @@ fn take(kind: Kind) -> Option<Pin<Box<Sleep>>> {
         .flatten()
 }
 
-fn give_back(kind: Kind, sleep: Pin<Box<Sleep>>) {
-    let Some(runtime) = current_runtime() else {
-        return;
-    };
+/// Keep `sleep`, made by `runtime`, as a spare. A list holds the sleeps of one runtime: one of
+/// another runtime replaces them.
+fn give_back(kind: Kind, runtime: Id, sleep: Pin<Box<Sleep>>) {
     // The closure moves the sleep in; if the thread is tearing down it is simply dropped.
     let _ = SPARES.try_with(move |s| {
         let Ok(mut s) = s.try_borrow_mut() else {
@@ -89,13 +90,16 @@ pub struct ReusedSleep {
     // Always `Some` until dropped.
     sleep: Option<Pin<Box<Sleep>>>,
     kind: Kind,
+    // The runtime whose timer the sleep is registered with (`None`: not kept when dropped).
+    runtime: Option<Id>,
 }
 
 impl ReusedSleep {
     /// A sleep until `at`, re-arming a spare when there is one. Must run inside a runtime with
     /// timers enabled, like `tokio::time::sleep_until`.
     pub fn until(at: Instant, kind: Kind) -> Self {
-        let sleep = match take(kind) {
+        let runtime = current_runtime();
+        let sleep = match runtime.and_then(|r| take(kind, r)) {
             Some(mut s) => {
                 s.as_mut().reset(at);
                 s
@@ -105,6 +109,7 @@ impl ReusedSleep {
         ReusedSleep {
             sleep: Some(sleep),
             kind,
+            runtime,
         }
     }
 
@@ -142,8 +147,8 @@ impl Future for ReusedSleep {
 
 impl Drop for ReusedSleep {
     fn drop(&mut self) {
-        if let Some(s) = self.sleep.take() {
-            give_back(self.kind, s);
+        if let (Some(s), Some(runtime)) = (self.sleep.take(), self.runtime) {
+            give_back(self.kind, runtime, s);
         }
     }
 }
@@ -166,11 +171,20 @@ impl hyper::rt::Sleep for HyperSleep {}
 
 impl hyper::rt::Timer for HyperTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        self.sleep_until(std::time::Instant::now() + duration)
+        let now = Instant::now();
+        let at = now
+            .checked_add(duration)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
+        Box::pin(HyperSleep(ReusedSleep::until(at, Kind::Hyper)))
     }
 
     fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
         Box::pin(HyperSleep(ReusedSleep::until(deadline.into(), Kind::Hyper)))
+    }
+
+    /// tokio's clock, so paused test time applies to hyper's timers too.
+    fn now(&self) -> std::time::Instant {
+        Instant::now().into_std()
     }
 
     fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: std::time::Instant) {
@@ -266,6 +280,31 @@ mod tests {
         drop(first);
         // Polling a sleep whose runtime is gone panics; the new runtime must get its own.
         rt().block_on(async {
+            let at = Instant::now() + Duration::from_millis(5);
+            ReusedSleep::until(at, Kind::Deadline).await;
+            assert!(Instant::now() >= at);
+        });
+    }
+
+    #[test]
+    fn a_sleep_dropped_inside_another_runtime_stays_with_its_own() {
+        let rt = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap()
+        };
+        let (a, b) = (rt(), rt());
+        // Made (and registered) inside `a`.
+        let made_in_a = a.block_on(async {
+            let mut s = armed(1);
+            assert!(poll!(&mut s).is_pending());
+            Some(s)
+        });
+        // Dropped while `b` is entered: it must not become one of `b`'s spares.
+        b.block_on(async move { drop(made_in_a) });
+        drop(a);
+        b.block_on(async {
             let at = Instant::now() + Duration::from_millis(5);
             ReusedSleep::until(at, Kind::Deadline).await;
             assert!(Instant::now() >= at);
