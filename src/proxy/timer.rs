@@ -12,7 +12,7 @@
 //!
 //! A spare whose deadline passes while it waits on the list fires once and wakes the task that
 //! last polled it; that task finds nothing to do. Until then the spare holds that task's waker
-//! (so its memory): at most [`MAX_SPARES`] per kind and thread, for one timeout's length.
+//! (so its memory): at most 512 per kind and thread, for one timeout's length.
 //! Spares belong to the runtime that made them: a sleep is only handed out again to a timer of
 //! the same runtime, since polling one whose runtime has shut down panics.
 
