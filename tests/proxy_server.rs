@@ -14,6 +14,12 @@ use support::*;
 const HOST: &str = "web.shop.svc.cluster.local";
 
 async fn passthrough() -> (tempfile::TempDir, Backend, meshroute::run::Running) {
+    passthrough_with(test_config()).await
+}
+
+async fn passthrough_with(
+    cfg: meshroute::proxy::ProxyConfig,
+) -> (tempfile::TempDir, Backend, meshroute::run::Running) {
     let own = Backend::start("own").await;
     let dir = tempfile::tempdir().unwrap();
     write(
@@ -21,7 +27,7 @@ async fn passthrough() -> (tempfile::TempDir, Backend, meshroute::run::Running) 
         "svc.yaml",
         &service_with_endpoints("shop", "web", &[(&own, true)]),
     );
-    let m = start_on(dir.path()).await;
+    let m = start_with(dir.path(), cfg).await;
     (dir, own, m)
 }
 
@@ -105,18 +111,11 @@ async fn silent_client_is_disconnected() {
 
 #[tokio::test]
 async fn connection_cap_makes_extra_clients_wait_not_fail() {
-    let own = Backend::start("own").await;
-    let dir = tempfile::tempdir().unwrap();
-    write(
-        dir.path(),
-        "svc.yaml",
-        &service_with_endpoints("shop", "web", &[(&own, true)]),
-    );
-    let cfg = meshroute::proxy::ProxyConfig {
+    let (_d, _own, m) = passthrough_with(meshroute::proxy::ProxyConfig {
         max_connections: 1,
         ..test_config()
-    };
-    let m = start_with(dir.path(), cfg).await;
+    })
+    .await;
     // The first connection holds the only slot until it closes.
     let mut first = TcpStream::connect(m.proxy_addr).await.unwrap();
     first
@@ -160,20 +159,13 @@ async fn graceful_shutdown_finishes_in_flight_requests_and_stops_accepting() {
 
 #[tokio::test]
 async fn shutdown_closes_idle_keep_alive_connections_at_once() {
-    let own = Backend::start("own").await;
-    let dir = tempfile::tempdir().unwrap();
-    write(
-        dir.path(),
-        "svc.yaml",
-        &service_with_endpoints("shop", "web", &[(&own, true)]),
-    );
     // A header-read timeout longer than the drain, so only the shutdown signal can close an
     // idle connection in time.
-    let cfg = meshroute::proxy::ProxyConfig {
+    let (_d, own, m) = passthrough_with(meshroute::proxy::ProxyConfig {
         header_read_timeout: Duration::from_secs(30),
         ..test_config()
-    };
-    let m = start_with(dir.path(), cfg).await;
+    })
+    .await;
     // Two clients that finished a request and keep their connections open.
     let mut idle = Vec::new();
     for _ in 0..2 {

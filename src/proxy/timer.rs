@@ -264,22 +264,16 @@ mod tests {
         assert_eq!(Instant::now() - before, Duration::from_secs(3));
     }
 
-    #[test]
-    fn spares_never_cross_runtimes() {
-        let rt = || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .build()
-                .unwrap()
-        };
-        let first = rt();
-        first.block_on(async {
-            spare(1).await;
-        });
-        assert_eq!(spares(Kind::Deadline), 1);
-        drop(first);
-        // Polling a sleep whose runtime is gone panics; the new runtime must get its own.
-        rt().block_on(async {
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+    }
+
+    /// A short deadline armed in `rt` fires there (and does not panic).
+    fn fires_in(rt: &tokio::runtime::Runtime) {
+        rt.block_on(async {
             let at = Instant::now() + Duration::from_millis(5);
             ReusedSleep::until(at, Kind::Deadline).await;
             assert!(Instant::now() >= at);
@@ -287,14 +281,20 @@ mod tests {
     }
 
     #[test]
+    fn spares_never_cross_runtimes() {
+        let first = runtime();
+        first.block_on(async {
+            spare(1).await;
+        });
+        assert_eq!(spares(Kind::Deadline), 1);
+        drop(first);
+        // Polling a sleep whose runtime is gone panics; the new runtime must get its own.
+        fires_in(&runtime());
+    }
+
+    #[test]
     fn a_sleep_dropped_inside_another_runtime_stays_with_its_own() {
-        let rt = || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .build()
-                .unwrap()
-        };
-        let (a, b) = (rt(), rt());
+        let (a, b) = (runtime(), runtime());
         // Made (and registered) inside `a`.
         let made_in_a = a.block_on(async {
             let mut s = armed(1);
@@ -304,10 +304,6 @@ mod tests {
         // Dropped while `b` is entered: it must not become one of `b`'s spares.
         b.block_on(async move { drop(made_in_a) });
         drop(a);
-        b.block_on(async {
-            let at = Instant::now() + Duration::from_millis(5);
-            ReusedSleep::until(at, Kind::Deadline).await;
-            assert!(Instant::now() >= at);
-        });
+        fires_in(&b);
     }
 }
