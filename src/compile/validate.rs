@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use gateway_api::apis::standard::httproutes as gw;
 use http::{HeaderName, HeaderValue, Method};
-use regex::{Regex, RegexBuilder};
 
 use crate::model::{self, smi, LinkerdHttpRoute, Object, TrafficSplit};
 use crate::table::{
-    matching::{HeaderMatch, PathMatch, QueryMatch, RequestMatch, ValueMatch},
+    matching::{Anchoring, HeaderMatch, PathMatch, Pattern, QueryMatch, RequestMatch, ValueMatch},
     Filter, HeaderModifier, PathModifier, Redirect, Timeouts, UrlRewrite,
 };
 
@@ -469,7 +468,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
-fn compile_regex(field: &str, pattern: &str, errors: &mut Vec<FieldError>) -> Option<Regex> {
+fn compile_regex(
+    field: &str,
+    pattern: &str,
+    anchoring: Anchoring,
+    errors: &mut Vec<FieldError>,
+) -> Option<Pattern> {
     if pattern.len() > REGEX_MAX_LEN {
         errors.push(err(
             field,
@@ -480,10 +484,7 @@ fn compile_regex(field: &str, pattern: &str, errors: &mut Vec<FieldError>) -> Op
         ));
         return None;
     }
-    match RegexBuilder::new(pattern)
-        .size_limit(REGEX_SIZE_LIMIT)
-        .build()
-    {
+    match Pattern::new(pattern, anchoring, REGEX_SIZE_LIMIT) {
         Ok(r) => Some(r),
         Err(e) => {
             let first = e
@@ -518,7 +519,7 @@ fn admit_match(
                 .unwrap_or(gw::HttpRouteRulesMatchesPathType::PathPrefix)
             {
                 gw::HttpRouteRulesMatchesPathType::RegularExpression => {
-                    compile_regex(&format!("{f}.path.value"), &value, errors)
+                    compile_regex(&format!("{f}.path.value"), &value, Anchoring::Full, errors)
                         .map(PathMatch::Regex)?
                 }
                 t => {
@@ -575,7 +576,7 @@ fn admit_match(
         }
         let value = match h.r#type {
             Some(gw::HttpRouteRulesMatchesHeadersType::RegularExpression) => {
-                match compile_regex(&format!("{hf}.value"), &h.value, errors) {
+                match compile_regex(&format!("{hf}.value"), &h.value, Anchoring::Full, errors) {
                     Some(r) => ValueMatch::Regex(r),
                     None => continue,
                 }
@@ -593,7 +594,7 @@ fn admit_match(
         }
         let value = match q.r#type {
             Some(gw::HttpRouteRulesMatchesQueryParamsType::RegularExpression) => {
-                match compile_regex(&format!("{qf}.value"), &q.value, errors) {
+                match compile_regex(&format!("{qf}.value"), &q.value, Anchoring::Full, errors) {
                     Some(r) => ValueMatch::Regex(r),
                     None => continue,
                 }
@@ -1093,14 +1094,20 @@ pub fn group_matches(
         .unwrap_or(0);
     let f = format!("spec.matches[{i}]");
     let path = match &entry.path_regex {
-        Some(p) => compile_regex(&format!("{f}.pathRegex"), p, &mut errors).map(PathMatch::Regex),
+        Some(p) => compile_regex(&format!("{f}.pathRegex"), p, Anchoring::Start, &mut errors)
+            .map(PathMatch::Regex),
         None => Some(PathMatch::Prefix("/".into())),
     };
     let mut headers = Vec::new();
     for (name, value) in entry.headers.iter().flatten() {
         match HeaderName::from_bytes(name.as_bytes()) {
             Ok(n) => {
-                if let Some(r) = compile_regex(&format!("{f}.headers.{name}"), value, &mut errors) {
+                if let Some(r) = compile_regex(
+                    &format!("{f}.headers.{name}"),
+                    value,
+                    Anchoring::Full,
+                    &mut errors,
+                ) {
                     headers.push(HeaderMatch {
                         name: n,
                         value: ValueMatch::Regex(r),

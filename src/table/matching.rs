@@ -28,16 +28,71 @@ pub enum PathMatch {
     /// Stored without a trailing slash (except the root `/`).
     #[serde(rename = "PathPrefix")]
     Prefix(String),
-    #[serde(rename = "RegularExpression", serialize_with = "ser_regex")]
-    Regex(Regex),
+    #[serde(rename = "RegularExpression")]
+    Regex(Pattern),
 }
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", content = "value")]
 pub enum ValueMatch {
     Exact(String),
-    #[serde(rename = "RegularExpression", serialize_with = "ser_regex")]
-    Regex(Regex),
+    #[serde(rename = "RegularExpression")]
+    Regex(Pattern),
+}
+
+/// How a [`Pattern`] is anchored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Anchoring {
+    /// The whole value must match (Gateway API and Linkerd `RegularExpression`, RE2 full match).
+    Full,
+    /// The match must start at the beginning of the value and may end anywhere (SMI
+    /// `pathRegex`: "anchored (`^`) to the beginning of the URI").
+    Start,
+}
+
+/// A user's regular expression, compiled with its anchoring, so `is_match` answers exactly
+/// "does the value match as the spec says". Anchoring is compiled in (`^(?:…)$`) rather than
+/// checked on a `find` result: a leftmost-first `find` of `/api|/api/v2` on `/api/v2` stops at
+/// `/api`, and a bounds check on that would wrongly say "no".
+///
+/// Displays, serializes and counts (for precedence) as the pattern the user wrote.
+#[derive(Debug, Clone)]
+pub struct Pattern {
+    source: String,
+    anchored: Regex,
+}
+
+impl Pattern {
+    /// Compile `source` with `anchoring`. `source` must be a valid regex on its own (checked
+    /// here: wrapping in a group must not make `a)(b` valid). `size_limit` bounds each
+    /// compiled program.
+    pub fn new(source: &str, anchoring: Anchoring, size_limit: usize) -> Result<Self, regex::Error> {
+        let build = |p: &str| regex::RegexBuilder::new(p).size_limit(size_limit).build();
+        build(source)?;
+        let wrapped = match anchoring {
+            Anchoring::Full => format!("^(?:{source})$"),
+            Anchoring::Start => format!("^(?:{source})"),
+        };
+        Ok(Pattern {
+            source: source.to_string(),
+            anchored: build(&wrapped)?,
+        })
+    }
+
+    /// The pattern as the user wrote it.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    pub fn is_match(&self, value: &str) -> bool {
+        self.anchored.is_match(value)
+    }
+}
+
+impl Serialize for Pattern {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.source)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -164,7 +219,7 @@ impl PathMatch {
                     None => false,
                 }
             }
-            PathMatch::Regex(r) => full_match(r, path),
+            PathMatch::Regex(r) => r.is_match(path),
         }
     }
 }
@@ -173,15 +228,9 @@ impl ValueMatch {
     pub fn matches(&self, value: &str) -> bool {
         match self {
             ValueMatch::Exact(v) => v == value,
-            ValueMatch::Regex(r) => full_match(r, value),
+            ValueMatch::Regex(r) => r.is_match(value),
         }
     }
-}
-
-/// Gateway API regexes match the whole value (RE2 full match).
-fn full_match(r: &Regex, s: &str) -> bool {
-    r.find(s)
-        .is_some_and(|m| m.start() == 0 && m.end() == s.len())
 }
 
 /// First value of a query parameter (raw, not percent-decoded: exact matches compare the
@@ -191,10 +240,6 @@ fn query_param<'q>(qs: &'q str, name: &str) -> Option<&'q str> {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (k == name).then_some(v)
     })
-}
-
-fn ser_regex<S: serde::Serializer>(r: &Regex, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(r.as_str())
 }
 
 fn ser_header_name<S: serde::Serializer>(n: &HeaderName, s: S) -> Result<S::Ok, S::Error> {
@@ -237,12 +282,64 @@ mod tests {
         assert!(PathMatch::Prefix("/".into()).matches("/anything"));
     }
 
+    fn full(p: &str) -> Pattern {
+        Pattern::new(p, Anchoring::Full, 1 << 20).unwrap()
+    }
+
     #[test]
     fn regex_is_a_full_match() {
-        let m = PathMatch::Regex(Regex::new("/v[0-9]+").unwrap());
+        let m = PathMatch::Regex(full("/v[0-9]+"));
         assert!(m.matches("/v12"));
         assert!(!m.matches("/v12/x"));
         assert!(!m.matches("/api/v12"));
+    }
+
+    #[test]
+    fn alternations_match_the_whole_value_whichever_branch_comes_first() {
+        // Leftmost-first `find` stops at the first branch; a full match must try the others.
+        let path = PathMatch::Regex(full("/api|/api/v2"));
+        assert!(path.matches("/api"));
+        assert!(path.matches("/api/v2"));
+        assert!(!path.matches("/api/v3"));
+        let value = ValueMatch::Regex(full("gold|golden"));
+        assert!(value.matches("gold"));
+        assert!(value.matches("golden"));
+        assert!(!value.matches("goldenrod"));
+        // Anchors and flags inside the user's pattern keep their meaning.
+        assert!(ValueMatch::Regex(full("(?i)yes|true")).matches("TRUE"));
+        assert!(ValueMatch::Regex(full("^a$|b")).matches("b"));
+        // Query params and headers go through the same value match.
+        let m = RequestMatch {
+            headers: vec![HeaderMatch {
+                name: HeaderName::from_static("x-tier"),
+                value: ValueMatch::Regex(full("gold|golden")),
+            }],
+            query: vec![QueryMatch {
+                name: "v".into(),
+                value: ValueMatch::Regex(full("1|12")),
+            }],
+            ..Default::default()
+        };
+        let mut h = HeaderMap::new();
+        h.insert("x-tier", "golden".parse().unwrap());
+        assert!(m.matches(&req(&Method::GET, "/", Some("v=12"), &h)));
+        assert!(!m.matches(&req(&Method::GET, "/", Some("v=123"), &h)));
+    }
+
+    #[test]
+    fn start_anchored_patterns_match_prefixes_of_the_value() {
+        let p = Pattern::new("/api|/api/v2", Anchoring::Start, 1 << 20).unwrap();
+        assert!(p.is_match("/api/v2/x"));
+        assert!(p.is_match("/apix"));
+        assert!(!p.is_match("/x/api"));
+    }
+
+    #[test]
+    fn a_pattern_is_valid_only_on_its_own() {
+        // Wrapped in `^(?:…)$` this would balance; the user's pattern alone does not.
+        assert!(Pattern::new("a)(b", Anchoring::Full, 1 << 20).is_err());
+        assert_eq!(full("/a|/b").as_str(), "/a|/b");
+        assert_eq!(serde_json::to_string(&full("/a|/b")).unwrap(), "\"/a|/b\"");
     }
 
     #[test]
@@ -285,7 +382,7 @@ mod tests {
             ..Default::default()
         };
         let regex = RequestMatch {
-            path: PathMatch::Regex(Regex::new("/a/.*/b").unwrap()),
+            path: PathMatch::Regex(full("/a/.*/b")),
             ..Default::default()
         };
         let long = RequestMatch {
