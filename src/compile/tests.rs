@@ -716,11 +716,15 @@ fn endpoint_load_counters_survive_recompile() {
 fn httproute_regexes_match_the_whole_value_even_when_an_earlier_branch_is_a_prefix() {
     let r = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: rx, namespace: shop}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: web, port: 80}]\n  rules:\n  - matches:\n    - path: {type: RegularExpression, value: /api|/api/v2}\n    backendRefs: [{name: a, port: 80}]\n  - matches:\n    - headers: [{type: RegularExpression, name: x-tier, value: gold|golden}]\n      queryParams: [{type: RegularExpression, name: v, value: 1|12}]\n    backendRefs: [{name: b, port: 80}]\n";
     let c = compile_docs(&[SERVICES, r]);
-    let at = |path: &str, h: &[(&'static str, &str)]| route_for(&c, "web.shop", Method::GET, path, h);
+    let at =
+        |path: &str, h: &[(&'static str, &str)]| route_for(&c, "web.shop", Method::GET, path, h);
     assert_eq!(at("/api", &[]), Some(("rx".into(), 0)));
     assert_eq!(at("/api/v2", &[]), Some(("rx".into(), 0)));
     assert_eq!(at("/api/v3", &[]), None);
-    assert_eq!(at("/x?v=12", &[("x-tier", "golden")]), Some(("rx".into(), 1)));
+    assert_eq!(
+        at("/x?v=12", &[("x-tier", "golden")]),
+        Some(("rx".into(), 1))
+    );
     assert_eq!(at("/x?v=1", &[("x-tier", "gold")]), Some(("rx".into(), 1)));
     assert_eq!(at("/x?v=123", &[("x-tier", "golden")]), None);
     assert_eq!(at("/x?v=12", &[("x-tier", "goldenrod")]), None);
@@ -731,9 +735,8 @@ fn smi_path_regexes_are_anchored_at_the_start_and_header_regexes_match_whole_val
     let group = "apiVersion: specs.smi-spec.io/v1alpha4\nkind: HTTPRouteGroup\nmetadata: {name: api, namespace: shop}\nspec:\n  matches:\n  - name: canary\n    pathRegex: /api|/api/v2\n    headers: {x-tier: gold|golden}\n";
     let ts = "apiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\nmetadata: {name: s, namespace: shop}\nspec:\n  service: apex\n  matches: [{kind: HTTPRouteGroup, name: api}]\n  backends: [{service: v2, weight: 1}]\n";
     let c = compile_docs(&[SPLIT_SERVICES, group, ts]);
-    let at = |path: &str, tier: &str| {
-        route_for(&c, "apex.shop", Method::GET, path, &[("x-tier", tier)])
-    };
+    let at =
+        |path: &str, tier: &str| route_for(&c, "apex.shop", Method::GET, path, &[("x-tier", tier)]);
     // SMI: "anchored (^) to the beginning of the URI" — a match may end anywhere.
     assert_eq!(at("/api/v2", "golden"), Some(("s".into(), 0)));
     assert_eq!(at("/api/v2/users", "gold"), Some(("s".into(), 0)));

@@ -66,7 +66,11 @@ impl Pattern {
     /// Compile `source` with `anchoring`. `source` must be a valid regex on its own (checked
     /// here: wrapping in a group must not make `a)(b` valid). `size_limit` bounds each
     /// compiled program.
-    pub fn new(source: &str, anchoring: Anchoring, size_limit: usize) -> Result<Self, regex::Error> {
+    pub fn new(
+        source: &str,
+        anchoring: Anchoring,
+        size_limit: usize,
+    ) -> Result<Self, regex::Error> {
         let build = |p: &str| regex::RegexBuilder::new(p).size_limit(size_limit).build();
         build(source)?;
         let wrapped = match anchoring {
