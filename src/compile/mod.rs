@@ -88,6 +88,7 @@ pub fn compile(index: &Index, opts: &CompileOptions, prev: Option<&RouteTable>) 
             name: route.name.clone(),
             generation: route.generation,
             parents: vec![],
+            notes: vec![],
         };
         let route_ref = RouteRef {
             kind: route.kind.kind(),
@@ -125,6 +126,7 @@ pub fn compile(index: &Index, opts: &CompileOptions, prev: Option<&RouteTable>) 
             let mut problems: Vec<(&'static str, String)> = Vec::new();
             let mut dropped: Vec<String> = rules.dropped.clone();
             let mut kept = 0usize;
+            let mut notes: Vec<String> = Vec::new();
             for port in &ports {
                 let bucket = buckets
                     .entry((parent.namespace.as_str(), parent.name.as_str(), *port))
@@ -137,6 +139,7 @@ pub fn compile(index: &Index, opts: &CompileOptions, prev: Option<&RouteTable>) 
                         rule,
                         *port,
                         &mut problems,
+                        &mut notes,
                     );
                     if *port == ports[0] {
                         kept += 1;
@@ -155,6 +158,8 @@ pub fn compile(index: &Index, opts: &CompileOptions, prev: Option<&RouteTable>) 
             }
             problems.sort();
             problems.dedup();
+            notes.sort();
+            notes.dedup();
             if kept == 0 {
                 if dropped.is_empty() {
                     dropped.push("route has no rules".into());
@@ -167,13 +172,13 @@ pub fn compile(index: &Index, opts: &CompileOptions, prev: Option<&RouteTable>) 
                     g,
                 ));
             } else {
-                conds.push(condition(
-                    "Accepted",
-                    true,
-                    "Accepted",
-                    "route accepted by meshroute",
-                    g,
-                ));
+                let mut msg = String::from("route accepted by meshroute");
+                for n in &notes {
+                    msg.push_str("; ");
+                    msg.push_str(n);
+                }
+                conds.push(condition("Accepted", true, "Accepted", msg, g));
+                rs.notes.extend(notes);
             }
             if problems.is_empty() {
                 conds.push(condition(
@@ -535,11 +540,31 @@ impl Cx<'_> {
         spec: &RuleSpec,
         parent_port: u16,
         problems: &mut Vec<(&'static str, String)>,
+        excluded: &mut Vec<String>,
     ) -> Arc<Rule> {
         let filters = self.filters(&spec.filters, parent_port, problems);
+        let smi = route.kind == "TrafficSplit";
         let backends = spec
             .backends
             .iter()
+            .filter(|b| {
+                // SMI (TrafficSplit v1alpha2+, "Ports"): a backend Service without the port the
+                // client used on the apex "is not included and will not receive traffic".
+                let missing_port = smi
+                    && b.port.is_none()
+                    && self.index.service(&b.namespace, &b.name).is_some_and(|svc| {
+                        !service_ports(svc)
+                            .iter()
+                            .any(|p| p.port == i32::from(parent_port))
+                    });
+                if missing_port {
+                    excluded.push(format!(
+                        "backend Service {}/{} has no port {parent_port}: not part of the split on that port (SMI)",
+                        b.namespace, b.name
+                    ));
+                }
+                !missing_port
+            })
             .map(|b| {
                 let target = if !is_core(&b.group) || b.kind != "Service" {
                     let msg = format!("backendRef {}: kind {:?} (group {:?}) is not supported; only core Services", b.name, b.kind, b.group);

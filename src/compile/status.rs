@@ -51,6 +51,10 @@ pub struct RouteStatus {
     #[serde(skip)]
     pub generation: Option<i64>,
     pub parents: Vec<ParentStatus>,
+    /// Things worth telling the author that are not faults: what the spec made of what they
+    /// wrote (e.g. an SMI backend left out of the split on a port it lacks).
+    #[serde(skip)]
+    pub notes: Vec<String>,
 }
 
 impl RouteStatus {

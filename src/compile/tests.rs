@@ -746,3 +746,50 @@ fn smi_path_regexes_are_anchored_at_the_start_and_header_regexes_match_whole_val
     // Header regexes match whole values.
     assert_eq!(at("/api", "goldenrod"), Some(("s".into(), 1)));
 }
+
+#[test]
+fn smi_backend_without_the_apex_port_is_left_out_of_the_split_on_that_port() {
+    // apex serves 80 and 8080; v1 has both, v2 only 80 (SMI TrafficSplit "Ports").
+    let services = "apiVersion: v1\nkind: Service\nmetadata: {name: apex, namespace: shop}\nspec: {ports: [{name: http, port: 80}, {name: alt, port: 8080}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: v1, namespace: shop}\nspec: {ports: [{name: http, port: 80}, {name: alt, port: 8080}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: v2, namespace: shop}\nspec: {ports: [{name: http, port: 80}]}\n";
+    for v in ["v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4"] {
+        let ts = format!("apiVersion: split.smi-spec.io/{v}\nkind: TrafficSplit\nmetadata: {{name: s, namespace: shop}}\nspec:\n  service: apex\n  backends: [{{service: v1, weight: 1}}, {{service: v2, weight: 1}}]\n");
+        let c = compile_docs(&[services, &ts]);
+        let backends_on = |host: &str| {
+            let h = HeaderMap::new();
+            let Lookup::Matched { rule, .. } = c.table.lookup(
+                host,
+                &RequestView {
+                    method: &Method::GET,
+                    path: "/",
+                    query: None,
+                    headers: &h,
+                },
+            ) else {
+                panic!("{v}: {host} not matched")
+            };
+            rule.backends
+                .iter()
+                .map(|b| match &b.target {
+                    crate::table::BackendTarget::Service(s) => s.name.to_string(),
+                    crate::table::BackendTarget::Invalid { reason } => format!("invalid: {reason}"),
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(backends_on("apex.shop"), ["v1", "v2"], "{v}");
+        // On 8080 v2 takes no share at all: no 500s for "its half".
+        assert_eq!(backends_on("apex.shop:8080"), ["v1"], "{v}");
+        let s = &c.statuses[0];
+        assert!(s.accepted(), "{v}: {s:?}");
+        assert!(s.problems().is_empty(), "{v}: {:?}", s.problems());
+        assert_eq!(
+            s.notes,
+            ["backend Service shop/v2 has no port 8080: not part of the split on that port (SMI)"],
+            "{v}"
+        );
+        let accepted = s.parents[0].condition("Accepted").unwrap();
+        assert!(
+            accepted.message.contains("shop/v2 has no port 8080"),
+            "{v}: {accepted:?}"
+        );
+    }
+}

@@ -214,6 +214,7 @@ async fn try_lease(
 struct Reported {
     problems: HashMap<ObjectKey, Vec<String>>,
     weights: HashMap<ObjectKey, String>,
+    notes: HashMap<ObjectKey, Vec<String>>,
 }
 
 /// Write status and Events from every snapshot while `leader` is true.
@@ -467,6 +468,18 @@ fn split_events(
                 });
             }
         }
+    }
+    // What the spec made of the split (e.g. a backend left out on a port it lacks): said once
+    // per change, as a Normal Event, since it is the specified behaviour, not a fault.
+    let before = reported.notes.insert(key.clone(), rs.notes.clone());
+    if !rs.notes.is_empty() && before.as_ref() != Some(&rs.notes) {
+        out.push(Event {
+            type_: EventType::Normal,
+            reason: "BackendExcluded".into(),
+            note: Some(note(rs.notes.join("; "))),
+            action: "Route".into(),
+            secondary: None,
+        });
     }
     out
 }
