@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::compile::{compile, status::RouteStatus, CompileOptions, Compiled};
 use crate::model::{linkerd, smi};
-use crate::sources::file::{load_dir, LoadOutcome};
+use crate::sources::file::{load_dir, load_paths, LoadOutcome};
 use crate::table::{matching::RequestView, BackendTarget, Lookup, RouteTable};
 
 /// One element of `meshroute check -o json`.
@@ -42,11 +42,16 @@ pub struct CheckReport {
 }
 
 pub fn check(dir: &Path) -> CheckReport {
+    check_paths(&[dir.to_path_buf()])
+}
+
+/// `check` over several files and directories, compiled together as one set.
+pub fn check_paths(paths: &[std::path::PathBuf]) -> CheckReport {
     let LoadOutcome {
         index,
         routes: _,
         errors,
-    } = load_dir(dir);
+    } = load_paths(paths);
     let Compiled { statuses, .. } = compile(&index, &CompileOptions::default(), None);
     let mut entries = Vec::new();
     let mut other_errors = Vec::new();

@@ -64,10 +64,14 @@ enum Command {
         #[arg(long, requires = "kube")]
         read_only: bool,
     },
-    /// Compile a directory of manifests offline and print each route's admission and status.
+    /// Compile manifests offline and print each route's admission and status.
     /// Exits 1 when anything is rejected or not accepted.
+    ///
+    /// Paths are files or directories (their `*.yaml`/`*.yml`, not subdirectories), compiled
+    /// together: `meshroute check policies/services.yaml policies/invalid/bad-regex.yaml`.
     Check {
-        dir: PathBuf,
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -135,8 +139,8 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { dir, output } => {
-            let report = meshroute::cli::check(&dir);
+        Command::Check { paths, output } => {
+            let report = meshroute::cli::check_paths(&paths);
             match output {
                 Output::Json => println!("{}", report.to_json()),
                 Output::Text => print!("{}", report.to_text()),

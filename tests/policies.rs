@@ -58,20 +58,9 @@ fn every_invalid_example_fails_with_its_announced_error() {
             .unwrap_or_else(|| {
                 panic!("{}: first line must be `# expect: <error>`", file.display())
             });
-        // The mistake sits among the valid examples, as it would in a real repository.
-        let dir = tempfile::tempdir().unwrap();
-        for good in yaml_files(&root().join("policies")) {
-            std::fs::copy(&good, dir.path().join(good.file_name().unwrap())).unwrap();
-        }
-        std::fs::copy(
-            &file,
-            dir.path().join(format!(
-                "zz-{}",
-                file.file_name().unwrap().to_string_lossy()
-            )),
-        )
-        .unwrap();
-        let report = cli::check(dir.path());
+        // The mistake sits among the valid examples, as it would in a real repository, and
+        // is checked the way the README says: `check policies policies/invalid/<file>`.
+        let report = cli::check_paths(&[root().join("policies"), file.clone()]);
         let out = report.to_text();
         assert!(
             !report.ok,
@@ -203,4 +192,42 @@ fn truncated_and_corrupted_manifests_never_panic() {
         }
     }
     assert!(runs > 1000, "only {runs} variants");
+}
+
+#[test]
+fn readme_duration_typo_example_is_what_check_prints() {
+    // README: put `request: 5` in smiley-route.yaml; the quoted line is what users see.
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let quoted = readme
+        .lines()
+        .find(|l| l.starts_with("policies/smiley-route.yaml:") && l.contains("is not a duration"))
+        .expect("README quotes the duration error");
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    for f in yaml_files(&root().join("policies")) {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let text = text.replace("request: 5s", "request: 5");
+        std::fs::write(policies.join(f.file_name().unwrap()), text).unwrap();
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshroute"))
+        .current_dir(dir.path())
+        .args(["check", "policies"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    // `check` prints the location and the field; the object is on the line above. The run log
+    // line (what the README quotes) carries all three.
+    let (location, rest) = quoted
+        .split_once(": httproute.policy.linkerd.io faces/smiley-router: ")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("{location}: {rest}")),
+        "{quoted}\nnot in:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("HTTPRoute faces/smiley-router: REJECTED"),
+        "{stdout}"
+    );
 }

@@ -98,12 +98,29 @@ pub fn compile(index: &Index, opts: &CompileOptions, prev: Option<&RouteTable>) 
         };
         let rules = expand_rules(index, route);
         for parent in &route.parents {
-            if !(is_core(&parent.group) && parent.kind.eq_ignore_ascii_case("Service")) {
-                // Gateways and other parents belong to other controllers.
-                continue;
-            }
             let g = route.generation;
             let mut conds = Vec::new();
+            if !(is_core(&parent.group) && parent.kind.eq_ignore_ascii_case("Service")) {
+                // Gateways and other parents belong to other controllers. But a core-group
+                // parent that is not a Service, or a "Service" outside the core group, is
+                // nobody's: a typo that would silently detach the route.
+                if let Some(msg) = misspelled_service_parent(&parent.group, &parent.kind) {
+                    conds.push(condition("Accepted", false, "NoMatchingParent", msg, g));
+                    conds.push(condition(
+                        "ResolvedRefs",
+                        true,
+                        "ResolvedRefs",
+                        "not evaluated: parent not accepted",
+                        g,
+                    ));
+                    rs.parents.push(ParentStatus {
+                        parent_ref: parent.into(),
+                        controller_name: CONTROLLER_NAME,
+                        conditions: conds,
+                    });
+                }
+                continue;
+            }
             let ports = match parent_ports(index, &parent.namespace, &parent.name, parent.port) {
                 Ok(p) => p,
                 Err(msg) => {
@@ -268,6 +285,42 @@ pub fn compile(index: &Index, opts: &CompileOptions, prev: Option<&RouteTable>) 
         }
     }
     Compiled { table, statuses }
+}
+
+/// Why a parentRef that is not a core Service looks like a mistaken one, if it does: a kind
+/// in the core group other than Service (the core group has no other parent kinds), or a kind
+/// spelled like Service in another group (`group` left out defaults to the Gateway API group).
+fn misspelled_service_parent(group: &str, kind: &str) -> Option<String> {
+    let near = edit_distance(&kind.to_ascii_lowercase(), "service") <= 2;
+    if is_core(group) {
+        Some(format!(
+            "parentRef kind {kind:?} in the core group is not a parent kind{}",
+            if near { " (did you mean Service?)" } else { "" }
+        ))
+    } else if near {
+        let group = if group.is_empty() { "\"\"" } else { group };
+        Some(format!(
+            "parentRef kind {kind:?} in group {group} is not a Service; a Service parent needs group \"\" or core"
+        ))
+    } else {
+        None
+    }
+}
+
+/// Levenshtein distance (short ASCII words only).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 /// One (match, rule) pair destined for a parent port, with its tie-breakers.

@@ -2,8 +2,13 @@
 //! are not read, so `..data` symlink farms of ConfigMap volumes and `policies/invalid/` are
 //! skipped), multi-document, parsed with hard limits before anything is trusted.
 //!
-//! Errors name `file:document`, the object and the field, e.g.
-//! `policies/routes.yaml:2: httproute.policy.linkerd.io faces/smiley: spec.rules[0].timeouts.request: "5" is not a duration`.
+//! Input is strict, like `kubectl apply`'s default field validation: an unknown or duplicate
+//! field, or a value of the wrong type, refuses the object. What the API server itself adds
+//! (`status`, `metadata.managedFields`, other controllers' entries, any annotation or label)
+//! is accepted.
+//!
+//! Errors name `file:line:column` of the offending field, the object and the field, e.g.
+//! `policies/routes.yaml:9:18: httproute.policy.linkerd.io faces/smiley: spec.rules[0].timeouts.request: "5" is not a duration`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -11,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::positions::{positions, DocPositions, Pos};
 use crate::index::Index;
 use crate::model::{
     self, linkerd, smi, HttpRouteGroup, LinkerdHttpRoute, Object, ObjectKey, TrafficSplit,
@@ -23,16 +29,34 @@ pub const MAX_DEPTH: usize = 64;
 /// Aliases allowed per file: enough for anchors in hand-written YAML, far too few for a bomb.
 pub const MAX_ALIASES: usize = 100;
 
-/// Where a document came from: `file:document` (documents count from 1).
+/// Where something came from: a file, the document in it (counting from 1; 0 for the
+/// whole file) and, when known, the line and column.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Location {
     pub file: PathBuf,
     pub document: usize,
+    pub pos: Option<Pos>,
+}
+
+impl Location {
+    /// The same document, pointing at `pos`.
+    pub fn at(&self, pos: Option<Pos>) -> Location {
+        Location {
+            pos: pos.or(self.pos),
+            ..self.clone()
+        }
+    }
 }
 
 impl fmt::Display for Location {
+    /// `file:line:column` where the line is known (what editors and CI annotations jump
+    /// to), else `file (document N)`, else just the file.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.file.display(), self.document)
+        match (self.pos, self.document) {
+            (Some(p), _) => write!(f, "{}:{}:{}", self.file.display(), p.line, p.column),
+            (None, 0) => write!(f, "{}", self.file.display()),
+            (None, d) => write!(f, "{} (document {d})", self.file.display()),
+        }
     }
 }
 
@@ -83,8 +107,20 @@ impl std::error::Error for LoadError {}
 /// An object read from disk, with where it came from.
 #[derive(Debug, Clone)]
 pub struct Loaded {
+    /// Where the object starts.
     pub location: Location,
     pub object: Object,
+    /// Where its fields are, for errors found after decoding (admission). Dropped once the
+    /// object is admitted.
+    pub positions: Option<Box<DocPositions>>,
+}
+
+impl Loaded {
+    /// Where `field` (e.g. `spec.rules[0].timeouts.request`) is, or the object's start.
+    pub fn location_of(&self, field: &str) -> Location {
+        let pos = self.positions.as_ref().and_then(|p| p.find(field));
+        self.location.at(pos)
+    }
 }
 
 /// Everything read from a directory: the index of good objects and every error.
@@ -99,21 +135,30 @@ pub struct LoadOutcome {
 /// Read a directory into an index. Never panics on bad input; every problem is an error entry
 /// and the objects that are fine are still indexed.
 pub fn load_dir(dir: &Path) -> LoadOutcome {
+    load_paths(&[dir.to_path_buf()])
+}
+
+/// Read several paths into one index, as `check a.yaml b/` does: a directory contributes its
+/// YAML files (as [`list_files`] says), a file is read whatever its name. A file named twice
+/// (directly and through its directory) is read once.
+pub fn load_paths(paths: &[PathBuf]) -> LoadOutcome {
     let mut out = LoadOutcome::default();
-    let files = match list_files(dir) {
-        Ok(f) => f,
-        Err(e) => {
-            out.errors.push(LoadError {
-                location: Location {
-                    file: dir.to_path_buf(),
-                    document: 0,
-                },
-                object: None,
-                message: format!("cannot read directory: {e}"),
-            });
-            return out;
+    let mut files: Vec<PathBuf> = Vec::new();
+    for path in paths {
+        let listed = if path.is_dir() {
+            list_files(path).map_err(|e| format!("cannot read directory: {e}"))
+        } else if path.exists() {
+            Ok(vec![path.clone()])
+        } else {
+            Err("no such file or directory".to_string())
+        };
+        match listed {
+            Ok(mut f) => files.append(&mut f),
+            Err(message) => out.errors.push(whole_file_error(path, message)),
         }
-    };
+    }
+    let mut read = std::collections::HashSet::new();
+    files.retain(|f| read.insert(std::fs::canonicalize(f).unwrap_or_else(|_| f.clone())));
     let mut seen: std::collections::BTreeMap<ObjectKey, Location> = Default::default();
     for file in files {
         for item in read_file(&file) {
@@ -132,14 +177,22 @@ pub fn load_dir(dir: &Path) -> LoadOutcome {
                     seen.insert(key.clone(), loaded.location.clone());
                     let is_route = loaded.object.is_route();
                     let info = info_of(&loaded.object);
-                    match out.index.apply(loaded.object) {
+                    let Loaded {
+                        location,
+                        object,
+                        positions,
+                    } = loaded;
+                    match out.index.apply(object) {
                         Ok(()) => {
                             if is_route {
-                                out.routes.push((loaded.location, key));
+                                out.routes.push((location, key));
                             }
                         }
                         Err(errs) => out.errors.push(LoadError {
-                            location: loaded.location,
+                            location: location.at(errs
+                                .first()
+                                .zip(positions.as_ref())
+                                .and_then(|(e, p)| p.find(&e.field))),
                             object: Some(Box::new(info)),
                             message: errs
                                 .iter()
@@ -179,6 +232,7 @@ fn whole_file_error(file: &Path, message: String) -> LoadError {
         location: Location {
             file: file.to_path_buf(),
             document: 0,
+            pos: None,
         },
         object: None,
         message,
@@ -217,40 +271,90 @@ fn yaml_options() -> serde_saphyr::Options {
     opts
 }
 
-/// Parse YAML text (one or more documents) into objects.
+/// Parse YAML text (one or more documents) into objects, strictly (see the module doc).
 pub fn parse_documents(file: &Path, text: &str) -> Vec<Result<Loaded, LoadError>> {
-    let docs: Vec<Value> = match serde_saphyr::from_multiple_with_options(text, yaml_options()) {
+    let parsed = serde_saphyr::from_multiple_with_options(text, yaml_options()).or_else(|e| {
+        // A repeated key refuses only its own object, naming the field: read the file
+        // again keeping first values, and let the position pass find the repeats.
+        if !is_duplicate_key(&e) {
+            return Err(e);
+        }
+        let mut opts = yaml_options();
+        opts.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::FirstWins;
+        let found = positions(text).is_some_and(|p| p.iter().any(|d| !d.duplicates.is_empty()));
+        match serde_saphyr::from_multiple_with_options(text, opts) {
+            Ok(docs) if found => Ok(docs),
+            _ => Err(e),
+        }
+    });
+    let docs: Vec<Value> = match parsed {
         Ok(d) => d,
         Err(e) => {
+            let pos = e.location().map(|l| Pos {
+                line: u32::try_from(l.line()).unwrap_or(u32::MAX),
+                column: u32::try_from(l.column()).unwrap_or(u32::MAX),
+            });
             let msg = e.to_string();
-            let msg = msg.lines().next().unwrap_or("invalid YAML").to_string();
-            return vec![Err(whole_file_error(file, format!("invalid YAML: {msg}")))];
+            let msg = msg.lines().next().unwrap_or("invalid YAML");
+            // The position is already in front of the message.
+            let msg = match (msg.strip_prefix("error: line "), pos) {
+                (Some(rest), Some(_)) => rest
+                    .split_once(": ")
+                    .map(|(_, m)| m)
+                    .unwrap_or(rest)
+                    .to_string(),
+                _ => msg.to_string(),
+            };
+            let mut err = whole_file_error(file, format!("invalid YAML: {msg}"));
+            err.location.pos = pos.filter(|p| p.line > 0);
+            return vec![Err(err)];
         }
     };
+    // Positions come from a second, event-level pass over text the loader has accepted. If
+    // the two disagree on the documents (they should not), errors fall back to document
+    // numbers rather than pointing at the wrong lines.
+    let mut spans = positions(text).unwrap_or_default();
+    if spans.len() != docs.len() {
+        spans = Vec::new();
+    }
+    let mut spans = spans.into_iter();
     let mut out = Vec::new();
     for (i, doc) in docs.into_iter().enumerate() {
+        let doc_pos = spans.next();
         let location = Location {
             file: file.to_path_buf(),
             document: i + 1,
+            pos: doc_pos.as_ref().and_then(|p| p.start),
         };
         if doc.is_null() {
             continue;
         }
         // `kind: List` (what `kubectl get -o yaml` prints) carries objects in `items`.
         if doc.get("kind").and_then(Value::as_str) == Some("List") {
-            for item in doc
-                .get("items")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default()
-            {
-                out.push(decode(&location, item));
+            let items = match doc {
+                Value::Object(mut m) => m.remove("items"),
+                _ => None,
+            };
+            if let Some(Value::Array(items)) = items {
+                for (j, item) in items.into_iter().enumerate() {
+                    let item_pos = doc_pos.as_ref().map(|p| p.under(&format!("items[{j}]")));
+                    let loc = location.at(item_pos.as_ref().and_then(|p| p.start));
+                    out.push(decode_strict(&loc, item, item_pos));
+                }
             }
             continue;
         }
-        out.push(decode(&location, doc));
+        out.push(decode_strict(&location, doc, doc_pos));
     }
     out
+}
+
+fn is_duplicate_key(mut e: &serde_saphyr::Error) -> bool {
+    use serde_saphyr::Error as E;
+    while let E::WithSnippet { error, .. } | E::AliasError { error, .. } = e {
+        e = error;
+    }
+    matches!(e, E::DuplicateMappingKey { .. })
 }
 
 fn str_at<'v>(v: &'v Value, path: &[&str]) -> Option<&'v str> {
@@ -271,8 +375,185 @@ fn info_of(obj: &Object) -> ObjectInfo {
     }
 }
 
-/// Decode one document into a typed object by `apiVersion` and `kind`.
+/// Decode one object as the API server returned it: fields meshroute does not know are
+/// left alone (the server has validated the object against its own schema; see the module
+/// doc of `sources::kube`).
 pub fn decode(location: &Location, doc: Value) -> Result<Loaded, LoadError> {
+    decode_with(location, doc, None, Strictness::Lenient)
+}
+
+/// Decode one object as a user wrote it: unknown fields are refused, as `kubectl apply`
+/// refuses them, and errors point at `positions` when given.
+pub fn decode_strict(
+    location: &Location,
+    doc: Value,
+    positions: Option<DocPositions>,
+) -> Result<Loaded, LoadError> {
+    let duplicate = positions
+        .as_ref()
+        .and_then(|p| p.duplicates.first().cloned());
+    let loaded = decode_with(location, doc, positions, Strictness::Strict);
+    match (duplicate, loaded) {
+        (Some((path, pos)), loaded) => {
+            let object = match &loaded {
+                Ok(l) => Some(Box::new(info_of(&l.object))),
+                Err(e) => e.object.clone(),
+            };
+            let name = path.rsplit('.').next().unwrap_or(&path);
+            Err(LoadError {
+                location: location.at(Some(pos)),
+                object,
+                message: format!("{path}: duplicate field {name:?}"),
+            })
+        }
+        (None, loaded) => loaded,
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Strictness {
+    Strict,
+    Lenient,
+}
+
+/// A field path in the spelling errors use: `spec.rules[0].backendRefs`.
+fn ignored_path(p: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path as P;
+    match p {
+        P::Root => String::new(),
+        P::Seq { parent, index } => format!("{}[{index}]", ignored_path(parent)),
+        P::Map { parent, key } => {
+            let up = ignored_path(parent);
+            if up.is_empty() {
+                key.clone()
+            } else {
+                format!("{up}.{key}")
+            }
+        }
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+            ignored_path(parent)
+        }
+    }
+}
+
+/// What the API server adds to objects (or other controllers write), which a manifest
+/// exported with `kubectl get -o yaml` carries: accepted, never interpreted.
+fn server_owned(path: &str) -> bool {
+    // `apiVersion` and `kind` are read before decoding; some typed decoders skip them.
+    matches!(path, "apiVersion" | "kind" | "status")
+        || path.starts_with("status.")
+        || path.starts_with("status[")
+}
+
+/// Fields of the Gateway API experimental channel that the standard-channel HTTPRoute
+/// meshroute serves does not have: named as such rather than as typos.
+fn experimental_gateway_field(path: &str) -> Option<&'static str> {
+    let last = path.rsplit('.').next()?;
+    let in_rule = path.starts_with("spec.rules[");
+    match last {
+        "retry" if in_rule => Some("retry"),
+        "sessionPersistence" if in_rule => Some("sessionPersistence"),
+        _ => None,
+    }
+}
+
+/// A decode failure: the path that locates it, and the message. `message` names its own
+/// fields when `named` (several unknown fields), otherwise it is said of `path`.
+struct Fault {
+    path: String,
+    message: String,
+    named: bool,
+}
+
+impl Fault {
+    fn at(path: impl Into<String>, message: impl Into<String>) -> Fault {
+        Fault {
+            path: path.into(),
+            message: message.into(),
+            named: false,
+        }
+    }
+
+    fn text(self) -> String {
+        if self.named || self.path.is_empty() {
+            self.message
+        } else {
+            format!("{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// A typed decode that knows the path of a type error and every field serde skipped.
+fn typed<T: DeserializeOwned>(doc: Value, strictness: Strictness) -> Result<T, Fault> {
+    let mut track = serde_path_to_error::Track::new();
+    let mut unknown: Vec<String> = Vec::new();
+    let de = serde_path_to_error::Deserializer::new(doc, &mut track);
+    let result: Result<T, _> = serde_ignored::deserialize(de, |p| {
+        let path = ignored_path(&p);
+        if !server_owned(&path) {
+            unknown.push(path);
+        }
+    });
+    match result {
+        Err(e) => {
+            let path = track.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            Err(Fault::at(path, e.to_string()))
+        }
+        Ok(_) if strictness == Strictness::Strict && !unknown.is_empty() => {
+            let first = unknown[0].clone();
+            let msgs: Vec<String> = unknown
+                .iter()
+                .map(|p| {
+                    let name = p.rsplit(['.', '[']).next().unwrap_or(p);
+                    match experimental_gateway_field(p) {
+                        Some(f) => format!(
+                            "{p}: field {f:?} is in Gateway API's experimental channel; meshroute serves the standard channel's HTTPRoute and would ignore it"
+                        ),
+                        None => format!("{p}: unknown field {name:?}"),
+                    }
+                })
+                .collect();
+            // The first path locates the error; the message lists them all.
+            Err(Fault {
+                path: first,
+                message: msgs.join("; "),
+                named: true,
+            })
+        }
+        Ok(v) => Ok(v),
+    }
+}
+
+/// A number where a duration string belongs gets the duration message the README promises,
+/// not serde's "invalid type: integer".
+fn check_duration_types(doc: &Value) -> Result<(), Fault> {
+    let Some(rules) = doc.pointer("/spec/rules").and_then(Value::as_array) else {
+        return Ok(());
+    };
+    for (i, rule) in rules.iter().enumerate() {
+        for field in ["request", "backendRequest"] {
+            let Some(v) = rule.get("timeouts").and_then(|t| t.get(field)) else {
+                continue;
+            };
+            if v.is_number() || v.is_boolean() {
+                let path = format!("spec.rules[{i}].timeouts.{field}");
+                let msg = crate::compile::validate::parse_duration(&v.to_string())
+                    .err()
+                    .unwrap_or_else(|| format!("{v} is not a duration string"));
+                return Err(Fault::at(path, msg));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn decode_with(
+    location: &Location,
+    doc: Value,
+    positions: Option<DocPositions>,
+    strictness: Strictness,
+) -> Result<Loaded, LoadError> {
     let api_version = str_at(&doc, &["apiVersion"])
         .unwrap_or_default()
         .to_string();
@@ -287,10 +568,11 @@ pub fn decode(location: &Location, doc: Value) -> Result<Loaded, LoadError> {
             .unwrap_or("<unnamed>")
             .to_string(),
     };
-    let fail = |message: String| LoadError {
-        location: location.clone(),
+    let pos_of = |path: &str| positions.as_ref().and_then(|p| p.find(path));
+    let fail = |f: Fault| LoadError {
+        location: location.at(pos_of(&f.path)),
         object: Some(Box::new(info.clone())),
-        message,
+        message: f.text(),
     };
     if !doc.is_object() {
         return Err(LoadError {
@@ -300,63 +582,69 @@ pub fn decode(location: &Location, doc: Value) -> Result<Loaded, LoadError> {
         });
     }
     if api_version.is_empty() || kind.is_empty() {
-        return Err(fail("apiVersion and kind are required".into()));
+        return Err(fail(Fault::at("", "apiVersion and kind are required")));
     }
-    fn typed<T: DeserializeOwned>(doc: Value) -> Result<T, String> {
-        serde_path_to_error::deserialize(doc).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner().to_string();
-            if path == "." {
-                inner
-            } else {
-                format!("{path}: {inner}")
-            }
-        })
-    }
+    check_duration_types(&doc).map_err(fail)?;
+    let st = strictness;
     let object = match (api_version.as_str(), kind.as_str()) {
         ("gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1", "HTTPRoute") => {
             Object::GatewayHttpRoute(Box::new(
-                typed::<model::GatewayHttpRoute>(doc).map_err(fail)?,
+                typed::<model::GatewayHttpRoute>(doc, st).map_err(fail)?,
             ))
         }
-        ("policy.linkerd.io/v1alpha1", "HTTPRoute") => Object::LinkerdHttpRoute(Box::new(
-            LinkerdHttpRoute::V1alpha1(typed::<linkerd::v1alpha1::HttpRoute>(doc).map_err(fail)?),
-        )),
+        ("policy.linkerd.io/v1alpha1", "HTTPRoute") => {
+            Object::LinkerdHttpRoute(Box::new(LinkerdHttpRoute::V1alpha1(
+                typed::<linkerd::v1alpha1::HttpRoute>(doc, st).map_err(fail)?,
+            )))
+        }
         ("policy.linkerd.io/v1beta1", "HTTPRoute") => Object::LinkerdHttpRoute(Box::new(
-            LinkerdHttpRoute::V1beta1(typed::<linkerd::v1beta1::HttpRoute>(doc).map_err(fail)?),
+            LinkerdHttpRoute::V1beta1(typed::<linkerd::v1beta1::HttpRoute>(doc, st).map_err(fail)?),
         )),
         ("policy.linkerd.io/v1beta2", "HTTPRoute") => Object::LinkerdHttpRoute(Box::new(
-            LinkerdHttpRoute::V1beta2(typed::<linkerd::v1beta2::HttpRoute>(doc).map_err(fail)?),
+            LinkerdHttpRoute::V1beta2(typed::<linkerd::v1beta2::HttpRoute>(doc, st).map_err(fail)?),
         )),
         ("policy.linkerd.io/v1beta3", "HTTPRoute") => Object::LinkerdHttpRoute(Box::new(
-            LinkerdHttpRoute::V1beta3(typed::<linkerd::v1beta3::HttpRoute>(doc).map_err(fail)?),
+            LinkerdHttpRoute::V1beta3(typed::<linkerd::v1beta3::HttpRoute>(doc, st).map_err(fail)?),
         )),
-        ("split.smi-spec.io/v1alpha1", "TrafficSplit") => Object::TrafficSplit(Box::new(
-            TrafficSplit::V1alpha1(typed::<smi::split_v1alpha1::TrafficSplit>(doc).map_err(fail)?),
-        )),
-        ("split.smi-spec.io/v1alpha2", "TrafficSplit") => Object::TrafficSplit(Box::new(
-            TrafficSplit::V1alpha2(typed::<smi::split_v1alpha2::TrafficSplit>(doc).map_err(fail)?),
-        )),
-        ("split.smi-spec.io/v1alpha3", "TrafficSplit") => Object::TrafficSplit(Box::new(
-            TrafficSplit::V1alpha3(typed::<smi::split_v1alpha3::TrafficSplit>(doc).map_err(fail)?),
-        )),
-        ("split.smi-spec.io/v1alpha4", "TrafficSplit") => Object::TrafficSplit(Box::new(
-            TrafficSplit::V1alpha4(typed::<smi::split_v1alpha4::TrafficSplit>(doc).map_err(fail)?),
-        )),
+        ("split.smi-spec.io/v1alpha1", "TrafficSplit") => {
+            Object::TrafficSplit(Box::new(TrafficSplit::V1alpha1(
+                typed::<smi::split_v1alpha1::TrafficSplit>(doc, st).map_err(fail)?,
+            )))
+        }
+        ("split.smi-spec.io/v1alpha2", "TrafficSplit") => {
+            Object::TrafficSplit(Box::new(TrafficSplit::V1alpha2(
+                typed::<smi::split_v1alpha2::TrafficSplit>(doc, st).map_err(fail)?,
+            )))
+        }
+        ("split.smi-spec.io/v1alpha3", "TrafficSplit") => {
+            Object::TrafficSplit(Box::new(TrafficSplit::V1alpha3(
+                typed::<smi::split_v1alpha3::TrafficSplit>(doc, st).map_err(fail)?,
+            )))
+        }
+        ("split.smi-spec.io/v1alpha4", "TrafficSplit") => {
+            Object::TrafficSplit(Box::new(TrafficSplit::V1alpha4(
+                typed::<smi::split_v1alpha4::TrafficSplit>(doc, st).map_err(fail)?,
+            )))
+        }
         (v, "HTTPRouteGroup") if v.starts_with("specs.smi-spec.io/v1alpha") => {
-            let g: smi::group_v1alpha4::HttpRouteGroup = typed(doc).map_err(fail)?;
+            let g: smi::group_v1alpha4::HttpRouteGroup = typed(doc, st).map_err(fail)?;
             Object::HttpRouteGroup(Box::new(HttpRouteGroup {
                 api_version: api_version.clone(),
                 metadata: g.metadata,
                 spec: g.spec,
             }))
         }
-        ("v1", "Service") => Object::Service(Box::new(typed(doc).map_err(fail)?)),
-        ("v1", "Endpoints") => Object::Endpoints(Box::new(typed(doc).map_err(fail)?)),
+        ("v1", "Service") => Object::Service(Box::new(typed(doc, st).map_err(fail)?)),
+        ("v1", "Endpoints") => Object::Endpoints(Box::new(typed(doc, st).map_err(fail)?)),
         ("discovery.k8s.io/v1", "EndpointSlice") => {
-            Object::EndpointSlice(Box::new(typed(doc).map_err(fail)?))
+            Object::EndpointSlice(Box::new(typed(doc, st).map_err(fail)?))
         }
-        (v, k) => return Err(fail(format!("unsupported kind {k:?} in apiVersion {v:?}"))),
+        (v, k) => {
+            return Err(fail(Fault::at(
+                "",
+                format!("unsupported kind {k:?} in apiVersion {v:?}"),
+            )))
+        }
     };
     if object
         .metadata()
@@ -365,11 +653,12 @@ pub fn decode(location: &Location, doc: Value) -> Result<Loaded, LoadError> {
         .unwrap_or_default()
         .is_empty()
     {
-        return Err(fail("metadata.name: required".into()));
+        return Err(fail(Fault::at("metadata.name", "required")));
     }
     Ok(Loaded {
         location: location.clone(),
         object,
+        positions: positions.map(Box::new),
     })
 }
 
@@ -414,12 +703,12 @@ mod tests {
         let out = parse("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n---\napiVersion: v1\nkind: Service\nmetadata: {namespace: a}\n");
         let e0 = out[0].as_ref().unwrap_err().to_string();
         assert!(
-            e0.contains("t.yaml:1") && e0.contains("unsupported kind \"ConfigMap\""),
+            e0.contains("t.yaml:1:1:") && e0.contains("unsupported kind \"ConfigMap\""),
             "{e0}"
         );
         let e1 = out[1].as_ref().unwrap_err().to_string();
         assert!(
-            e1.contains("t.yaml:2") && e1.contains("metadata.name: required"),
+            e1.contains("t.yaml:7:1:") && e1.contains("metadata.name: required"),
             "{e1}"
         );
     }
@@ -434,6 +723,86 @@ mod tests {
         );
         assert!(e.contains("spec.rules[0].matches[0].path.type"), "{e}");
         assert!(e.contains("Fuzzy"), "{e}");
+    }
+
+    const ROUTE_HEAD: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: r\n  namespace: ns\n";
+
+    #[test]
+    fn unknown_fields_are_refused_at_their_line_and_column() {
+        let y = format!("{ROUTE_HEAD}spec:\n  parentRefs: [{{group: \"\", kind: Service, name: web}}]\n  rules:\n  - backendRefs: [{{name: a, port: 80, weigth: 0}}]\n  - rule: {{}}\n");
+        let e = parse(&y).remove(0).unwrap_err();
+        assert_eq!(
+            e.location.pos,
+            Some(Pos {
+                line: 9,
+                column: 39
+            }),
+            "{e}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "t.yaml:9:39: httproute.gateway.networking.k8s.io ns/r: spec.rules[0].backendRefs[0].weigth: unknown field \"weigth\"; spec.rules[1].rule: unknown field \"rule\""
+        );
+    }
+
+    #[test]
+    fn what_the_api_server_adds_is_accepted() {
+        let y = format!("{ROUTE_HEAD}  resourceVersion: \"7\"\n  managedFields:\n  - manager: kubectl\n    operation: Apply\n    fieldsType: FieldsV1\n    fieldsV1: {{f:spec: {{}}}}\n  annotations: {{whatever.example/x: \"y\"}}\n  labels: {{any: thing}}\nspec:\n  parentRefs: [{{group: \"\", kind: Service, name: web}}]\nstatus:\n  parents:\n  - parentRef: {{name: web}}\n    controllerName: linkerd.io/policy-controller\n    conditions: []\n    someFutureField: 1\n");
+        let out = parse(&y);
+        assert!(out[0].is_ok(), "{:?}", out[0]);
+    }
+
+    #[test]
+    fn experimental_gateway_fields_are_named_as_such() {
+        let y = format!("{ROUTE_HEAD}spec:\n  rules:\n  - retry: {{attempts: 2}}\n");
+        let e = parse(&y).remove(0).unwrap_err().to_string();
+        assert!(
+            e.contains("t.yaml:8:5:")
+                && e.contains(
+                    "spec.rules[0].retry: field \"retry\" is in Gateway API's experimental channel"
+                ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn objects_from_the_api_server_keep_fields_meshroute_does_not_know() {
+        let doc: Value = serde_json::json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "r", "namespace": "ns"},
+            "spec": {"rules": [{"retry": {"attempts": 2}, "futureField": true}]}
+        });
+        let loc = Location {
+            file: "kube".into(),
+            document: 0,
+            pos: None,
+        };
+        assert!(decode(&loc, doc).is_ok());
+    }
+
+    #[test]
+    fn a_repeated_field_refuses_only_its_object() {
+        let y = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec:\n  type: ClusterIP\n  type: NodePort\n---\napiVersion: v1\nkind: Service\nmetadata: {name: b}\n";
+        let out = parse(y);
+        assert_eq!(out.len(), 2);
+        let e = out[0].as_ref().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "t.yaml:6:3: service default/a: spec.type: duplicate field \"type\""
+        );
+        assert!(out[1].is_ok());
+    }
+
+    #[test]
+    fn list_items_are_located_and_strict() {
+        let y = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: a}\n- apiVersion: v1\n  kind: Service\n  metadata: {name: b}\n  spec: {portz: []}\n";
+        let out = parse(y);
+        assert!(out[0].is_ok());
+        let e = out[1].as_ref().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "t.yaml:10:10: service default/b: spec.portz: unknown field \"portz\""
+        );
     }
 
     #[test]

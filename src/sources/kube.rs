@@ -416,6 +416,7 @@ fn to_item(slot: Slot, ar: &ApiResource, mut doc: Value) -> Result<Item, String>
     let location = Location {
         file: PathBuf::from("kube"),
         document: 0,
+        pos: None,
     };
     match decode(&location, doc) {
         Ok(loaded) => Ok(Item {

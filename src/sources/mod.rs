@@ -4,4 +4,5 @@
 pub mod file;
 pub mod kube;
 pub mod kube_status;
+pub mod positions;
 pub mod watch;

@@ -3,7 +3,7 @@
 //! of events, reload, compile against the live table and publish.
 //!
 //! Reload rule: when the directory has errors and a table is already live, the live table keeps
-//! serving and the errors are reported (one log line per error naming file:document, object and
+//! serving and the errors are reported (one log line per error naming file:line:column, object and
 //! field; `meshroute_config_reload_errors_total`; `/status` on the admin server). At startup,
 //! the valid objects are published and the errors reported the same way.
 
