@@ -6,6 +6,7 @@
 //! parent without accepted routes holds one synthetic passthrough rule to its own endpoints, so the
 //! proxy always deals with exactly one kind of thing: a [`Rule`].
 
+pub mod diff;
 pub mod matching;
 pub mod weighted;
 
@@ -453,7 +454,8 @@ fn ser_header_pairs<S: serde::Serializer>(
     use serde::ser::SerializeSeq;
     let mut seq = s.serialize_seq(Some(v.len()))?;
     for (n, val) in v {
-        seq.serialize_element(&(n.as_str(), val.to_str().unwrap_or("<binary>")))?;
+        // Lossy rather than a placeholder: the table digest must see every edit.
+        seq.serialize_element(&(n.as_str(), String::from_utf8_lossy(val.as_bytes())))?;
     }
     seq.end()
 }
