@@ -83,9 +83,12 @@ enum Command {
         output: Output,
     },
     /// Show how a request would be routed: route, rule, backends with probabilities, endpoints,
-    /// timeouts and filters.
+    /// timeouts and filters. Exits 1 when it would not be routed (unknown authority, no
+    /// matching rule).
     Explain {
         dir: PathBuf,
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
         /// Request authority, e.g. smiley.faces.svc.cluster.local[:port]
         #[arg(long)]
         host: String,
@@ -161,6 +164,7 @@ fn main() -> ExitCode {
         }
         Command::Explain {
             dir,
+            output,
             host,
             path,
             method,
@@ -183,7 +187,18 @@ fn main() -> ExitCode {
                 headers: parsed,
             };
             match meshroute::cli::explain(&dir, &q) {
-                Ok(text) => print_then(&text, ExitCode::SUCCESS),
+                Ok(x) => {
+                    let text = match output {
+                        Output::Json => format!("{}\n", x.to_json()),
+                        Output::Text => x.to_text(),
+                    };
+                    let code = if x.routed() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    };
+                    print_then(&text, code)
+                }
                 Err(e) => {
                     eprintln!("error: {e}");
                     ExitCode::from(2)
