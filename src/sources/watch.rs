@@ -151,11 +151,7 @@ pub fn reload_once(
         Some(c) => tracing::info!(
             generation,
             parents,
-            added = ?c.added,
-            removed = ?c.removed,
-            edited = ?c.edited,
-            reordered = ?c.reordered,
-            cluster_domain_changed = c.cluster_domain,
+            changes = %c,
             "routing table published"
         ),
         None => tracing::info!(generation, parents, "routing table published"),

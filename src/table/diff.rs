@@ -122,6 +122,29 @@ impl TableChanges {
     }
 }
 
+/// `edited: httproute.gateway.networking.k8s.io faces/color-split; added: service faces/color`
+/// (empty parts left out).
+impl std::fmt::Display for TableChanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut sep = "";
+        for (what, list) in [
+            ("added", &self.added),
+            ("removed", &self.removed),
+            ("edited", &self.edited),
+            ("rule order changed on", &self.reordered),
+        ] {
+            if !list.is_empty() {
+                write!(f, "{sep}{what}: {}", list.join(", "))?;
+                sep = "; ";
+            }
+        }
+        if self.cluster_domain {
+            write!(f, "{sep}cluster domain changed")?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +182,30 @@ spec: {ports: [{port: 80}]}
         format!(
             "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  parentRefs: [{{group: \"\", kind: Service, name: {parent}, port: 80}}]\n  rules:\n  - backendRefs: [{{name: web-b, port: 80, weight: {weight}}}]\n---\n"
         )
+    }
+
+    #[test]
+    fn swapped_creation_timestamps_reorder_the_parent() {
+        let aged = |name: &str, ts: &str| {
+            route(name, "web", 1).replace(
+                "namespace: shop}",
+                &format!("namespace: shop, creationTimestamp: \"{ts}\"}}"),
+            )
+        };
+        let old = TableDigest::of(&table(&format!(
+            "{SERVICES}{}{}",
+            aged("one", "2024-01-01T00:00:00Z"),
+            aged("two", "2025-01-01T00:00:00Z")
+        )));
+        let new = TableDigest::of(&table(&format!(
+            "{SERVICES}{}{}",
+            aged("one", "2025-01-01T00:00:00Z"),
+            aged("two", "2024-01-01T00:00:00Z")
+        )));
+        assert_ne!(old, new);
+        let c = old.changes(&new);
+        assert_eq!(c.reordered, ["shop/web:80"], "{c:?}");
+        assert!(c.added.is_empty() && c.removed.is_empty() && c.edited.is_empty());
     }
 
     #[test]
@@ -206,5 +253,11 @@ spec: {ports: [{port: 80}]}
         );
         assert_eq!(c.edited, ["httproute.gateway.networking.k8s.io shop/split"]);
         assert!(c.reordered.is_empty(), "{c:?}");
+        assert_eq!(
+            c.to_string(),
+            "added: httproute.gateway.networking.k8s.io shop/fresh, service shop/api; \
+             removed: httproute.gateway.networking.k8s.io shop/gone, service shop/web-b; \
+             edited: httproute.gateway.networking.k8s.io shop/split"
+        );
     }
 }
