@@ -12,7 +12,10 @@ use serde::Serialize;
 use crate::compile::{compile, status::RouteStatus, CompileOptions, Compiled};
 use crate::model::{linkerd, smi};
 use crate::sources::file::{load_dir, load_paths, LoadOutcome};
-use crate::table::{matching::RequestView, BackendTarget, Lookup, RouteTable};
+use crate::table::{
+    matching::RequestView, Backend, BackendTarget, Filter, Lookup, ParentMiss, ParentPort,
+    RequestMatch, RouteRef, RouteTable, Timeouts,
+};
 
 /// One element of `meshroute check -o json`.
 #[derive(Debug, Serialize)]
@@ -194,19 +197,97 @@ pub struct ExplainQuery {
     pub headers: Vec<(String, String)>,
 }
 
-/// Explain how a request would be routed. `Err` for unusable input (bad method, header).
-pub fn explain(dir: &Path, q: &ExplainQuery) -> Result<String, String> {
-    let outcome = load_dir(dir);
-    let compiled = compile(&outcome.index, &CompileOptions::default(), None);
-    let mut out = String::new();
-    for e in &outcome.errors {
-        let _ = writeln!(out, "warning: {e}");
-    }
-    out.push_str(&explain_table(&compiled.table, q)?);
-    Ok(out)
+/// How the proxy would treat the request (`outcome` in `meshroute explain -o json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExplainOutcome {
+    /// A rule matched (or the parent passes through): the request is forwarded.
+    Matched,
+    /// The parent has routes and none matches: 404 `no-route`.
+    NoRoute,
+    /// A Service authority for a Service that does not exist: 404 `unknown-authority`.
+    UnknownService,
+    /// The Service exists without that port: 404 `unknown-authority`.
+    UnknownPort,
+    /// Not a Service authority at all: 404 `unknown-authority`.
+    BadAuthority,
 }
 
-pub fn explain_table(table: &RouteTable, q: &ExplainQuery) -> Result<String, String> {
+/// The parent port a request is addressed to.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExplainParent {
+    pub namespace: String,
+    pub name: String,
+    pub port: u16,
+}
+
+/// One backendRef of the matched rule.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExplainBackend {
+    pub weight: u32,
+    /// Chance of being picked, 0 to 1.
+    pub probability: f64,
+    /// `Service`, or `Invalid` for a backendRef that did not resolve (it answers 500).
+    pub kind: &'static str,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub port: Option<u16>,
+    /// Linkerd multicluster: the cluster of a mirrored Service.
+    pub cluster: Option<String>,
+    /// Authority sent upstream when a gateway-mode mirror rewrites it.
+    pub authority: Option<String>,
+    pub endpoints: Vec<ExplainEndpoint>,
+    pub filters: Vec<Filter>,
+    pub invalid_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ExplainEndpoint {
+    pub addr: std::net::SocketAddr,
+    pub ready: bool,
+}
+
+/// Result of `explain`: what users see as text, or as `-o json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Explanation {
+    pub host: String,
+    pub method: String,
+    pub path: String,
+    pub parent: Option<ExplainParent>,
+    pub outcome: ExplainOutcome,
+    /// One line saying why, e.g. `Service faces/color has no port 8080 (ports: 80)`.
+    pub message: String,
+    /// Status the proxy answers itself (404, or 500 when no backend can be picked); `None`
+    /// when the request is forwarded.
+    pub status: Option<u16>,
+    /// The `meshroute-error` header of that answer.
+    pub error: Option<&'static str>,
+    /// The known ports of the Service (`unknown-port` only; otherwise empty).
+    pub ports: Vec<u16>,
+    /// True when the parent has no routes and forwards to its own endpoints.
+    pub passthrough: bool,
+    pub route: Option<RouteRef>,
+    /// Index of the matched rule within its route (`spec.rules[i]`).
+    pub rule: Option<usize>,
+    #[serde(rename = "match")]
+    pub matched: Option<RequestMatch>,
+    pub timeouts: Option<Timeouts>,
+    pub filters: Vec<Filter>,
+    pub backends: Vec<ExplainBackend>,
+    /// Problems loading the directory (the objects concerned are left out).
+    pub warnings: Vec<String>,
+}
+
+/// Explain how a request would be routed. `Err` for unusable input (bad method, header).
+pub fn explain(dir: &Path, q: &ExplainQuery) -> Result<Explanation, String> {
+    let outcome = load_dir(dir);
+    let compiled = compile(&outcome.index, &CompileOptions::default(), None);
+    let mut explanation = explain_table(&compiled.table, q)?;
+    explanation.warnings = outcome.errors.iter().map(|e| e.to_string()).collect();
+    Ok(explanation)
+}
+
+pub fn explain_table(table: &RouteTable, q: &ExplainQuery) -> Result<Explanation, String> {
     let method = Method::from_bytes(q.method.as_bytes())
         .map_err(|_| format!("--method: {:?} is not an HTTP method", q.method))?;
     let mut headers = HeaderMap::new();
@@ -230,58 +311,187 @@ pub fn explain_table(table: &RouteTable, q: &ExplainQuery) -> Result<String, Str
         query,
         headers: &headers,
     };
-    let mut out = String::new();
+    let mut x = Explanation {
+        host: q.host.clone(),
+        method: q.method.clone(),
+        path: q.path.clone(),
+        parent: None,
+        outcome: ExplainOutcome::Matched,
+        message: String::new(),
+        status: None,
+        error: None,
+        ports: Vec::new(),
+        passthrough: false,
+        route: None,
+        rule: None,
+        matched: None,
+        timeouts: None,
+        filters: Vec::new(),
+        backends: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let parent_of = |p: &ParentPort| ExplainParent {
+        namespace: p.namespace.to_string(),
+        name: p.name.to_string(),
+        port: p.port,
+    };
     match table.lookup(&q.host, &view) {
         Lookup::UnknownAuthority => {
-            let _ = writeln!(
-                out,
-                "{}: no such Service: 404 (meshroute-error: unknown-authority)",
-                q.host
-            );
+            x.status = Some(404);
+            x.error = Some("unknown-authority");
+            match table.parent_miss(&q.host) {
+                Some(ParentMiss::NoSuchService { namespace, name }) => {
+                    x.outcome = ExplainOutcome::UnknownService;
+                    x.message = format!("no such Service {namespace}/{name}");
+                }
+                Some(ParentMiss::NoSuchPort { service, port }) => {
+                    x.outcome = ExplainOutcome::UnknownPort;
+                    x.ports = service.ports.iter().map(|p| p.port).collect();
+                    let ports: Vec<String> = x.ports.iter().map(u16::to_string).collect();
+                    x.message = format!(
+                        "Service {}/{} has no port {port} (ports: {})",
+                        service.namespace,
+                        service.name,
+                        ports.join(", ")
+                    );
+                }
+                Some(ParentMiss::NotServiceAuthority) | None => {
+                    x.outcome = ExplainOutcome::BadAuthority;
+                    x.message = format!(
+                        "not a Service authority (expected name.namespace, name.namespace.svc or name.namespace.svc.{}, optionally with :port)",
+                        table.cluster_domain
+                    );
+                }
+            }
         }
         Lookup::NoMatch(parent) => {
-            let _ = writeln!(
-                out,
-                "parent Service {}/{} port {}",
-                parent.namespace, parent.name, parent.port
-            );
-            let _ = writeln!(
-                out,
-                "no rule matches {} {path}: 404 (meshroute-error: no-route)",
-                q.method
-            );
+            x.parent = Some(parent_of(parent));
+            x.outcome = ExplainOutcome::NoRoute;
+            x.status = Some(404);
+            x.error = Some("no-route");
+            x.message = format!("no rule matches {} {path}", q.method);
         }
         Lookup::Matched {
             parent,
             matched,
             rule,
         } => {
+            x.parent = Some(parent_of(parent));
+            x.passthrough = rule.route.is_none();
+            x.route = rule.route.clone();
+            x.rule = rule.route.as_ref().map(|_| rule.index);
+            x.matched = rule.route.as_ref().map(|_| matched.clone());
+            x.timeouts = Some(rule.timeouts);
+            x.filters = rule.filters.clone();
+            x.message = match &rule.route {
+                None => "no routes attached: passthrough to the Service's own endpoints".into(),
+                Some(r) => format!(
+                    "route {} {}/{}.{} rule {}",
+                    r.kind, r.namespace, r.name, r.group, rule.index
+                ),
+            };
+            if rule.backends.total() == 0 {
+                x.status = Some(500);
+                x.error = Some("no-backends");
+            }
+            for (b, p) in rule.backends.iter().zip(rule.backends.probabilities()) {
+                x.backends.push(explain_backend(b, p));
+            }
+        }
+    }
+    Ok(x)
+}
+
+fn explain_backend(b: &Backend, probability: f64) -> ExplainBackend {
+    let mut out = ExplainBackend {
+        weight: b.weight,
+        probability,
+        kind: "Service",
+        namespace: None,
+        name: None,
+        port: None,
+        cluster: None,
+        authority: None,
+        endpoints: Vec::new(),
+        filters: b.filters.clone(),
+        invalid_reason: None,
+    };
+    match &b.target {
+        BackendTarget::Invalid { reason } => {
+            out.kind = "Invalid";
+            out.invalid_reason = Some(reason.clone());
+        }
+        BackendTarget::Service(s) => {
+            out.namespace = Some(s.namespace.to_string());
+            out.name = Some(s.name.to_string());
+            out.port = Some(s.port);
+            out.cluster = s.cluster.as_deref().map(str::to_string);
+            out.authority = s
+                .authority
+                .as_ref()
+                .and_then(|a| a.to_str().ok())
+                .map(str::to_string);
+            out.endpoints = s
+                .endpoints
+                .iter()
+                .map(|e| ExplainEndpoint {
+                    addr: e.addr,
+                    ready: e.ready,
+                })
+                .collect();
+        }
+    }
+    out
+}
+
+impl Explanation {
+    /// True when the proxy would forward the request to a rule's backends: exit status 0 of
+    /// `meshroute explain`.
+    pub fn routed(&self) -> bool {
+        self.outcome == ExplainOutcome::Matched
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    }
+
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        for w in &self.warnings {
+            let _ = writeln!(out, "warning: {w}");
+        }
+        let answer = |status: Option<u16>, error: Option<&str>| match (status, error) {
+            (Some(s), Some(e)) => format!("{s} (meshroute-error: {e})"),
+            _ => String::new(),
+        };
+        let Some(parent) = &self.parent else {
             let _ = writeln!(
                 out,
-                "parent Service {}/{} port {}",
-                parent.namespace, parent.name, parent.port
+                "{}: {}: {}",
+                self.host,
+                self.message,
+                answer(self.status, self.error)
             );
-            match &rule.route {
-                None => {
-                    let _ = writeln!(
-                        out,
-                        "no routes attached: passthrough to the Service's own endpoints"
-                    );
-                }
-                Some(r) => {
-                    let _ = writeln!(
-                        out,
-                        "route {} {}/{}.{} rule {}",
-                        r.kind, r.namespace, r.name, r.group, rule.index
-                    );
-                    let _ = writeln!(
-                        out,
-                        "match {}",
-                        serde_json::to_string(matched).unwrap_or_default()
-                    );
-                }
-            }
-            let t = &rule.timeouts;
+            return out;
+        };
+        let _ = writeln!(
+            out,
+            "parent Service {}/{} port {}",
+            parent.namespace, parent.name, parent.port
+        );
+        if self.outcome == ExplainOutcome::NoRoute {
+            let _ = writeln!(out, "{}: {}", self.message, answer(self.status, self.error));
+            return out;
+        }
+        let _ = writeln!(out, "{}", self.message);
+        if let Some(m) = &self.matched {
+            let _ = writeln!(
+                out,
+                "match {}",
+                serde_json::to_string(m).unwrap_or_default()
+            );
+        }
+        if let Some(t) = &self.timeouts {
             let fmt_d = |d: Option<std::time::Duration>| {
                 d.map(|d| format!("{}ms", d.as_millis()))
                     .unwrap_or_else(|| "none".into())
@@ -292,71 +502,68 @@ pub fn explain_table(table: &RouteTable, q: &ExplainQuery) -> Result<String, Str
                 fmt_d(t.request),
                 fmt_d(t.backend_request)
             );
-            for f in &rule.filters {
+        }
+        for f in &self.filters {
+            let _ = writeln!(
+                out,
+                "filter {}",
+                serde_json::to_string(f).unwrap_or_default()
+            );
+        }
+        if self.status == Some(500) {
+            let _ = writeln!(
+                out,
+                "no backend can be picked (all weights zero or none): {}",
+                answer(self.status, self.error)
+            );
+        }
+        for b in &self.backends {
+            let pct = b.probability * 100.0;
+            if let Some(reason) = &b.invalid_reason {
                 let _ = writeln!(
                     out,
-                    "filter {}",
+                    "backend {pct:5.1}% weight {} INVALID (answers 500): {reason}",
+                    b.weight
+                );
+                continue;
+            }
+            let cluster = b
+                .cluster
+                .as_deref()
+                .map(|c| format!(" cluster={c}"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "backend {pct:5.1}% weight {} Service {}/{}:{}{cluster}",
+                b.weight,
+                b.namespace.as_deref().unwrap_or_default(),
+                b.name.as_deref().unwrap_or_default(),
+                b.port.unwrap_or_default()
+            );
+            if let Some(a) = &b.authority {
+                let _ = writeln!(out, "  authority rewritten to {a}");
+            }
+            if b.endpoints.is_empty() {
+                let _ = writeln!(out, "  no endpoints: 503");
+            }
+            for e in &b.endpoints {
+                let _ = writeln!(
+                    out,
+                    "  endpoint {} {}",
+                    e.addr,
+                    if e.ready { "ready" } else { "not ready" }
+                );
+            }
+            for f in &b.filters {
+                let _ = writeln!(
+                    out,
+                    "  filter {}",
                     serde_json::to_string(f).unwrap_or_default()
                 );
             }
-            if rule.backends.total() == 0 {
-                let _ = writeln!(
-                    out,
-                    "no backend can be picked (all weights zero or none): 500"
-                );
-            }
-            for (b, p) in rule.backends.iter().zip(rule.backends.probabilities()) {
-                match &b.target {
-                    BackendTarget::Invalid { reason } => {
-                        let _ = writeln!(
-                            out,
-                            "backend {:5.1}% weight {} INVALID (answers 500): {reason}",
-                            p * 100.0,
-                            b.weight
-                        );
-                    }
-                    BackendTarget::Service(s) => {
-                        let cluster = s
-                            .cluster
-                            .as_deref()
-                            .map(|c| format!(" cluster={c}"))
-                            .unwrap_or_default();
-                        let _ = writeln!(
-                            out,
-                            "backend {:5.1}% weight {} Service {}/{}:{}{cluster}",
-                            p * 100.0,
-                            b.weight,
-                            s.namespace,
-                            s.name,
-                            s.port
-                        );
-                        if let Some(a) = s.authority.as_ref().and_then(|a| a.to_str().ok()) {
-                            let _ = writeln!(out, "  authority rewritten to {a}");
-                        }
-                        if s.endpoints.is_empty() {
-                            let _ = writeln!(out, "  no endpoints: 503");
-                        }
-                        for e in &s.endpoints {
-                            let _ = writeln!(
-                                out,
-                                "  endpoint {} {}",
-                                e.addr,
-                                if e.ready { "ready" } else { "not ready" }
-                            );
-                        }
-                        for f in &b.filters {
-                            let _ = writeln!(
-                                out,
-                                "  filter {}",
-                                serde_json::to_string(f).unwrap_or_default()
-                            );
-                        }
-                    }
-                }
-            }
         }
+        out
     }
-    Ok(out)
 }
 
 /// The CRDs for the kinds meshroute defines, drop-in compatible with Linkerd's and

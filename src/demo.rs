@@ -218,10 +218,19 @@ pub async fn show(proxy: Arc<Proxy>, proxy_addr: SocketAddr, shutdown: impl Futu
         if Instant::now() >= next_draw {
             next_draw += Duration::from_secs(if tty { 1 } else { 5 });
             let text = render(&table, &seen, proxy_addr);
-            if tty {
-                print!("\x1b[2J\x1b[H{text}");
+            let text = if tty {
+                format!("\x1b[2J\x1b[H{text}")
             } else {
-                println!("{text}");
+                format!("{text}\n")
+            };
+            match crate::output::print(&text) {
+                Ok(crate::output::Printed::All) => {}
+                // `meshroute run --demo | head`: the proxy keeps serving, the view stops.
+                Ok(crate::output::Printed::ReaderGone) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot print the demo view; it stops");
+                    break;
+                }
             }
         }
     }

@@ -17,6 +17,7 @@ pub mod demo;
 pub mod index;
 pub mod metrics;
 pub mod model;
+pub mod output;
 pub mod proxy;
 pub mod run;
 pub mod sources;

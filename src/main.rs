@@ -1,5 +1,6 @@
 //! meshroute command line: parses flags and calls into the library.
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -18,10 +19,20 @@ use meshroute::run::RunConfig;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log format on stderr: text (coloured only when stderr is a terminal) or json (one
+    /// object per line).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
     Text,
     Json,
 }
@@ -76,9 +87,12 @@ enum Command {
         output: Output,
     },
     /// Show how a request would be routed: route, rule, backends with probabilities, endpoints,
-    /// timeouts and filters.
+    /// timeouts and filters. Exits 1 when it would not be routed (unknown authority, no
+    /// matching rule).
     Explain {
         dir: PathBuf,
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
         /// Request authority, e.g. smiley.faces.svc.cluster.local[:port]
         #[arg(long)]
         host: String,
@@ -131,7 +145,7 @@ fn main() -> ExitCode {
                 },
                 ..Default::default()
             };
-            match serve(cfg) {
+            match serve(cfg, cli.log_format) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -141,18 +155,20 @@ fn main() -> ExitCode {
         }
         Command::Check { paths, output } => {
             let report = meshroute::cli::check_paths(&paths);
-            match output {
-                Output::Json => println!("{}", report.to_json()),
-                Output::Text => print!("{}", report.to_text()),
-            }
-            if report.ok {
+            let text = match output {
+                Output::Json => format!("{}\n", report.to_json()),
+                Output::Text => report.to_text(),
+            };
+            let code = if report.ok {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
-            }
+            };
+            print_then(&text, code)
         }
         Command::Explain {
             dir,
+            output,
             host,
             path,
             method,
@@ -175,9 +191,17 @@ fn main() -> ExitCode {
                 headers: parsed,
             };
             match meshroute::cli::explain(&dir, &q) {
-                Ok(text) => {
-                    print!("{text}");
-                    ExitCode::SUCCESS
+                Ok(x) => {
+                    let text = match output {
+                        Output::Json => format!("{}\n", x.to_json()),
+                        Output::Text => x.to_text(),
+                    };
+                    let code = if x.routed() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    };
+                    print_then(&text, code)
                 }
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -186,22 +210,45 @@ fn main() -> ExitCode {
             }
         }
         Command::Crds { gateway_api } => {
-            print!("{}", meshroute::cli::crds_yaml(gateway_api));
-            ExitCode::SUCCESS
+            print_then(&meshroute::cli::crds_yaml(gateway_api), ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Print `text` to stdout and exit with `code`. A reader that closed the pipe early
+/// (`meshroute crds | head`) ends the output quietly; the exit code stays the command's.
+fn print_then(text: &str, code: ExitCode) -> ExitCode {
+    match meshroute::output::print(text) {
+        Ok(_) => code,
+        Err(e) => {
+            eprintln!("error: writing to stdout: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Log to stderr, filtered by `RUST_LOG` (default `info`). Text is coloured only on a terminal
+/// (`kubectl logs` shows escape codes verbatim) and never when `NO_COLOR` is set.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => {
+            let colour = std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            logs.with_ansi(colour).init();
         }
     }
 }
 
 /// Build the runtime (`MESHROUTE_WORKERS=1` gives a single-threaded one, as the bench kit asks
-/// of every proxy), log to stderr, and run until SIGTERM or Ctrl-C.
-fn serve(cfg: RunConfig) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+/// of every proxy), log to stderr in `log_format`, and run until SIGTERM or Ctrl-C.
+fn serve(cfg: RunConfig, log_format: LogFormat) -> anyhow::Result<()> {
+    init_logging(log_format);
     let workers = match std::env::var("MESHROUTE_WORKERS") {
         Ok(v) => Some(
             v.parse::<usize>()

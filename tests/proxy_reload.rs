@@ -51,6 +51,82 @@ async fn edited_weights_take_effect_on_next_request_after_reload() {
     m.shutdown().await.unwrap();
 }
 
+/// Wait until the watcher has attempted more than `n` reloads (bounded).
+async fn wait_reloads(m: &meshroute::run::Running, n: u64) {
+    for _ in 0..500 {
+        if m.status.snapshot().reloads > n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no reload after {n}: {:?}", m.status.snapshot());
+}
+
+#[tokio::test]
+async fn resync_of_an_unchanged_directory_publishes_nothing() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "services.yaml", &world(&a, &b));
+    write(dir.path(), "route.yaml", &split_route(1, 0));
+    let m = meshroute::run::start(meshroute::run::RunConfig {
+        config_dir: dir.path().to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin: "127.0.0.1:0".parse().unwrap(),
+        proxy: test_config(),
+        resync: Some(Duration::from_millis(50)),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let first = m.proxy.table().generation;
+    wait_reloads(&m, 3).await;
+    assert_eq!(m.proxy.table().generation, first);
+    let st = m.status.snapshot();
+    assert_eq!(st.generation, first, "{st:?}");
+    assert!(st.config_ok, "{st:?}");
+
+    // A real edit is still published, by the watcher or the next resync.
+    write(dir.path(), "route.yaml", &split_route(0, 1));
+    wait_generation(&m, first + 1).await;
+    assert_eq!(
+        split(&client(), m.proxy_addr, HOST, 10).await.get("b"),
+        Some(&10)
+    );
+    let reloads = m.status.snapshot().reloads;
+    wait_reloads(&m, reloads + 2).await;
+    assert_eq!(m.proxy.table().generation, first + 1);
+    m.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn rewriting_a_file_with_the_same_content_publishes_nothing() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "services.yaml", &world(&a, &b));
+    write(dir.path(), "route.yaml", &split_route(1, 0));
+    let m = start_on(dir.path()).await;
+    let first = m.proxy.table().generation;
+    let reloads = m.status.snapshot().reloads;
+
+    write(dir.path(), "route.yaml", &split_route(1, 0));
+    wait_reloads(&m, reloads).await;
+    assert_eq!(m.proxy.table().generation, first);
+    assert_eq!(m.status.snapshot().generation, first);
+    let (_, metrics) = admin(&m, "/metrics").await;
+    assert!(
+        metrics.contains(&format!("meshroute_table_generation {first}\n")),
+        "{metrics}"
+    );
+
+    write(dir.path(), "route.yaml", &split_route(0, 1));
+    wait_generation(&m, first + 1).await;
+    assert_eq!(
+        split(&client(), m.proxy_addr, HOST, 10).await.get("b"),
+        Some(&10)
+    );
+    m.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn broken_edit_keeps_the_last_good_table_and_reports_it() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);

@@ -5,7 +5,9 @@
 //! Reload rule: when the directory has errors and a table is already live, the live table keeps
 //! serving and the errors are reported (one log line per error naming file:line:column, object and
 //! field; `meshroute_config_reload_errors_total`; `/status` on the admin server). At startup,
-//! the valid objects are published and the errors reported the same way.
+//! the valid objects are published and the errors reported the same way. A reload whose table
+//! equals the live one (a resync, a file rewritten with the same content) publishes nothing;
+//! one that differs logs which routes were added, removed or edited.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -19,6 +21,7 @@ use tokio::time::Instant;
 use crate::compile::{compile, CompileOptions};
 use crate::proxy::Proxy;
 use crate::sources::file::load_dir;
+use crate::table::diff::TableDigest;
 
 /// Quiet time after the last event before reloading.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -70,6 +73,8 @@ impl ReloadStatus {
 pub enum Reloaded {
     /// A new table was published with this generation.
     Published(u64),
+    /// The directory compiles to the live table (this generation): nothing was published.
+    Unchanged(u64),
     /// The directory had errors; the live table (this generation) keeps serving.
     Kept(u64),
 }
@@ -116,14 +121,41 @@ pub fn reload_once(
     }
     let prev = proxy.table();
     let compiled = compile(&outcome.index, opts, Some(&prev));
-    drop(prev);
     let route_problems = compiled.route_problems();
+    // Resyncs and rewrites with the same content must not churn generations, pools and logs.
+    let changes = if proxy.is_ready() {
+        let changes = TableDigest::of(&prev).changes(&TableDigest::of(&compiled.table));
+        if changes.is_empty() {
+            let generation = prev.generation;
+            tracing::debug!(generation, "configuration unchanged; nothing to publish");
+            status.update(|s| {
+                s.config_ok = true;
+                s.errors = errors;
+                s.route_problems = route_problems;
+                s.reloads += 1;
+                s.last_reload_unix = now;
+            });
+            return Reloaded::Unchanged(generation);
+        }
+        Some(changes)
+    } else {
+        None
+    };
+    drop(prev);
     for p in &route_problems {
         tracing::warn!("route not fully accepted: {p}");
     }
     let parents = compiled.table.parent_count();
     let generation = proxy.publish(compiled.table);
-    tracing::info!(generation, parents, "routing table published");
+    match changes {
+        Some(c) => tracing::info!(
+            generation,
+            parents,
+            changes = %c,
+            "routing table published"
+        ),
+        None => tracing::info!(generation, parents, "routing table published"),
+    }
     status.update(|s| {
         s.generation = generation;
         s.config_ok = errors.is_empty();

@@ -6,6 +6,7 @@
 //! parent without accepted routes holds one synthetic passthrough rule to its own endpoints, so the
 //! proxy always deals with exactly one kind of thing: a [`Rule`].
 
+pub mod diff;
 pub mod matching;
 pub mod weighted;
 
@@ -226,6 +227,21 @@ pub struct Mirror {
     pub denominator: u32,
 }
 
+/// Why an authority names no parent port. The proxy answers each with 404
+/// `unknown-authority`; `explain` tells them apart.
+#[derive(Debug)]
+pub enum ParentMiss<'a> {
+    /// Not `name.namespace[.svc[.<cluster-domain>]][:port]` at all.
+    NotServiceAuthority,
+    /// A Service authority for a Service the table does not hold.
+    NoSuchService { namespace: String, name: String },
+    /// The Service exists but has no port `port`.
+    NoSuchPort {
+        service: &'a ParentService,
+        port: u16,
+    },
+}
+
 /// Result of binding a request to the table.
 #[derive(Debug)]
 pub enum Lookup<'a> {
@@ -289,6 +305,28 @@ impl RouteTable {
             .binary_search_by_key(&port, |p| p.port)
             .ok()
             .map(|i| &*svc.ports[i])
+    }
+
+    /// Why [`RouteTable::parent`] finds nothing for `authority`; `None` when it finds a parent.
+    pub fn parent_miss(&self, authority: &str) -> Option<ParentMiss<'_>> {
+        let Some((host, port)) = split_authority(authority) else {
+            return Some(ParentMiss::NotServiceAuthority);
+        };
+        let Some(key) = service_key(host, &self.cluster_domain) else {
+            return Some(ParentMiss::NotServiceAuthority);
+        };
+        let key = key.to_ascii_lowercase();
+        let Some(service) = self.services.get(key.as_str()) else {
+            let (name, namespace) = key.split_once('.').unwrap_or((key.as_str(), ""));
+            return Some(ParentMiss::NoSuchService {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            });
+        };
+        match service.ports.binary_search_by_key(&port, |p| p.port) {
+            Ok(_) => None,
+            Err(_) => Some(ParentMiss::NoSuchPort { service, port }),
+        }
     }
 
     /// Bind a request to a rule: find the parent by authority, then the first match in
@@ -453,7 +491,8 @@ fn ser_header_pairs<S: serde::Serializer>(
     use serde::ser::SerializeSeq;
     let mut seq = s.serialize_seq(Some(v.len()))?;
     for (n, val) in v {
-        seq.serialize_element(&(n.as_str(), val.to_str().unwrap_or("<binary>")))?;
+        // Lossy rather than a placeholder: the table digest must see every edit.
+        seq.serialize_element(&(n.as_str(), String::from_utf8_lossy(val.as_bytes())))?;
     }
     seq.end()
 }
@@ -488,6 +527,47 @@ mod tests {
         assert_eq!(service_key("web", d), None);
         assert_eq!(service_key(".shop", d), None);
         assert_eq!(service_key("web.", d), None);
+    }
+
+    #[test]
+    fn parent_misses_say_why() {
+        let mut t = RouteTable::new("cluster.local");
+        t.insert_parent(ParentPort {
+            namespace: "shop".into(),
+            name: "web".into(),
+            port: 80,
+            matches: Vec::new(),
+        });
+        assert!(t.parent_miss("web.shop").is_none());
+        assert!(t.parent_miss("Web.Shop.svc.cluster.local:80").is_none());
+        assert!(matches!(
+            t.parent_miss("web.shop.example.com"),
+            Some(ParentMiss::NotServiceAuthority)
+        ));
+        assert!(matches!(
+            t.parent_miss("[::1]:80"),
+            Some(ParentMiss::NotServiceAuthority)
+        ));
+        assert!(matches!(
+            t.parent_miss("web"),
+            Some(ParentMiss::NotServiceAuthority)
+        ));
+        assert!(matches!(
+            t.parent_miss("web.shop:http"),
+            Some(ParentMiss::NotServiceAuthority)
+        ));
+        match t.parent_miss("api.shop.svc") {
+            Some(ParentMiss::NoSuchService { namespace, name }) => {
+                assert_eq!((namespace.as_str(), name.as_str()), ("shop", "api"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match t.parent_miss("web.shop:8080") {
+            Some(ParentMiss::NoSuchPort { service, port }) => {
+                assert_eq!((&*service.name, port), ("web", 8080));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
