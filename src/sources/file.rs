@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::positions::{positions, DocPositions, Pos};
+use super::positions::{alias_expansion, positions, DocPositions, Pos};
 use crate::index::Index;
 use crate::model::{
     self, linkerd, smi, HttpRouteGroup, LinkerdHttpRoute, Object, ObjectKey, TrafficSplit,
@@ -28,6 +28,10 @@ pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 pub const MAX_DEPTH: usize = 64;
 /// Aliases allowed per file: enough for anchors in hand-written YAML, far too few for a bomb.
 pub const MAX_ALIASES: usize = 100;
+/// Nodes that aliases may add when expanded, per file. Counted before anything is expanded
+/// (`positions::alias_expansion`), so a bomb under [`MAX_ALIASES`] is refused after one
+/// linear pass instead of after building the values it asks for.
+pub const MAX_ALIAS_EXPANSION: u64 = 100_000;
 
 /// Where something came from: a file, the document in it (counting from 1; 0 for the
 /// whole file) and, when known, the line and column.
@@ -273,6 +277,12 @@ fn yaml_options() -> serde_saphyr::Options {
 
 /// Parse YAML text (one or more documents) into objects, strictly (see the module doc).
 pub fn parse_documents(file: &Path, text: &str) -> Vec<Result<Loaded, LoadError>> {
+    if let Some(n) = alias_expansion(text).filter(|n| *n > MAX_ALIAS_EXPANSION) {
+        return vec![Err(whole_file_error(
+            file,
+            format!("invalid YAML: aliases would expand to {n} nodes, more than the {MAX_ALIAS_EXPANSION} allowed"),
+        ))];
+    }
     let parsed = serde_saphyr::from_multiple_with_options(text, yaml_options()).or_else(|e| {
         // A repeated key refuses only its own object, naming the field: read the file
         // again keeping first values, and let the position pass find the repeats.
@@ -685,6 +695,23 @@ mod tests {
         assert_eq!(out.len(), 1);
         let e = out[0].as_ref().unwrap_err();
         assert!(e.message.starts_with("invalid YAML"), "{e}");
+    }
+
+    #[test]
+    fn alias_bombs_under_the_alias_cap_are_refused_before_expanding() {
+        // 9 levels x 10 aliases = 90 aliases (under MAX_ALIASES) for 10^10 nodes.
+        let mut y = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 0..9 {
+            let prev = if i == 0 { "a".to_string() } else { format!("b{}", i - 1) };
+            let refs = vec![format!("*{prev}"); 10].join(", ");
+            y.push_str(&format!("b{i}: &b{i} [{refs}]\n"));
+        }
+        let out = parse(&y);
+        let e = out[0].as_ref().unwrap_err();
+        assert!(e.message.contains("aliases would expand to"), "{e}");
+        // Ordinary anchors are fine.
+        let ok = "apiVersion: v1\nkind: Service\nmetadata: {name: a, labels: &l {app: a}}\nspec: {selector: *l}\n";
+        assert!(parse(ok)[0].is_ok(), "{:?}", parse(ok));
     }
 
     #[test]

@@ -211,6 +211,64 @@ pub fn positions(text: &str) -> Option<Vec<DocPositions>> {
     Some(docs)
 }
 
+/// How many nodes the aliases of `text` would add when expanded: each `*ref` replays its
+/// anchored node with everything under it (aliases inside it included). `None` when the text
+/// does not parse (the loader reports that). Counted on events, without expanding anything,
+/// so a billion-laughs file costs one linear pass, not the memory it asks for.
+pub fn alias_expansion(text: &str) -> Option<u64> {
+    // Sizes of finished anchors by id, and the anchored nodes still open (id, size so far).
+    let mut sizes: HashMap<usize, u64> = HashMap::new();
+    let mut open: Vec<(usize, u64, usize)> = Vec::new(); // (anchor id, size, depth at start)
+    let mut depth = 0usize;
+    let mut total: u64 = 0;
+    for item in Parser::new_from_str(text) {
+        let (event, _) = item.ok()?;
+        let (add, anchor, opens, closes) = match &event {
+            Event::Scalar(_, _, anchor, _) => (1, *anchor, false, false),
+            Event::MappingStart(_, anchor, _) | Event::SequenceStart(_, anchor, _) => {
+                (1, *anchor, true, false)
+            }
+            Event::MappingEnd | Event::SequenceEnd => (0, 0, false, true),
+            Event::Alias(id) => {
+                let n = sizes.get(id).copied().unwrap_or(0);
+                total = total.saturating_add(n);
+                (n, 0, false, false)
+            }
+            Event::DocumentStart(..) => {
+                sizes.clear();
+                open.clear();
+                depth = 0;
+                continue;
+            }
+            _ => continue,
+        };
+        for o in open.iter_mut() {
+            o.1 = o.1.saturating_add(add);
+        }
+        if anchor != 0 {
+            if opens {
+                open.push((anchor, 1, depth));
+            } else {
+                sizes.insert(anchor, 1);
+            }
+        }
+        if opens {
+            depth += 1;
+        }
+        if closes {
+            depth = depth.saturating_sub(1);
+            while let Some(&(id, size, d)) = open.last() {
+                if d < depth {
+                    break;
+                }
+                sizes.insert(id, size);
+                open.pop();
+            }
+        }
+    }
+    Some(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,6 +321,25 @@ mod tests {
             d.duplicates,
             [("b.c".to_string(), Pos { line: 4, column: 3 })]
         );
+    }
+
+    #[test]
+    fn alias_expansion_counts_nested_replays_without_expanding() {
+        assert_eq!(alias_expansion("a: &a [1, 2]\nb: *a\nc: *a\n"), Some(6));
+        assert_eq!(alias_expansion("a: &s x\nb: *s\n"), Some(1));
+        // Nested: b holds two copies of a (3 nodes each) plus itself.
+        assert_eq!(
+            alias_expansion("a: &a [1, 2]\nb: &b [*a, *a]\nc: *b\n"),
+            Some(6 + 7)
+        );
+        // A bomb: 12 levels of 10 aliases each is 10^12 nodes, counted in microseconds.
+        let mut y = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 0..12 {
+            let prev = if i == 0 { "a".to_string() } else { format!("b{}", i - 1) };
+            let refs = vec![format!("*{prev}"); 10].join(", ");
+            y.push_str(&format!("b{i}: &b{i} [{refs}]\n"));
+        }
+        assert!(alias_expansion(&y).unwrap() > 1_000_000_000_000);
     }
 
     #[test]
