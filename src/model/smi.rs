@@ -69,13 +69,13 @@ macro_rules! traffic_split {
                 CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema, PartialEq,
             )]
             #[kube(
-                        group = "split.smi-spec.io",
-                        version = $version,
-                        kind = "TrafficSplit",
-                        plural = "trafficsplits",
-                        namespaced,
-                        derive = "PartialEq"
-                    )]
+                                        group = "split.smi-spec.io",
+                                        version = $version,
+                                        kind = "TrafficSplit",
+                                        plural = "trafficsplits",
+                                        namespaced,
+                                        derive = "PartialEq"
+                                    )]
             pub struct TrafficSplitSpec {
                 pub service: String,
                 pub backends: Vec<Backend>,
