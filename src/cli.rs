@@ -5,12 +5,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use kube::core::crd::merge_crds;
-use kube::CustomResourceExt;
 use serde::Serialize;
 
 use crate::compile::{compile, status::RouteStatus, CompileOptions, Compiled};
-use crate::model::{linkerd, smi};
 use crate::sources::file::{load_dir, load_paths, LoadOutcome};
 use crate::table::{
     matching::RequestView, Backend, BackendTarget, Filter, Lookup, ParentMiss, ParentPort,
@@ -567,60 +564,20 @@ impl Explanation {
 }
 
 /// The CRDs for the kinds meshroute defines, drop-in compatible with Linkerd's and
-/// linkerd-smi's: same groups and plurals, a superset of their versions, same storage version.
+/// linkerd-smi's: same groups and plurals, a superset of their versions, same storage version,
+/// and one superset schema in every version (see [`crate::crds`]).
 pub fn crds(
 ) -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
-    let mut out = Vec::new();
-    let merge = |crds, storage| merge_crds(crds, storage).map_err(|e| format!("{e:?}"));
-    if let Ok(c) = merge(
-        vec![
-            linkerd::v1alpha1::HttpRoute::crd(),
-            linkerd::v1beta1::HttpRoute::crd(),
-            linkerd::v1beta2::HttpRoute::crd(),
-            linkerd::v1beta3::HttpRoute::crd(),
-        ],
-        "v1beta3",
-    ) {
-        out.push(c);
-    }
-    if let Ok(c) = merge(
-        vec![
-            smi::split_v1alpha1::TrafficSplit::crd(),
-            smi::split_v1alpha2::TrafficSplit::crd(),
-            smi::split_v1alpha3::TrafficSplit::crd(),
-            smi::split_v1alpha4::TrafficSplit::crd(),
-        ],
-        "v1alpha2",
-    ) {
-        out.push(c);
-    }
-    if let Ok(c) = merge(
-        vec![
-            smi::group_v1alpha1::HttpRouteGroup::crd(),
-            smi::group_v1alpha2::HttpRouteGroup::crd(),
-            smi::group_v1alpha3::HttpRouteGroup::crd(),
-            smi::group_v1alpha4::HttpRouteGroup::crd(),
-        ],
-        "v1alpha4",
-    ) {
-        out.push(c);
-    }
-    out
+    crate::crds::ours()
 }
 
-/// Render CRDs as one multi-document YAML stream.
+/// Render CRDs as one multi-document YAML stream: ours, or (`gateway_api`) the Gateway API
+/// HTTPRoute CRD with the approval annotation and upstream's validation.
 pub fn crds_yaml(gateway_api: bool) -> String {
-    let mut docs: Vec<serde_json::Value> = crds()
-        .iter()
-        .filter_map(|c| serde_json::to_value(c).ok())
-        .collect();
     if gateway_api {
-        docs =
-            vec![serde_json::to_value(crate::model::GatewayHttpRoute::crd()).unwrap_or_default()];
+        crate::crds::to_yaml(&[crate::crds::gateway_httproute()])
+    } else {
+        crate::crds::to_yaml(&crds())
     }
-    docs.iter()
-        .map(|d| serde_saphyr::to_string(d).unwrap_or_default())
-        .collect::<Vec<_>>()
-        .join("---\n")
 }

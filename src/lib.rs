@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod cli;
 pub mod compile;
+pub mod crds;
 pub mod demo;
 pub mod index;
 pub mod metrics;

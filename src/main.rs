@@ -64,8 +64,8 @@ enum Command {
         /// e.g. `app.kubernetes.io/part-of=shop` (Services and endpoints are always watched).
         #[arg(long, requires = "kube")]
         selector: Option<String>,
-        /// Kubernetes mode: namespace of the leader-election Lease
-        /// (default: $POD_NAMESPACE, else meshroute).
+        /// Kubernetes mode: namespace of the leader-election Lease (default: $POD_NAMESPACE,
+        /// else the pod's namespace in a cluster, else the kubeconfig context's namespace).
         #[arg(long, requires = "kube")]
         lease_namespace: Option<String>,
         /// Kubernetes mode: name of the leader-election Lease.
@@ -107,8 +107,9 @@ enum Command {
     /// Print the CRDs for the kinds meshroute defines (policy.linkerd.io HTTPRoute, SMI
     /// TrafficSplit and HTTPRouteGroup).
     Crds {
-        /// Print instead a gateway.networking.k8s.io HTTPRoute CRD generated from our types
-        /// (for test clusters that cannot download the upstream one).
+        /// Print instead a gateway.networking.k8s.io HTTPRoute CRD generated from our types,
+        /// with upstream's approval annotation and validation (for clusters that cannot
+        /// download the upstream one): `meshroute crds --gateway-api | kubectl apply --server-side -f -`.
         #[arg(long)]
         gateway_api: bool,
     },

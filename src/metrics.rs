@@ -142,6 +142,13 @@ pub struct Metrics {
     /// 1 while the live table is the result of the last reload attempt, 0 while a broken
     /// edit is being ignored.
     pub config_ok: Gauge,
+    /// Kubernetes mode: 1 while this replica holds the status Lease (and so writes status and
+    /// Events).
+    pub status_writer_leader: Gauge,
+    /// Kubernetes mode: 1 while the status Lease can be read and taken or renewed, 0 while it
+    /// cannot (missing namespace, no RBAC, API server unreachable): then no replica may be
+    /// writing status.
+    pub status_writer_lease_ok: Gauge,
     /// Requests refused before routing (missing Host, unknown authority, no matching rule).
     unrouted: Family<UnroutedLabels, Counter>,
 }
@@ -174,6 +181,8 @@ impl Metrics {
             reloads: Counter::default(),
             reload_errors: Counter::default(),
             config_ok: Gauge::default(),
+            status_writer_leader: Gauge::default(),
+            status_writer_lease_ok: Gauge::default(),
             unrouted: Family::default(),
         };
         let r = &mut m.registry;
@@ -226,6 +235,16 @@ impl Metrics {
             "meshroute_sent_bytes",
             "Bytes written to clients",
             m.bytes_out.clone(),
+        );
+        r.register(
+            "meshroute_status_writer_leader",
+            "1 while this replica holds the Lease that makes it write route status and Events",
+            m.status_writer_leader.clone(),
+        );
+        r.register(
+            "meshroute_status_writer_lease_ok",
+            "1 while the status writer's Lease can be read and taken or renewed",
+            m.status_writer_lease_ok.clone(),
         );
         r.register(
             "meshroute_table_generation",

@@ -74,6 +74,9 @@ pub struct Running {
     pub status: Arc<ReloadStatus>,
     stop: signal::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
+    /// Tasks that finish by themselves on the stop signal (leader election releases its
+    /// Lease), waited for on shutdown.
+    finishing: Vec<JoinHandle<()>>,
     others: Vec<JoinHandle<()>>,
 }
 
@@ -83,6 +86,11 @@ impl Running {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
         let served = self.server.await;
+        for t in self.finishing {
+            // Bounded by the task itself (the Lease release has its own timeout); the margin
+            // only guards against a bug there.
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
         for t in self.others {
             t.abort();
         }
@@ -172,6 +180,7 @@ pub async fn start(config: RunConfig) -> anyhow::Result<Running> {
         config.resync,
         stopped(stop_rx.clone()),
     )));
+    let finishing = Vec::new();
     if config.demo {
         others.push(tokio::spawn(crate::demo::show(
             proxy.clone(),
@@ -187,6 +196,7 @@ pub async fn start(config: RunConfig) -> anyhow::Result<Running> {
         status,
         stop,
         server,
+        finishing,
         others,
     })
 }
@@ -243,15 +253,22 @@ async fn start_kube(config: RunConfig) -> anyhow::Result<Running> {
         Some(plan_tx),
         stopped(stop_rx.clone()),
     )));
+    let mut finishing = Vec::new();
     if !opts.read_only {
         let identity = opts.identity();
+        let lease_namespace = opts.lease_namespace(client.default_namespace());
+        tracing::info!(lease = %format!("{lease_namespace}/{}", opts.lease_name()), %identity, "status writer: leader election");
         let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
-        others.push(tokio::spawn(kube_status::elect(
+        finishing.push(tokio::spawn(kube_status::elect(
             client.clone(),
-            opts.lease_namespace(),
+            lease_namespace,
             opts.lease_name(),
             identity.clone(),
             leader_tx,
+            kube_status::LeaseReport {
+                status: status.clone(),
+                metrics: proxy.metrics.clone(),
+            },
             stopped(stop_rx.clone()),
         )));
         let rx = stop_rx.clone();
@@ -270,6 +287,7 @@ async fn start_kube(config: RunConfig) -> anyhow::Result<Running> {
         status,
         stop,
         server,
+        finishing,
         others,
     })
 }

@@ -513,7 +513,13 @@ fn every_trafficsplit_version_converts_to_the_same_weighted_rule() {
         (
             "v1alpha1",
             "[{service: v1, weight: \"90\"}, {service: v2, weight: 10}]",
-            vec![90_000, 10_000],
+            vec![90, 10],
+        ),
+        // A stored v1alpha1 split read under a later version still carries quantities.
+        (
+            "v1alpha4",
+            "[{service: v1, weight: 900m}, {service: v2, weight: \"0.1\"}]",
+            vec![900, 100],
         ),
         (
             "v1alpha2",

@@ -964,26 +964,18 @@ fn admit_split(
 ) -> AdmittedRoute {
     route.kind = RouteKind::TrafficSplit;
     let (service, backends, matches): SplitParts<'_> = match t {
-        TrafficSplit::V1alpha1(t) => (
-            &t.spec.service,
-            t.spec
-                .backends
-                .iter()
-                .map(|b| (b.service.clone(), quantity_weight(&b.weight)))
-                .collect(),
-            None,
-        ),
-        TrafficSplit::V1alpha2(t) => (&t.spec.service, int_weights(&t.spec.backends), None),
-        TrafficSplit::V1alpha3(t) => (
-            &t.spec.service,
-            int_weights(&t.spec.backends),
-            t.spec.matches.as_ref(),
-        ),
-        TrafficSplit::V1alpha4(t) => (
-            &t.spec.service,
-            int_weights(&t.spec.backends),
-            t.spec.matches.as_ref(),
-        ),
+        TrafficSplit::V1alpha1(t) => {
+            split_parts(&t.spec.service, &t.spec.backends, &t.spec.matches)
+        }
+        TrafficSplit::V1alpha2(t) => {
+            split_parts(&t.spec.service, &t.spec.backends, &t.spec.matches)
+        }
+        TrafficSplit::V1alpha3(t) => {
+            split_parts(&t.spec.service, &t.spec.backends, &t.spec.matches)
+        }
+        TrafficSplit::V1alpha4(t) => {
+            split_parts(&t.spec.service, &t.spec.backends, &t.spec.matches)
+        }
     };
     if service.is_empty() {
         errors.push(err("spec.service", "required"));
@@ -1037,20 +1029,36 @@ fn admit_split(
     route
 }
 
-fn int_weights(b: &[smi::IntBackend]) -> Vec<(String, Result<u32, String>)> {
-    b.iter()
-        .map(|b| {
-            let w = if (0..=MAX_WEIGHT).contains(&b.weight) {
-                Ok(b.weight as u32)
-            } else {
-                Err(format!("{} is out of range 0..=1000000", b.weight))
-            };
-            (b.service.clone(), w)
-        })
+fn split_parts<'a>(
+    service: &'a str,
+    backends: &[smi::Backend],
+    matches: &'a Option<Vec<smi::MatchRef>>,
+) -> SplitParts<'a> {
+    (service, split_weights(backends), matches.as_ref())
+}
+
+/// The weights of one split, every version alike (a stored v1alpha1 split may be read under any
+/// version): each is read as a quantity in thousandths, and when all of them are whole units
+/// they are divided back down, so `90`/`10` stay `90`/`10` while `1`/`500m` become
+/// `1000`/`500`. Either way every weight of the split has the same scale and ratios are exact.
+pub fn split_weights(backends: &[smi::Backend]) -> Vec<(String, Result<u32, String>)> {
+    let milli: Vec<(String, Result<u32, String>)> = backends
+        .iter()
+        .map(|b| (b.service.clone(), quantity_weight(&b.weight)))
+        .collect();
+    let whole = milli
+        .iter()
+        .all(|(_, w)| w.as_ref().map_or(true, |w| w % 1000 == 0));
+    if !whole {
+        return milli;
+    }
+    milli
+        .into_iter()
+        .map(|(s, w)| (s, w.map(|w| w / 1000)))
         .collect()
 }
 
-/// A v1alpha1 weight in thousandths (`1` → 1000, `500m` → 500, `"0.5"` → 500), so that
+/// A TrafficSplit weight in thousandths (`1` → 1000, `500m` → 500, `"0.5"` → 500), so that
 /// quantities of any scale keep their ratios.
 pub fn quantity_weight(q: &smi::QuantityWeight) -> Result<u32, String> {
     let s = match q {
@@ -1197,6 +1205,37 @@ mod tests {
             let e = parse_duration(s).unwrap_err();
             assert!(e.contains("is not a duration"), "{s}: {e}");
         }
+    }
+
+    #[test]
+    fn split_weights_share_one_scale_whatever_the_version_wrote() {
+        use smi::QuantityWeight::*;
+        let b = |service: &str, weight| smi::Backend {
+            service: service.into(),
+            weight,
+        };
+        let ws = |bs: &[smi::Backend]| -> Vec<Result<u32, String>> {
+            split_weights(bs).into_iter().map(|(_, w)| w).collect()
+        };
+        // Whole units stay units (what v1alpha2+ users wrote and see in /debug/table).
+        assert_eq!(ws(&[b("a", Int(90)), b("b", Int(10))]), [Ok(90), Ok(10)]);
+        assert_eq!(
+            ws(&[b("a", Str("90".into())), b("b", Int(10))]),
+            [Ok(90), Ok(10)]
+        );
+        // Any fraction puts the whole split in thousandths: 1 : 0.5 stays 2 : 1.
+        assert_eq!(
+            ws(&[b("a", Int(1)), b("b", Str("500m".into()))]),
+            [Ok(1000), Ok(500)]
+        );
+        assert_eq!(
+            ws(&[b("a", Str("1k".into())), b("b", Str("0.5".into()))]),
+            [Ok(1_000_000), Ok(500)]
+        );
+        // A bad weight is an error of its own and does not change the others' scale.
+        let out = ws(&[b("a", Int(3)), b("b", Str("lots".into()))]);
+        assert_eq!(out[0], Ok(3));
+        assert!(out[1].is_err());
     }
 
     #[test]

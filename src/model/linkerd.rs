@@ -1,7 +1,11 @@
-//! policy.linkerd.io HTTPRoute, every served version. v1alpha1 and v1beta1 have backendRefs
-//! without weights; v1beta2 adds weight/group/kind and Service parents with a port; v1beta3 adds
-//! `rules[].timeouts`. Matches, filters and parentRefs share the Gateway API shapes, so every
-//! version converts losslessly into the gateway.networking.k8s.io type for compilation.
+//! policy.linkerd.io HTTPRoute, every served version. Linkerd's v1alpha1 and v1beta1 have
+//! backendRefs without weights; v1beta2 adds weight/group/kind and Service parents with a port;
+//! v1beta3 adds `rules[].timeouts`. **Every version here has the v1beta3 shape** (the superset):
+//! with `conversion: None` the API server stores any version in the storage version's schema and
+//! serves the stored object under whatever version is asked for, pruning what the asked-for
+//! schema lacks, so a v1beta3 `timeouts` or a weight read as v1beta1 must survive. Matches,
+//! filters and parentRefs share the Gateway API shapes, so every version converts losslessly
+//! into the gateway.networking.k8s.io type for compilation.
 //!
 //! The schemas carry the validation Linkerd's CRDs (and the Gateway API's CEL rules) apply, so a
 //! cluster running our CRDs refuses the same bad edits that `meshroute check` reports.
@@ -16,18 +20,7 @@ use serde::{Deserialize, Serialize};
 /// GEP-2257 duration, e.g. `300ms`, `1h30m`.
 pub const DURATION_PATTERN: &str = "^([0-9]{1,5}(h|m|s|ms)){1,4}$";
 
-/// A backendRef of v1alpha1/v1beta1: a Service, no weight.
-#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
-pub struct BackendRefUnweighted {
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 65535))]
-    pub port: Option<i32>,
-}
-
-/// A weighted backendRef (v1beta2+), Gateway API shape.
+/// A backendRef, Gateway API shape (weight, group and kind are Linkerd v1beta2+).
 #[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
 pub struct BackendRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -61,36 +54,9 @@ pub struct Timeouts {
     pub backend_request: Option<String>,
 }
 
+/// A rule of any version (`timeouts` are Linkerd v1beta3+).
 #[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
-pub struct RuleUnweighted {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub matches: Option<Vec<HttpRouteRulesMatches>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub filters: Option<Vec<HttpRouteRulesFilters>>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        rename = "backendRefs"
-    )]
-    pub backend_refs: Option<Vec<BackendRefUnweighted>>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
-pub struct RuleWeighted {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub matches: Option<Vec<HttpRouteRulesMatches>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub filters: Option<Vec<HttpRouteRulesFilters>>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        rename = "backendRefs"
-    )]
-    pub backend_refs: Option<Vec<BackendRef>>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
-pub struct RuleWithTimeouts {
+pub struct Rule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matches: Option<Vec<HttpRouteRulesMatches>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -135,7 +101,7 @@ macro_rules! linkerd_httproute {
     };
 }
 
-linkerd_httproute!(v1alpha1, "v1alpha1", RuleUnweighted);
-linkerd_httproute!(v1beta1, "v1beta1", RuleUnweighted);
-linkerd_httproute!(v1beta2, "v1beta2", RuleWeighted);
-linkerd_httproute!(v1beta3, "v1beta3", RuleWithTimeouts);
+linkerd_httproute!(v1alpha1, "v1alpha1", Rule);
+linkerd_httproute!(v1beta1, "v1beta1", Rule);
+linkerd_httproute!(v1beta2, "v1beta2", Rule);
+linkerd_httproute!(v1beta3, "v1beta3", Rule);

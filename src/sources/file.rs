@@ -702,7 +702,11 @@ mod tests {
         // 9 levels x 10 aliases = 90 aliases (under MAX_ALIASES) for 10^10 nodes.
         let mut y = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
         for i in 0..9 {
-            let prev = if i == 0 { "a".to_string() } else { format!("b{}", i - 1) };
+            let prev = if i == 0 {
+                "a".to_string()
+            } else {
+                format!("b{}", i - 1)
+            };
             let refs = vec![format!("*{prev}"); 10].join(", ");
             y.push_str(&format!("b{i}: &b{i} [{refs}]\n"));
         }

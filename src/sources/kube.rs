@@ -53,7 +53,8 @@ pub struct KubeOptions {
     /// Services and endpoints are always watched in full: a selected route must resolve its
     /// parents and backends whatever their labels.
     pub label_selector: Option<String>,
-    /// Namespace of the leader-election Lease (default: `$POD_NAMESPACE`, else `meshroute`).
+    /// Namespace of the leader-election Lease (default: `$POD_NAMESPACE`, else the client's
+    /// default namespace: the pod's own in a cluster, the kubeconfig context's outside one).
     pub lease_namespace: Option<String>,
     /// Name of the Lease (default `meshroute`).
     pub lease_name: Option<String>,
@@ -64,15 +65,20 @@ pub struct KubeOptions {
 }
 
 impl KubeOptions {
-    pub fn lease_namespace(&self) -> String {
+    /// The Lease's namespace: `--lease-namespace`, else `$POD_NAMESPACE`, else
+    /// `client_default` ([`Client::default_namespace`]: in a cluster the service account's
+    /// namespace file, outside it the kubeconfig context's namespace or `default`), so that a
+    /// newcomer's `meshroute run --kube` finds a namespace that exists.
+    pub fn lease_namespace(&self, client_default: &str) -> String {
         self.lease_namespace
             .clone()
+            .filter(|s| !s.is_empty())
             .or_else(|| {
                 std::env::var("POD_NAMESPACE")
                     .ok()
                     .filter(|s| !s.is_empty())
             })
-            .unwrap_or_else(|| "meshroute".into())
+            .unwrap_or_else(|| client_default.to_string())
     }
 
     pub fn lease_name(&self) -> String {
@@ -308,19 +314,35 @@ pub struct RouteInfo {
     pub split_weights: Option<String>,
 }
 
+/// An object the API server returned that meshroute cannot use: it is named in a log line,
+/// in `/status` on the admin port and, by the status writer, in a Warning Event on the object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    pub key: ObjectKey,
+    pub api_version: String,
+    pub uid: Option<String>,
+    /// Event reason: `Unreadable` (does not decode) or `Invalid` (refused at admission).
+    pub reason: &'static str,
+    pub message: String,
+}
+
 /// Published after every compile for the status writer.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub statuses: Vec<RouteStatus>,
     pub infos: BTreeMap<ObjectKey, RouteInfo>,
+    /// Objects that could not be used (an earlier good version, if any, keeps serving).
+    pub rejected: Vec<Rejected>,
 }
 
-/// One decoded object.
+/// One object as the API server returned it: decoded, or why it could not be.
 #[derive(Debug)]
 struct Item {
     key: ObjectKey,
-    object: Object,
+    object: Result<Object, String>,
     info: Option<RouteInfo>,
+    api_version: String,
+    uid: Option<String>,
 }
 
 #[derive(Debug)]
@@ -406,28 +428,36 @@ fn route_info(slot: Slot, api_version: &str, doc: &Value) -> Option<RouteInfo> {
     })
 }
 
-/// Decode a watched object through the same decoder as file mode.
-fn to_item(slot: Slot, ar: &ApiResource, mut doc: Value) -> Result<Item, String> {
+/// Decode a watched object through the same decoder as file mode. An object that does not
+/// decode is still an item (with the error), never silently dropped.
+fn to_item(slot: Slot, ar: &ApiResource, mut doc: Value) -> Item {
     if let Some(o) = doc.as_object_mut() {
         o.insert("apiVersion".into(), Value::String(ar.api_version.clone()));
         o.insert("kind".into(), Value::String(ar.kind.clone()));
     }
     let info = route_info(slot, &ar.api_version, &doc);
+    let meta = |field: &str| {
+        doc.pointer(&format!("/metadata/{field}"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let (namespace, name, uid) = (meta("namespace"), meta("name"), meta("uid"));
     let location = Location {
         file: PathBuf::from("kube"),
         document: 0,
         pos: None,
     };
-    match decode(&location, doc) {
-        Ok(loaded) => Ok(Item {
-            key: loaded.object.key(),
-            object: loaded.object,
-            info,
-        }),
-        Err(e) => Err(match e.object {
-            Some(o) => format!("{o}: {}", e.message),
-            None => e.message,
-        }),
+    let key = slot.key(namespace.as_deref(), name.as_deref());
+    let object = match decode(&location, doc) {
+        Ok(loaded) => Ok(loaded.object),
+        Err(e) => Err(e.message),
+    };
+    Item {
+        key,
+        object,
+        info,
+        api_version: ar.api_version.clone(),
+        uid,
     }
 }
 
@@ -443,17 +473,12 @@ async fn watch_kind<K>(
     let mut stream = std::pin::pin!(watcher::watcher(api, cfg).default_backoff());
     let mut failing = false;
     let convert = |obj: &K| -> Option<Item> {
-        let doc = match serde_json::to_value(obj) {
-            Ok(d) => d,
+        match serde_json::to_value(obj) {
+            Ok(doc) => Some(to_item(slot, &ar, doc)),
             Err(e) => {
-                tracing::warn!(kind = %slot, error = %e, "cannot re-encode a watched object");
-                return None;
-            }
-        };
-        match to_item(slot, &ar, doc) {
-            Ok(item) => Some(item),
-            Err(e) => {
-                tracing::warn!(kind = %slot, "ignoring object the API server returned: {e}");
+                // Unreachable for what the watcher itself just decoded.
+                let m = obj.meta();
+                tracing::warn!(kind = %slot, namespace = m.namespace.as_deref().unwrap_or(""), name = m.name.as_deref().unwrap_or(""), error = %e, "cannot re-encode a watched object");
                 None
             }
         }
@@ -569,6 +594,7 @@ struct State {
     synced: BTreeSet<Slot>,
     expected: BTreeSet<Slot>,
     infos: BTreeMap<ObjectKey, RouteInfo>,
+    rejected: BTreeMap<ObjectKey, Rejected>,
     dirty: bool,
 }
 
@@ -581,6 +607,7 @@ impl State {
             synced: BTreeSet::new(),
             expected,
             infos: BTreeMap::new(),
+            rejected: BTreeMap::new(),
             dirty: false,
         }
     }
@@ -595,9 +622,34 @@ impl State {
                 self.infos.remove(&item.key);
             }
         }
-        if let Err(errs) = self.index.apply(item.object) {
-            let errs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-            tracing::warn!("{}: refused: {}", item.key, errs.join("; "));
+        let refused = match item.object {
+            Ok(object) => match self.index.apply(object) {
+                Ok(()) => None,
+                Err(errs) => {
+                    let errs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+                    Some(("Invalid", errs.join("; ")))
+                }
+            },
+            Err(e) => Some(("Unreadable", e)),
+        };
+        match refused {
+            None => {
+                self.rejected.remove(&item.key);
+            }
+            Some((reason, message)) => {
+                // Like an edit the API server refuses: an earlier good version keeps serving.
+                tracing::warn!(object = %item.key, api_version = %item.api_version, "{}: {}: {message}", item.key, if reason == "Unreadable" { "cannot be read" } else { "refused" });
+                self.rejected.insert(
+                    item.key.clone(),
+                    Rejected {
+                        key: item.key,
+                        api_version: item.api_version,
+                        uid: item.uid,
+                        reason,
+                        message,
+                    },
+                );
+            }
         }
     }
 
@@ -606,6 +658,7 @@ impl State {
             k.remove(key);
         }
         self.infos.remove(key);
+        self.rejected.remove(key);
         self.index.delete(key);
     }
 
@@ -742,10 +795,19 @@ fn publish(state: &State, sinks: &Sinks) {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
+    let rejected: Vec<Rejected> = state.rejected.values().cloned().collect();
+    sinks
+        .proxy
+        .metrics
+        .config_ok
+        .set(i64::from(rejected.is_empty()));
     sinks.status.update(|s| {
         s.generation = generation;
-        s.config_ok = true;
-        s.errors = Vec::new();
+        s.config_ok = rejected.is_empty();
+        s.errors = rejected
+            .iter()
+            .map(|r| format!("{}: {}", r.key, r.message))
+            .collect();
         s.route_problems = route_problems;
         s.reloads += 1;
         s.last_reload_unix = now;
@@ -753,6 +815,7 @@ fn publish(state: &State, sinks: &Sinks) {
     sinks.snapshots.send_replace(Arc::new(Snapshot {
         statuses: compiled.statuses,
         infos: state.infos.clone(),
+        rejected,
     }));
 }
 
@@ -802,8 +865,10 @@ mod tests {
         };
         Item {
             key: Slot::Service.key(Some("ns"), Some(name)),
-            object: Object::Service(Box::new(svc)),
+            object: Ok(Object::Service(Box::new(svc))),
             info: None,
+            api_version: "v1".into(),
+            uid: None,
         }
     }
 
@@ -832,5 +897,85 @@ mod tests {
         st.handle(Msg::InitDone(Slot::Service));
         let names: Vec<_> = st.index.services.keys().map(|(_, n)| n.clone()).collect();
         assert_eq!(names, vec!["b".to_string()]);
+    }
+
+    fn split_resource(version: &str) -> ApiResource {
+        ApiResource {
+            group: SPLIT_GROUP.into(),
+            version: version.into(),
+            api_version: format!("{SPLIT_GROUP}/{version}"),
+            kind: "TrafficSplit".into(),
+            plural: "trafficsplits".into(),
+        }
+    }
+
+    /// What an API server without a conversion webhook returns for a v1alpha1 split when asked
+    /// for v1alpha4: the stored object, quantity weights and all.
+    fn stored_v1alpha1_split() -> Value {
+        serde_json::json!({
+            "apiVersion": "split.smi-spec.io/v1alpha4",
+            "kind": "TrafficSplit",
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u-1"},
+            "spec": {"service": "web", "backends": [
+                {"service": "web-v1", "weight": 1},
+                {"service": "web-v2", "weight": "500m"}
+            ]}
+        })
+    }
+
+    #[test]
+    fn v1alpha1_split_read_as_v1alpha4_keeps_its_quantity_weights() {
+        let item = to_item(
+            Slot::TrafficSplit,
+            &split_resource("v1alpha4"),
+            stored_v1alpha1_split(),
+        );
+        let object = item.object.expect("decodes");
+        let route = crate::compile::validate::admit(&object)
+            .expect("admitted")
+            .expect("a route");
+        let weights: Vec<u32> = route.rules[0].backends.iter().map(|b| b.weight).collect();
+        assert_eq!(weights, [1000, 500]);
+    }
+
+    #[test]
+    fn an_object_that_cannot_be_read_is_reported_not_dropped() {
+        let mut bad = stored_v1alpha1_split();
+        bad["spec"]["backends"] = serde_json::json!("everything");
+        let item = to_item(Slot::TrafficSplit, &split_resource("v1alpha4"), bad);
+        assert!(item.object.is_err());
+        let key = item.key.clone();
+        let mut st = State::new([Slot::TrafficSplit].into());
+        st.handle(Msg::Init(Slot::TrafficSplit));
+        st.handle(Msg::InitApply(Slot::TrafficSplit, item));
+        st.handle(Msg::InitDone(Slot::TrafficSplit));
+        let r = st.rejected.get(&key).expect("reported");
+        assert_eq!(r.reason, "Unreadable");
+        assert_eq!(r.uid.as_deref(), Some("u-1"));
+        assert!(r.message.contains("spec.backends"), "{}", r.message);
+        // Once it reads again the report goes away.
+        st.handle(Msg::Apply(
+            Slot::TrafficSplit,
+            to_item(
+                Slot::TrafficSplit,
+                &split_resource("v1alpha4"),
+                stored_v1alpha1_split(),
+            ),
+        ));
+        assert!(st.rejected.is_empty());
+        assert!(st.index.routes.contains_key(&key));
+    }
+
+    #[test]
+    fn lease_namespace_defaults_to_the_clients_namespace() {
+        let opts = KubeOptions::default();
+        if std::env::var_os("POD_NAMESPACE").is_none() {
+            assert_eq!(opts.lease_namespace("team-a"), "team-a");
+        }
+        let opts = KubeOptions {
+            lease_namespace: Some("ops".into()),
+            ..Default::default()
+        };
+        assert_eq!(opts.lease_namespace("team-a"), "ops");
     }
 }

@@ -34,10 +34,12 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::kube::{normalize_parent, Plan, RouteInfo, Slot, Snapshot};
+use super::kube::{normalize_parent, Plan, Rejected, RouteInfo, Slot, Snapshot};
 use crate::compile::status::{RouteStatus, CONTROLLER_NAME};
 use crate::compile::validate::RouteKind;
+use crate::metrics::Metrics;
 use crate::model::ObjectKey;
+use crate::sources::watch::{ReloadStatus, StatusWriterState};
 
 /// Lease validity without renewal.
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
@@ -74,17 +76,46 @@ fn now_rfc3339() -> String {
         .to_string()
 }
 
+/// Where leader election reports how it is going: `/status` on the admin server and the
+/// `meshroute_status_writer_*` metrics.
+#[derive(Clone)]
+pub struct LeaseReport {
+    pub status: Arc<ReloadStatus>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl LeaseReport {
+    fn set(&self, lease: &str, identity: &str, leader: bool, error: Option<String>) {
+        self.metrics.status_writer_leader.set(i64::from(leader));
+        self.metrics
+            .status_writer_lease_ok
+            .set(i64::from(error.is_none()));
+        self.status.update(|s| {
+            s.status_writer = Some(StatusWriterState {
+                lease: lease.to_string(),
+                identity: identity.to_string(),
+                leader,
+                error,
+            })
+        });
+    }
+}
+
 /// Hold the Lease `namespace/name` as `identity` whenever possible; `leader` says whether we
-/// hold it. Releases it on shutdown.
+/// hold it, `report` whether it can be had at all. On shutdown the Lease is released whenever
+/// we hold it, even if we won it a moment ago, so another replica takes over at once instead
+/// of after [`LEASE_DURATION`].
 pub async fn elect(
     client: Client,
     namespace: String,
     name: String,
     identity: String,
     leader: watch::Sender<bool>,
+    report: LeaseReport,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let lease = format!("{namespace}/{name}");
     let api: Api<Lease> = Api::namespaced(client, &namespace);
     // (holder, renewTime, resourceVersion) as last observed, and when it last changed.
     let mut observed: Option<(Option<String>, Option<MicroTime>, Option<String>)> = None;
@@ -92,23 +123,31 @@ pub async fn elect(
     let mut last_renew: Option<Instant> = None;
     let mut warned = false;
     loop {
-        let held = match try_lease(&api, &name, &identity, &mut observed, &mut observed_at).await {
+        let (held, error) = match try_lease(&api, &name, &identity, &mut observed, &mut observed_at)
+            .await
+        {
             Ok(held) => {
+                if warned {
+                    tracing::info!(%lease, "leader election: the lease can be had again");
+                }
                 warned = false;
                 if held {
                     last_renew = Some(Instant::now());
                 }
-                held
+                (held, None)
             }
             Err(e) => {
                 if !warned {
-                    tracing::warn!(lease = %format!("{namespace}/{name}"), error = %e, "leader election: cannot read or renew the lease");
+                    tracing::warn!(%lease, error = %e, "leader election: cannot read, take or renew the lease; route status and Events are not written until it can (see /status on the admin port)");
                     warned = true;
                 }
                 // Keep writing only while the lease we hold is surely still ours.
-                *leader.borrow() && last_renew.is_some_and(|t| t.elapsed() < RENEW_DEADLINE)
+                let held =
+                    *leader.borrow() && last_renew.is_some_and(|t| t.elapsed() < RENEW_DEADLINE);
+                (held, Some(format!("lease {lease}: {e}")))
             }
         };
+        report.set(&lease, &identity, held, error);
         leader.send_if_modified(|l| {
             if *l != held {
                 tracing::info!(%identity, leader = held, "leader election: {}", if held { "this replica now writes status" } else { "another replica writes status" });
@@ -123,21 +162,35 @@ pub async fn elect(
             () = tokio::time::sleep(RETRY_PERIOD) => {}
         }
     }
-    if *leader.borrow() {
-        // Let another replica take over at once instead of after the lease expires.
-        let release = async {
-            if let Ok(Some(mut lease)) = api.get_opt(&name).await {
-                let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-                if spec.holder_identity.as_deref() == Some(identity.as_str()) {
-                    spec.holder_identity = None;
-                    spec.lease_duration_seconds = Some(1);
-                    let _ = api.replace(&name, &PostParams::default(), &lease).await;
-                }
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(1), release).await;
-        leader.send_replace(false);
+    leader.send_replace(false);
+    // Whatever `leader` said: an attempt that won the lease may have completed just now.
+    match tokio::time::timeout(Duration::from_secs(2), release(&api, &name, &identity)).await {
+        Ok(Ok(true)) => tracing::info!(%lease, "leader election: lease released"),
+        Ok(Ok(false)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(%lease, error = %e, "leader election: cannot release the lease; another replica takes over when it expires")
+        }
+        Err(_) => {
+            tracing::warn!(%lease, "leader election: releasing the lease timed out; another replica takes over when it expires")
+        }
     }
+    report.set(&lease, &identity, false, None);
+}
+
+/// Give the lease up if we hold it: no holder and a 1 s duration, so the next candidate takes
+/// it on its next try. `Ok(true)` when released.
+async fn release(api: &Api<Lease>, name: &str, identity: &str) -> Result<bool, kube::Error> {
+    let Some(mut lease) = api.get_opt(name).await? else {
+        return Ok(false);
+    };
+    let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+    if spec.holder_identity.as_deref() != Some(identity) {
+        return Ok(false);
+    }
+    spec.holder_identity = None;
+    spec.lease_duration_seconds = Some(1);
+    api.replace(name, &PostParams::default(), &lease).await?;
+    Ok(true)
 }
 
 type Record = (Option<String>, Option<MicroTime>, Option<String>);
@@ -215,6 +268,8 @@ struct Reported {
     problems: HashMap<ObjectKey, Vec<String>>,
     weights: HashMap<ObjectKey, String>,
     notes: HashMap<ObjectKey, Vec<String>>,
+    /// Objects that could not be used, with the message last reported.
+    rejected: HashMap<ObjectKey, String>,
 }
 
 /// Write status and Events from every snapshot while `leader` is true.
@@ -295,9 +350,34 @@ pub async fn write(
                 }
             }
         }
+        for r in &snap.rejected {
+            if reported.rejected.get(&r.key) == Some(&r.message) {
+                continue;
+            }
+            let reference = ObjectReference {
+                api_version: Some(r.api_version.clone()),
+                kind: Some(r.key.kind.to_string()),
+                namespace: Some(r.key.namespace.clone()),
+                name: Some(r.key.name.clone()),
+                uid: r.uid.clone(),
+                ..Default::default()
+            };
+            match recorder.publish(&rejected_event(r), &reference).await {
+                Ok(()) => {
+                    reported.rejected.insert(r.key.clone(), r.message.clone());
+                }
+                Err(e) => {
+                    retry = true;
+                    tracing::warn!(object = %r.key, error = %e, "cannot publish event");
+                }
+            }
+        }
         let live: std::collections::HashSet<&ObjectKey> = snap.infos.keys().collect();
         reported.problems.retain(|k, _| live.contains(k));
         reported.weights.retain(|k, _| live.contains(k));
+        let rejected: std::collections::HashSet<&ObjectKey> =
+            snap.rejected.iter().map(|r| &r.key).collect();
+        reported.rejected.retain(|k, _| rejected.contains(k));
     }
 }
 
@@ -416,6 +496,25 @@ fn note(s: String) -> String {
         end -= 1;
     }
     format!("{}…", &s[..end])
+}
+
+/// The Warning Event for an object meshroute cannot use.
+fn rejected_event(r: &Rejected) -> Event {
+    let what = if r.reason == "Unreadable" {
+        "meshroute cannot read this object"
+    } else {
+        "meshroute refused this object"
+    };
+    Event {
+        type_: EventType::Warning,
+        reason: r.reason.into(),
+        note: Some(note(format!(
+            "{what} as {} (an earlier accepted version, if any, keeps serving): {}",
+            r.api_version, r.message
+        ))),
+        action: "Route".into(),
+        secondary: None,
+    }
 }
 
 fn split_events(

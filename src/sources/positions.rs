@@ -335,7 +335,11 @@ mod tests {
         // A bomb: 12 levels of 10 aliases each is 10^12 nodes, counted in microseconds.
         let mut y = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
         for i in 0..12 {
-            let prev = if i == 0 { "a".to_string() } else { format!("b{}", i - 1) };
+            let prev = if i == 0 {
+                "a".to_string()
+            } else {
+                format!("b{}", i - 1)
+            };
             let refs = vec![format!("*{prev}"); 10].join(", ");
             y.push_str(&format!("b{i}: &b{i} [{refs}]\n"));
         }

@@ -52,6 +52,21 @@ pub struct ReloadState {
     pub reloads: u64,
     /// Seconds since the Unix epoch of the last reload attempt.
     pub last_reload_unix: u64,
+    /// Kubernetes mode (unless `--read-only`): the status writer's leader election.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_writer: Option<StatusWriterState>,
+}
+
+/// Whether this replica writes route status and Events, and if no replica can, why.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct StatusWriterState {
+    /// The Lease, `namespace/name`.
+    pub lease: String,
+    pub identity: String,
+    /// This replica holds the Lease and writes.
+    pub leader: bool,
+    /// Why the Lease cannot be read, taken or renewed (`None` while it can).
+    pub error: Option<String>,
 }
 
 /// Shared reload status.

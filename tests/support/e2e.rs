@@ -179,22 +179,14 @@ fn start_cluster(name: &str) -> Result<Cluster, String> {
     Ok(c)
 }
 
-/// The Gateway API HTTPRoute CRD generated from our types, with the approval annotation a
-/// real API server demands for *.k8s.io groups.
+/// The Gateway API HTTPRoute CRD exactly as `meshroute crds --gateway-api` prints it for users.
 pub fn gateway_crd() -> String {
     let out = Command::new(meshroute_bin())
         .args(["crds", "--gateway-api"])
         .output()
         .expect("meshroute crds --gateway-api");
-    let yaml = String::from_utf8_lossy(&out.stdout).to_string();
-    if yaml.contains("api-approved.kubernetes.io") {
-        return yaml;
-    }
-    yaml.replacen(
-        "  name: httproutes.gateway.networking.k8s.io\n",
-        "  name: httproutes.gateway.networking.k8s.io\n  annotations:\n    api-approved.kubernetes.io: https://github.com/kubernetes-sigs/gateway-api/pull/3328\n",
-        1,
-    )
+    assert!(out.status.success(), "meshroute crds --gateway-api failed");
+    String::from_utf8_lossy(&out.stdout).to_string()
 }
 
 fn prepare(c: &Cluster) -> Result<(), String> {

@@ -1,0 +1,145 @@
+//! The CRDs `meshroute crds` prints, generated from our types.
+//!
+//! - **Ours** (policy.linkerd.io HTTPRoute, split.smi-spec.io TrafficSplit, specs.smi-spec.io
+//!   HTTPRouteGroup): drop-in compatible with Linkerd's and linkerd-smi's (same groups and
+//!   plurals, a superset of their served versions, the same storage versions), and every served
+//!   version has the same schema, the superset of all of them: with `conversion: None` the API
+//!   server prunes a written object to the storage version's schema and a read one to the
+//!   asked-for version's, so any narrower version would lose what users wrote.
+//! - **Gateway API HTTPRoute** (`--gateway-api`): generated from the `gateway-api` crate's types,
+//!   for clusters that cannot fetch upstream's install file. It carries what a real API server
+//!   demands of a `*.k8s.io` group (the `api-approved.kubernetes.io` annotation, set to upstream's
+//!   value) and upstream's validation of the fields meshroute acts on: GEP-2257 durations,
+//!   `backendRequest` ≤ `request` (CEL), weights 0..=1000000, ports, and list bounds.
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::core::crd::merge_crds;
+use kube::CustomResourceExt;
+use serde_json::{json, Value};
+
+use crate::model::linkerd::DURATION_PATTERN;
+use crate::model::{linkerd, smi};
+
+/// The annotation a real API server requires on CRDs of `*.k8s.io` groups; upstream's value.
+pub const API_APPROVED: (&str, &str) = (
+    "api-approved.kubernetes.io",
+    "https://github.com/kubernetes-sigs/gateway-api/pull/3328",
+);
+
+/// Upstream's rule: a backend attempt may not outlast the whole request (unless that is `0s`).
+const TIMEOUTS_RULE: &str = "!(has(self.request) && has(self.backendRequest) && duration(self.request) != duration('0s') && duration(self.backendRequest) > duration(self.request))";
+const TIMEOUTS_MESSAGE: &str = "backendRequest timeout cannot be longer than request timeout";
+
+/// The CRDs for the kinds meshroute defines.
+pub fn ours() -> Vec<CustomResourceDefinition> {
+    let mut out = Vec::new();
+    let merged = |crds, storage| match merge_crds(crds, storage) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            // Only reachable by a programming error (the types disagree on group or kind);
+            // the drift test catches it.
+            tracing::error!(error = ?e, "cannot merge CRD versions");
+            None
+        }
+    };
+    if let Some(mut c) = merged(
+        vec![
+            linkerd::v1alpha1::HttpRoute::crd(),
+            linkerd::v1beta1::HttpRoute::crd(),
+            linkerd::v1beta2::HttpRoute::crd(),
+            linkerd::v1beta3::HttpRoute::crd(),
+        ],
+        "v1beta3",
+    ) {
+        harden_httproute(&mut c);
+        out.push(c);
+    }
+    out.extend(merged(
+        vec![
+            smi::split_v1alpha1::TrafficSplit::crd(),
+            smi::split_v1alpha2::TrafficSplit::crd(),
+            smi::split_v1alpha3::TrafficSplit::crd(),
+            smi::split_v1alpha4::TrafficSplit::crd(),
+        ],
+        "v1alpha2",
+    ));
+    out.extend(merged(
+        vec![
+            smi::group_v1alpha1::HttpRouteGroup::crd(),
+            smi::group_v1alpha2::HttpRouteGroup::crd(),
+            smi::group_v1alpha3::HttpRouteGroup::crd(),
+            smi::group_v1alpha4::HttpRouteGroup::crd(),
+        ],
+        "v1alpha4",
+    ));
+    out
+}
+
+/// The gateway.networking.k8s.io HTTPRoute CRD, ready for a real API server.
+pub fn gateway_httproute() -> CustomResourceDefinition {
+    let mut crd = crate::model::GatewayHttpRoute::crd();
+    crd.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(API_APPROVED.0.into(), API_APPROVED.1.into());
+    harden_httproute(&mut crd);
+    crd
+}
+
+/// Add upstream's validation of the fields meshroute acts on to every version's schema.
+fn harden_httproute(crd: &mut CustomResourceDefinition) {
+    for version in &mut crd.spec.versions {
+        let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        else {
+            continue;
+        };
+        // The k8s-openapi schema type has typed fields for everything we set; going through
+        // JSON keeps this to one path per field.
+        let Ok(mut v) = serde_json::to_value(&*schema) else {
+            continue;
+        };
+        let spec = "/properties/spec/properties";
+        set(&mut v, &format!("{spec}/parentRefs"), "maxItems", json!(32));
+        let rules = format!("{spec}/rules");
+        set(&mut v, &rules, "maxItems", json!(16));
+        let backends = format!("{rules}/items/properties/backendRefs");
+        set(&mut v, &backends, "maxItems", json!(16));
+        let weight = format!("{backends}/items/properties/weight");
+        set(&mut v, &weight, "minimum", json!(0));
+        set(&mut v, &weight, "maximum", json!(1_000_000));
+        let port = format!("{backends}/items/properties/port");
+        set(&mut v, &port, "minimum", json!(1));
+        set(&mut v, &port, "maximum", json!(65535));
+        let timeouts = format!("{rules}/items/properties/timeouts");
+        for field in ["request", "backendRequest"] {
+            let path = format!("{timeouts}/properties/{field}");
+            set(&mut v, &path, "pattern", json!(DURATION_PATTERN));
+        }
+        let rule = json!([{"message": TIMEOUTS_MESSAGE, "rule": TIMEOUTS_RULE}]);
+        set(&mut v, &timeouts, "x-kubernetes-validations", rule);
+        if let Ok(hardened) = serde_json::from_value(v) {
+            *schema = hardened;
+        }
+    }
+}
+
+/// Set `key` on the schema at `pointer` if it exists (a path that does not is left alone, so a
+/// change in the generated shape shows up as a missing validation in the tests, not as a bogus
+/// property).
+fn set(schema: &mut Value, pointer: &str, key: &str, value: Value) {
+    if let Some(o) = schema.pointer_mut(pointer).and_then(Value::as_object_mut) {
+        o.insert(key.into(), value);
+    }
+}
+
+/// CRDs as one multi-document YAML stream.
+pub fn to_yaml(crds: &[CustomResourceDefinition]) -> String {
+    crds.iter()
+        .filter_map(|c| serde_json::to_value(c).ok())
+        .map(|d| serde_saphyr::to_string(&d).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
