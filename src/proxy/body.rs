@@ -304,7 +304,9 @@ impl Body for ResponseBody {
                 }
                 match ready!(Pin::new(&mut u.inner).poll_frame(cx)) {
                     Some(Ok(frame)) => {
-                        if u.inner.is_end_stream() {
+                        // Trailers are always the last frame; hyper's body may only say so
+                        // when polled again, which hyper's server never does after them.
+                        if frame.is_trailers() || u.inner.is_end_stream() {
                             u.settle(None);
                         }
                         Poll::Ready(Some(Ok(frame)))

@@ -209,18 +209,25 @@ impl EndpointPool {
         body: RequestBody,
         protocol: Protocol,
     ) -> Result<(Response<UpstreamIncoming>, Option<PooledConn>), ProxyError> {
-        match protocol {
+        let (rsp, conn) = match protocol {
             // Boxed: hyper's futures are large, and these paths are the rarer ones.
             Protocol::Http1 => {
                 let req = Request::from_parts(parts, body);
                 let (rsp, conn) = Box::pin(self.send_h1(req)).await?;
-                Ok((rsp.map(UpstreamIncoming::Hyper), Some(conn)))
+                (rsp, Some(conn))
             }
             Protocol::H2c => {
                 let rsp = Box::pin(self.send_h2(Request::from_parts(parts, body))).await?;
-                Ok((rsp.map(UpstreamIncoming::Hyper), None))
+                (rsp, None)
             }
-        }
+        };
+        // On refusal the response and the connection are dropped unreleased, which closes an
+        // HTTP/1.1 connection (its framing cannot be trusted) and resets an h2 stream.
+        check_hyper_head(&rsp).map_err(|e| ProxyError::Upstream {
+            addr: self.addr,
+            source: e.into(),
+        })?;
+        Ok((rsp.map(UpstreamIncoming::Hyper), conn))
     }
 
     /// A bodiless HTTP/1.1 exchange driven by the calling task, on a pooled socket when one
@@ -327,6 +334,9 @@ impl EndpointPool {
     async fn connect_h1(&self) -> Result<http1::SendRequest<RequestBody>, ProxyError> {
         let io = TokioIo::new(self.connect().await?);
         let (sender, conn) = http1::Builder::new()
+            // The inline client's head limits, so that both paths refuse the same heads.
+            .max_header_size(h1::MAX_HEAD_BYTES)
+            .max_headers(h1::MAX_HEADERS)
             .handshake(io)
             .await
             .map_err(|source| ProxyError::Upstream {
@@ -360,6 +370,31 @@ impl EndpointPool {
         });
         Ok(sender)
     }
+}
+
+/// Refuse a response head hyper's client accepted but that meshroute never forwards, so that
+/// both upstream paths agree with the inline client ([`h1`]): hyper reads a 101 as the start of
+/// an upgrade the proxy never asked for, takes any status up to 999, and frames a
+/// `Transfer-Encoding` that does not end in `chunked` as close-delimited while keeping the
+/// `Content-Length` next to it ([`h1::head_is_unambiguous`]).
+fn check_hyper_head(rsp: &Response<Incoming>) -> Result<(), h1::Error> {
+    let status = rsp.status().as_u16();
+    if status == 101 {
+        return Err(h1::Error::Invalid("unrequested protocol switch"));
+    }
+    if !(100..=599).contains(&status) {
+        return Err(h1::Error::Invalid("status code outside 100-599"));
+    }
+    let headers = rsp.headers();
+    let mut codings = h1::TransferCodings::default();
+    for line in headers.get_all(http::header::TRANSFER_ENCODING) {
+        codings.add(line.as_bytes());
+    }
+    h1::head_is_unambiguous(
+        rsp.version(),
+        &codings,
+        headers.contains_key(http::header::CONTENT_LENGTH),
+    )
 }
 
 /// Whether a request goes through [`EndpointPool::send_inline`]: HTTP/1.1, no body, and not
