@@ -20,6 +20,8 @@ pub enum ProxyError {
     DuplicateHost,
     #[error("request authority is not valid")]
     InvalidAuthority,
+    #[error("h2 request has a host header that differs from :authority")]
+    ConflictingHost,
     #[error("no Service is known for the request authority")]
     UnknownAuthority,
     #[error("no route rule matches the request")]
@@ -59,6 +61,7 @@ impl ProxyError {
             MissingHost => (StatusCode::BAD_REQUEST, "missing-host"),
             DuplicateHost => (StatusCode::BAD_REQUEST, "duplicate-host"),
             InvalidAuthority => (StatusCode::BAD_REQUEST, "invalid-authority"),
+            ConflictingHost => (StatusCode::BAD_REQUEST, "conflicting-host"),
             UnknownAuthority => (StatusCode::NOT_FOUND, "unknown-authority"),
             NoRoute => (StatusCode::NOT_FOUND, "no-route"),
             InvalidBackend(_) => (StatusCode::INTERNAL_SERVER_ERROR, "invalid-backend"),
@@ -102,6 +105,8 @@ mod tests {
         let cases = [
             (ProxyError::MissingHost, 400),
             (ProxyError::DuplicateHost, 400),
+            (ProxyError::InvalidAuthority, 400),
+            (ProxyError::ConflictingHost, 400),
             (ProxyError::UnknownAuthority, 404),
             (ProxyError::NoRoute, 404),
             (ProxyError::InvalidBackend("x".into()), 500),

@@ -96,6 +96,9 @@ async fn serve(
         Ok(p) => p,
         Err(e) => return unrouted(proxy, &e),
     };
+    if let Err(e) = route::host_from_target(&mut parts) {
+        return unrouted(proxy, &e);
+    }
     let parent: &ParentPort = &parent_port;
     let view = RequestView {
         method: &parts.method,

@@ -1,0 +1,148 @@
+//! Requests that try to make the proxy and its endpoints disagree: a Host that differs from
+//! the target, malformed client framing, CONNECT, and malformed heads hyper answers itself.
+//! Real sockets; raw bytes where a well-behaved client could not send them.
+
+#[path = "support/proxy.rs"]
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use support::*;
+
+const APP: &str = "app.shop";
+
+async fn proxy_with_app() -> (tempfile::TempDir, meshroute::run::Running, Backend) {
+    let app = Backend::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "svc.yaml",
+        &service_with_endpoints("shop", "app", &[(&app, true)]),
+    );
+    let m = start_on(dir.path()).await;
+    (dir, m, app)
+}
+
+/// Write `request` raw and read until the proxy closes (bounded).
+async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code and the `meshroute-error` value of the first response in `text`.
+fn first_status(text: &str) -> (u16, Option<String>) {
+    let head = text.split("\r\n\r\n").next().unwrap_or("");
+    let status = head
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no response: {text:?}"));
+    let error = head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case("meshroute-error")
+            .then(|| v.trim().to_string())
+    });
+    (status, error)
+}
+
+async fn h2_send(
+    addr: std::net::SocketAddr,
+    req: http::Request<Full<Bytes>>,
+) -> http::Response<hyper::body::Incoming> {
+    let conn = TcpStream::connect(addr).await.unwrap();
+    let (mut send, driver) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(conn),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(driver);
+    send.send_request(req).await.expect("the proxy answers")
+}
+
+#[tokio::test]
+async fn absolute_form_target_is_the_one_authority_routed_and_forwarded() {
+    let (_dir, m, app) = proxy_with_app().await;
+    let text = raw(
+        m.proxy_addr,
+        format!("GET http://{APP}/x HTTP/1.1\r\nhost: evil.example\r\nconnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(first_status(&text), (200, None), "{text:?}");
+    let seen = app.last().unwrap();
+    let hosts: Vec<_> = seen.headers.get_all("host").iter().collect();
+    assert_eq!(
+        hosts,
+        [APP],
+        "the endpoint sees the authority that was routed"
+    );
+    assert_eq!(seen.path_and_query, "/x");
+
+    // The other way round: routed by the target, never by Host.
+    let text = raw(
+        m.proxy_addr,
+        format!("GET http://evil.example/x HTTP/1.1\r\nhost: {APP}\r\nconnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        first_status(&text),
+        (404, Some("unknown-authority".into())),
+        "{text:?}"
+    );
+    assert_eq!(app.count(), 1);
+}
+
+#[tokio::test]
+async fn host_that_is_not_an_authority_is_400() {
+    let (_dir, m, app) = proxy_with_app().await;
+    for host in [
+        "app.shop b",
+        "app.shop:80:80",
+        "user@app.shop",
+        "app.shop/x",
+    ] {
+        let text = raw(
+            m.proxy_addr,
+            format!("GET /x HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(
+            first_status(&text),
+            (400, Some("invalid-authority".into())),
+            "{host:?}: {text:?}"
+        );
+    }
+    assert_eq!(app.count(), 0);
+}
+
+#[tokio::test]
+async fn h2_host_that_differs_from_authority_is_400() {
+    let (_dir, m, app) = proxy_with_app().await;
+    let req = http::Request::get(format!("http://{APP}/x"))
+        .header("host", "evil.example")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let rsp = h2_send(m.proxy_addr, req).await;
+    assert_eq!(rsp.status(), 400);
+    assert_eq!(rsp.headers()["meshroute-error"], "conflicting-host");
+    assert_eq!(app.count(), 0);
+
+    // The same authority twice is fine.
+    let req = http::Request::get(format!("http://{APP}/x"))
+        .header("host", APP)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let rsp = h2_send(m.proxy_addr, req).await;
+    assert_eq!(rsp.status(), 200);
+    let _ = rsp.into_body().collect().await;
+    assert_eq!(app.count(), 1);
+}
