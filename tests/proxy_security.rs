@@ -146,3 +146,71 @@ async fn h2_host_that_differs_from_authority_is_400() {
     let _ = rsp.into_body().collect().await;
     assert_eq!(app.count(), 1);
 }
+
+#[tokio::test]
+async fn heads_hyper_refuses_by_itself_carry_meshroute_error() {
+    let (_dir, m, app) = proxy_with_app().await;
+    let big = "a".repeat(70 * 1024);
+    let cases = [
+        (
+            format!("GET /x HTTP/1.1\r\nhost: {APP}\r\nbad header\r\n\r\n"),
+            400,
+            "client-protocol-error",
+        ),
+        (
+            format!("GET /x HTTP/1.1\r\nhost: {APP}\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab"),
+            400,
+            "client-protocol-error",
+        ),
+        (
+            format!("GET /x HTTP/1.1\r\nhost: {APP}\r\ntransfer-encoding: gzip\r\n\r\n"),
+            400,
+            "client-protocol-error",
+        ),
+        (
+            format!("GET /x HTTP/1.1\r\nhost: {APP}\r\nx-big: {big}\r\n\r\n"),
+            431,
+            "request-head-too-large",
+        ),
+    ];
+    for (request, status, reason) in cases {
+        let text = raw(m.proxy_addr, request.as_bytes()).await;
+        let shown = &request[..request.len().min(80)];
+        assert_eq!(
+            first_status(&text),
+            (status, Some(reason.into())),
+            "{shown:?}: {text:?}"
+        );
+    }
+    assert_eq!(app.count(), 0);
+}
+
+#[tokio::test]
+async fn only_hyper_own_error_heads_are_labelled_not_forwarded_ones() {
+    // A forwarded 400 on the same keep-alive connection, right before a malformed head (sent
+    // in one write, so hyper reads the second head straight after the first exchange).
+    let (_dir, m, app) = proxy_with_app().await;
+    let text = raw(
+        m.proxy_addr,
+        format!(
+            "GET /x?status=400 HTTP/1.1\r\nhost: {APP}\r\n\r\n\
+             GET /y HTTP/1.1\r\nhost: {APP}\r\nbad header\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    let second = text
+        .match_indices("HTTP/1.1 400 ")
+        .nth(1)
+        .map(|(at, _)| &text[at..])
+        .unwrap_or_else(|| panic!("two responses: {text:?}"));
+    let first = &text[..text.len() - second.len()];
+    assert_eq!(first_status(first), (400, None), "{text:?}");
+    assert!(first.contains("x-backend: app"), "{text:?}");
+    assert_eq!(
+        first_status(second),
+        (400, Some("client-protocol-error".into())),
+        "{text:?}"
+    );
+    assert_eq!(app.count(), 1);
+}

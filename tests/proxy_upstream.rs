@@ -599,3 +599,86 @@ async fn bytes_past_a_refused_response_never_reach_the_client_as_a_response() {
     assert!(!text.contains("x-smuggled"), "{text:?}");
     assert!(text.starts_with("HTTP/1.1 502 "), "{text:?}");
 }
+
+#[tokio::test]
+async fn malformed_client_chunked_body_is_400_and_the_endpoint_connection_is_closed() {
+    // The endpoint answers only after a while, so the client's body fails first.
+    let ep = Scripted::start(|_, _, _| Reply {
+        delay: Duration::from_millis(300),
+        ..reply("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+    })
+    .await;
+    let (_dir, m) = proxy_to(&ep).await;
+    let bodies = [
+        // A chunk size that overflows 64 bits.
+        "ffffffffffffffffffff\r\nabc\r\n0\r\n\r\n",
+        // Chunk lines ended by a bare LF.
+        "3\nabc\n0\n\n",
+    ];
+    for (i, body) in bodies.into_iter().enumerate() {
+        let text = raw_exchange(
+            &m,
+            &format!(
+                "POST /up HTTP/1.1\r\nhost: {HOST}\r\ntransfer-encoding: chunked\r\n\r\n{body}"
+            ),
+        )
+        .await;
+        assert!(text.starts_with("HTTP/1.1 400 "), "{body:?}: {text:?}");
+        assert!(
+            text.to_ascii_lowercase()
+                .contains("meshroute-error: client-protocol-error\r\n"),
+            "{body:?}: {text:?}"
+        );
+        // The endpoint's connection carried half a request: it is closed, never pooled.
+        let started = std::time::Instant::now();
+        while ep.closed_by_proxy.load(Ordering::SeqCst) < i + 1 {
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{body:?}: the endpoint's connection was left open"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let (status, _, body) = call_with_body(&client(), &m, "POST", "/up", "fine").await;
+    assert_eq!(status, 200);
+    assert_eq!(body.unwrap(), "ok");
+    assert_eq!(ep.connections(), 3, "a fresh connection after each failure");
+}
+
+#[tokio::test]
+async fn forwarded_bodies_that_read_like_an_error_head_are_passed_on_untouched() {
+    // The client connection labels the error heads hyper writes by itself; a body that looks
+    // like one, written after its response was handed over, must never be mistaken for one.
+    const LOOKALIKE: &str = "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+    let ep = Scripted::start(|_, _, head| {
+        let answer = if head.contains("/chunked") {
+            format!(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{LOOKALIKE}\r\n0\r\n\r\n",
+                LOOKALIKE.len()
+            )
+        } else {
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{LOOKALIKE}",
+                LOOKALIKE.len()
+            )
+        };
+        Reply {
+            bytes: answer.into_bytes(),
+            close: false,
+            delay: Duration::ZERO,
+        }
+    })
+    .await;
+    let (_dir, m) = proxy_to(&ep).await;
+    let c = client();
+    for (method, sent) in PATHS {
+        for path in ["/sized", "/chunked"] {
+            for _ in 0..3 {
+                let (status, headers, body) = call_with_body(&c, &m, method, path, sent).await;
+                assert_eq!(status, 200, "{method} {path}");
+                assert!(headers.get("meshroute-error").is_none(), "{method} {path}");
+                assert_eq!(body.unwrap(), LOOKALIKE, "{method} {path}");
+            }
+        }
+    }
+}

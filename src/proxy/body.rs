@@ -38,6 +38,31 @@ pub enum StreamError {
     MirrorAbandoned,
 }
 
+/// Reading the client's request body failed: malformed framing (a chunk size that overflows,
+/// a bare LF), a reset or a disconnect. Marks the failure as the client's in the error that
+/// hyper's client reports for the exchange ([`ClientBodyError::find`]).
+#[derive(Debug, thiserror::Error)]
+#[error("client request body failed: {0}")]
+pub struct ClientBodyError(#[source] pub hyper::Error);
+
+impl ClientBodyError {
+    /// Whether `err` or one of its sources is a [`ClientBodyError`].
+    pub fn find(err: &(dyn std::error::Error + 'static)) -> bool {
+        let mut next = Some(err);
+        while let Some(e) = next {
+            if e.is::<ClientBodyError>() {
+                return true;
+            }
+            next = e.source();
+        }
+        false
+    }
+}
+
+fn client_body_error(e: hyper::Error) -> BoxError {
+    Box::new(ClientBodyError(e))
+}
+
 /// A body sent upstream.
 #[derive(Debug)]
 pub enum RequestBody {
@@ -96,7 +121,7 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
-            RequestBody::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(client_body_error),
             RequestBody::Tee { inner, mirrors } => {
                 let frame = ready!(Pin::new(inner).poll_frame(cx));
                 match &frame {
@@ -112,7 +137,7 @@ impl Body for RequestBody {
                     }
                     Some(Err(_)) => mirrors.clear(),
                 }
-                Poll::Ready(frame.map(|r| r.map_err(Into::into)))
+                Poll::Ready(frame.map(|r| r.map_err(client_body_error)))
             }
             RequestBody::Mirror { rx, complete } => match ready!(rx.poll_recv(cx)) {
                 Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),

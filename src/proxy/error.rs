@@ -44,6 +44,8 @@ pub enum ProxyError {
         addr: SocketAddr,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("client request body failed: {0}")]
+    ClientBody(#[source] hyper::Error),
     #[error("request timeout expired")]
     RequestTimeout,
     #[error("backendRequest timeout expired")]
@@ -69,6 +71,7 @@ impl ProxyError {
             InvalidRedirect(_) => (StatusCode::INTERNAL_SERVER_ERROR, "invalid-redirect"),
             Connect { .. } | ConnectTimeout(_) => (StatusCode::BAD_GATEWAY, "connect-failed"),
             Upstream { .. } => (StatusCode::BAD_GATEWAY, "upstream-protocol-error"),
+            ClientBody(_) => (StatusCode::BAD_REQUEST, "client-protocol-error"),
             NoReadyEndpoint(_) => (StatusCode::SERVICE_UNAVAILABLE, "no-ready-endpoint"),
             RequestTimeout => (StatusCode::GATEWAY_TIMEOUT, "request-timeout"),
             BackendRequestTimeout => (StatusCode::GATEWAY_TIMEOUT, "backend-request-timeout"),

@@ -30,7 +30,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use super::body::{RequestBody, UpstreamIncoming};
+use super::body::{ClientBodyError, RequestBody, UpstreamIncoming};
 use super::error::ProxyError;
 use super::h1;
 use crate::metrics::PtrHasher;
@@ -289,12 +289,7 @@ impl EndpointPool {
                     // A pooled connection the backend closed while idle: the request never
                     // left, so it is safe to send it on another connection.
                     Some(back) if reused => req = back,
-                    _ => {
-                        return Err(ProxyError::Upstream {
-                            addr: self.addr,
-                            source: e.into_error().into(),
-                        })
-                    }
+                    _ => return Err(self.exchange_failed(e.into_error())),
                 },
             }
         }
@@ -310,12 +305,22 @@ impl EndpointPool {
                 s
             }
         };
-        let upstream = |source: hyper::Error| ProxyError::Upstream {
+        let failed = |e| self.exchange_failed(e);
+        sender.ready().await.map_err(failed)?;
+        sender.send_request(req).await.map_err(failed)
+    }
+
+    /// The error for an exchange hyper's client gave up on: the client's, when reading its
+    /// request body failed (hyper then closes the upstream connection, which carried half a
+    /// request), otherwise the endpoint's.
+    fn exchange_failed(&self, e: hyper::Error) -> ProxyError {
+        if ClientBodyError::find(&e) {
+            return ProxyError::ClientBody(e);
+        }
+        ProxyError::Upstream {
             addr: self.addr,
-            source: source.into(),
-        };
-        sender.ready().await.map_err(upstream)?;
-        sender.send_request(req).await.map_err(upstream)
+            source: e.into(),
+        }
     }
 
     async fn connect(&self) -> Result<TcpStream, ProxyError> {
