@@ -214,3 +214,69 @@ async fn only_hyper_own_error_heads_are_labelled_not_forwarded_ones() {
     );
     assert_eq!(app.count(), 1);
 }
+
+#[tokio::test]
+async fn connect_is_405_and_never_forwarded() {
+    let (_dir, m, app) = proxy_with_app().await;
+    for target in [format!("{APP}:80"), format!("{APP}:443")] {
+        let text = raw(
+            m.proxy_addr,
+            format!("CONNECT {target} HTTP/1.1\r\nhost: {target}\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        assert_eq!(
+            first_status(&text),
+            (405, Some("connect-not-supported".into())),
+            "{text:?}"
+        );
+        assert!(
+            text.to_ascii_lowercase().contains("\r\nallow: get, "),
+            "{text:?}"
+        );
+    }
+
+    // h2 CONNECT (no :path).
+    let req = http::Request::builder()
+        .method("CONNECT")
+        .uri(format!("{APP}:80"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let rsp = h2_send(m.proxy_addr, req).await;
+    assert_eq!(rsp.status(), 405);
+    assert_eq!(rsp.headers()["meshroute-error"], "connect-not-supported");
+
+    // Extended CONNECT (RFC 8441) is never offered, so an h2 client cannot even send it.
+    let conn = TcpStream::connect(m.proxy_addr).await.unwrap();
+    let (mut send, driver) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(conn),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(driver);
+    // Let the server's SETTINGS arrive.
+    let warm = http::Request::get(format!("http://{APP}/warm"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let _ = send
+        .send_request(warm)
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await;
+    let mut req = http::Request::builder()
+        .method("CONNECT")
+        .uri(format!("http://{APP}/chat"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    assert!(send.send_request(req).await.is_err());
+    assert_eq!(
+        app.count(),
+        1,
+        "only the warm-up request reached the endpoint"
+    );
+}

@@ -22,6 +22,8 @@ pub enum ProxyError {
     InvalidAuthority,
     #[error("h2 request has a host header that differs from :authority")]
     ConflictingHost,
+    #[error("CONNECT is not supported: meshroute routes HTTP requests, it opens no tunnels")]
+    ConnectNotSupported,
     #[error("no Service is known for the request authority")]
     UnknownAuthority,
     #[error("no route rule matches the request")]
@@ -65,6 +67,7 @@ impl ProxyError {
             InvalidAuthority => (StatusCode::BAD_REQUEST, "invalid-authority"),
             ConflictingHost => (StatusCode::BAD_REQUEST, "conflicting-host"),
             UnknownAuthority => (StatusCode::NOT_FOUND, "unknown-authority"),
+            ConnectNotSupported => (StatusCode::METHOD_NOT_ALLOWED, "connect-not-supported"),
             NoRoute => (StatusCode::NOT_FOUND, "no-route"),
             InvalidBackend(_) => (StatusCode::INTERNAL_SERVER_ERROR, "invalid-backend"),
             NoBackends => (StatusCode::INTERNAL_SERVER_ERROR, "no-backends"),
@@ -95,6 +98,14 @@ pub fn error_response(err: &ProxyError) -> Response<ResponseBody> {
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain"),
     );
+    if let ProxyError::ConnectNotSupported = err {
+        // RFC 9110 §15.5.6: a 405 lists what is allowed. Every method but CONNECT is
+        // forwarded; these are the registered ones.
+        h.insert(
+            http::header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH"),
+        );
+    }
     rsp
 }
 
@@ -112,6 +123,7 @@ mod tests {
             (ProxyError::ConflictingHost, 400),
             (ProxyError::UnknownAuthority, 404),
             (ProxyError::NoRoute, 404),
+            (ProxyError::ConnectNotSupported, 405),
             (ProxyError::InvalidBackend("x".into()), 500),
             (ProxyError::NoBackends, 500),
             (

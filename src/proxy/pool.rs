@@ -403,7 +403,7 @@ fn check_hyper_head(rsp: &Response<Incoming>) -> Result<(), h1::Error> {
 }
 
 /// Whether a request goes through [`EndpointPool::send_inline`]: HTTP/1.1, no body, and not
-/// CONNECT (whose 2xx answer starts a tunnel, not a body).
+/// CONNECT (whose 2xx answer starts a tunnel, not a body; `forward` refuses it before this).
 pub fn inline_eligible(parts: &Parts, body: &RequestBody, protocol: Protocol) -> bool {
     protocol == Protocol::Http1 && body.is_end_stream() && parts.method != http::Method::CONNECT
 }
