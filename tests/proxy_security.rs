@@ -280,3 +280,35 @@ async fn connect_is_405_and_never_forwarded() {
         "only the warm-up request reached the endpoint"
     );
 }
+
+#[tokio::test]
+async fn malformed_client_body_is_400_towards_an_h2c_endpoint_too() {
+    let b = Backend::start_h2c("grpcish").await;
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "svc.yaml",
+        &service_with_endpoints_extra(
+            "shop",
+            "app",
+            &[(&b, true)],
+            "",
+            ", appProtocol: kubernetes.io/h2c",
+            "",
+        ),
+    );
+    let m = start_on(dir.path()).await;
+    for body in ["ffffffffffffffffffff\r\nabc\r\n0\r\n\r\n", "3\nabc\n0\n\n"] {
+        let text = raw(
+            m.proxy_addr,
+            format!("POST /up HTTP/1.1\r\nhost: {APP}\r\ntransfer-encoding: chunked\r\n\r\n{body}")
+                .as_bytes(),
+        )
+        .await;
+        assert_eq!(
+            first_status(&text),
+            (400, Some("client-protocol-error".into())),
+            "{body:?}: {text:?}"
+        );
+    }
+}

@@ -80,6 +80,12 @@ pub enum RequestBody {
         rx: mpsc::Receiver<Bytes>,
         complete: Arc<AtomicBool>,
     },
+    /// A body whose client-side failure is also recorded in `client_failed`: hyper's h2
+    /// client turns a body that fails into a reset stream and drops the cause.
+    Watched {
+        inner: Box<RequestBody>,
+        client_failed: Arc<AtomicBool>,
+    },
 }
 
 impl RequestBody {
@@ -144,6 +150,18 @@ impl Body for RequestBody {
                 None if complete.load(Ordering::Acquire) => Poll::Ready(None),
                 None => Poll::Ready(Some(Err(StreamError::MirrorAbandoned.into()))),
             },
+            RequestBody::Watched {
+                inner,
+                client_failed,
+            } => {
+                let frame = ready!(Pin::new(&mut **inner).poll_frame(cx));
+                if let Some(Err(e)) = &frame {
+                    if ClientBodyError::find(&**e) {
+                        client_failed.store(true, Ordering::Release);
+                    }
+                }
+                Poll::Ready(frame)
+            }
         }
     }
 
@@ -153,6 +171,7 @@ impl Body for RequestBody {
             RequestBody::Incoming(b) => b.is_end_stream(),
             RequestBody::Tee { inner, .. } => inner.is_end_stream(),
             RequestBody::Mirror { .. } => false,
+            RequestBody::Watched { inner, .. } => inner.is_end_stream(),
         }
     }
 
@@ -162,6 +181,7 @@ impl Body for RequestBody {
             RequestBody::Incoming(b) => b.size_hint(),
             RequestBody::Tee { inner, .. } => inner.size_hint(),
             RequestBody::Mirror { .. } => SizeHint::default(),
+            RequestBody::Watched { inner, .. } => inner.size_hint(),
         }
     }
 }

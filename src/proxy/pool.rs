@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -296,6 +296,15 @@ impl EndpointPool {
     }
 
     async fn send_h2(&self, req: Request<RequestBody>) -> Result<Response<Incoming>, ProxyError> {
+        let client_failed = Arc::new(AtomicBool::new(false));
+        let req = if req.body().is_end_stream() {
+            req
+        } else {
+            req.map(|inner| RequestBody::Watched {
+                inner: Box::new(inner),
+                client_failed: client_failed.clone(),
+            })
+        };
         let existing = lock(&self.h2).as_ref().filter(|s| !s.is_closed()).cloned();
         let mut sender = match existing {
             Some(s) => s,
@@ -307,7 +316,13 @@ impl EndpointPool {
         };
         let failed = |e| self.exchange_failed(e);
         sender.ready().await.map_err(failed)?;
-        sender.send_request(req).await.map_err(failed)
+        sender.send_request(req).await.map_err(|e| {
+            if client_failed.load(Ordering::Acquire) {
+                ProxyError::ClientBody(e)
+            } else {
+                failed(e)
+            }
+        })
     }
 
     /// The error for an exchange hyper's client gave up on: the client's, when reading its
