@@ -116,6 +116,21 @@ async fn serve_scripted(
         };
         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
         buf.drain(..end);
+        // A sized request body is read too, so the next head is found where it starts.
+        let body_len = head
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        while buf.len() < body_len {
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return true,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..body_len);
         heads.lock().unwrap().push(head.clone());
         let r = script(conn, nth, &head);
         nth += 1;
@@ -168,11 +183,21 @@ async fn call_with(
     method: &str,
     path: &str,
 ) -> (StatusCode, http::HeaderMap, Result<Bytes, String>) {
+    call_with_body(client, m, method, path, "").await
+}
+
+async fn call_with_body(
+    client: &TestClient,
+    m: &meshroute::run::Running,
+    method: &str,
+    path: &str,
+    body: &'static str,
+) -> (StatusCode, http::HeaderMap, Result<Bytes, String>) {
     let req = Request::builder()
         .method(method)
         .uri(format!("http://{}{path}", m.proxy_addr))
         .header("host", HOST)
-        .body(Full::new(Bytes::new()))
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
         .unwrap();
     let rsp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
         .await
@@ -197,13 +222,21 @@ async fn chunked_response_with_extensions_and_trailers_arrives_whole_and_reuses_
     })
     .await;
     let (_dir, m) = proxy_to(&ep).await;
-    for _ in 0..3 {
-        let (status, headers, body) = call(&m, "GET", "/c?x=1").await;
-        assert_eq!(status, 200);
-        assert_eq!(headers["x-a"], "1");
-        assert_eq!(body.unwrap(), "hello world");
+    let c = client();
+    for (method, sent) in PATHS {
+        for _ in 0..3 {
+            let (status, headers, body) = call_with_body(&c, &m, method, "/c?x=1", sent).await;
+            assert_eq!(status, 200, "{method}");
+            assert_eq!(headers["x-a"], "1", "{method}");
+            assert_eq!(body.unwrap(), "hello world", "{method}");
+        }
     }
-    assert_eq!(ep.connections(), 1, "one connection carries every exchange");
+    // One connection for the inline client's exchanges and one for hyper's.
+    assert_eq!(
+        ep.connections(),
+        2,
+        "one connection carries every exchange of a path"
+    );
     let head = ep.heads.lock().unwrap()[0].clone();
     assert!(head.starts_with("GET /c?x=1 HTTP/1.1\r\n"), "{head}");
     assert!(head.contains(&format!("host: {HOST}\r\n")), "{head}");
@@ -214,12 +247,15 @@ async fn close_delimited_response_is_read_to_the_end_and_its_connection_not_reus
     let ep =
         Scripted::start(|_, _, _| reply_and_close("HTTP/1.1 200 OK\r\n\r\nuntil the end")).await;
     let (_dir, m) = proxy_to(&ep).await;
-    for _ in 0..2 {
-        let (status, _, body) = call(&m, "GET", "/").await;
-        assert_eq!(status, 200);
-        assert_eq!(body.unwrap(), "until the end");
+    let c = client();
+    for (method, sent) in PATHS {
+        for _ in 0..2 {
+            let (status, _, body) = call_with_body(&c, &m, method, "/", sent).await;
+            assert_eq!(status, 200, "{method}");
+            assert_eq!(body.unwrap(), "until the end", "{method}");
+        }
     }
-    assert_eq!(ep.connections(), 2);
+    assert_eq!(ep.connections(), 4);
 }
 
 #[tokio::test]
@@ -232,10 +268,12 @@ async fn interim_responses_are_skipped() {
     })
     .await;
     let (_dir, m) = proxy_to(&ep).await;
-    let (status, headers, body) = call(&m, "GET", "/").await;
-    assert_eq!(status, 200);
-    assert!(headers.get("link").is_none());
-    assert_eq!(body.unwrap(), "ok");
+    for (method, sent) in PATHS {
+        let (status, headers, body) = call_with_body(&client(), &m, method, "/", sent).await;
+        assert_eq!(status, 200, "{method}");
+        assert!(headers.get("link").is_none(), "{method}");
+        assert_eq!(body.unwrap(), "ok", "{method}");
+    }
 }
 
 #[tokio::test]
@@ -261,7 +299,7 @@ async fn head_response_has_no_body_and_keeps_the_connection() {
 #[tokio::test]
 async fn broken_or_ambiguous_responses_are_502_upstream_protocol_error() {
     let many_fields: String = (0..200).map(|i| format!("x-{i}: 1\r\n")).collect();
-    let cases = [
+    let cases: [String; 8] = [
         "HTTP/1.1 2000 OK\r\ncontent-length: 0\r\n\r\n".to_string(),
         "HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab".to_string(),
         "HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n".to_string(),
@@ -276,16 +314,7 @@ async fn broken_or_ambiguous_responses_are_502_upstream_protocol_error() {
         ),
     ];
     for case in cases {
-        let bytes = case.clone();
-        let ep = Scripted::start(move |_, _, _| reply_and_close(&bytes)).await;
-        let (_dir, m) = proxy_to(&ep).await;
-        let (status, headers, _) = call(&m, "GET", "/").await;
-        let shown = &case[..case.len().min(60)];
-        assert_eq!(status, 502, "{shown:?}");
-        assert_eq!(
-            headers["meshroute-error"], "upstream-protocol-error",
-            "{shown:?}"
-        );
+        assert_refused_on_both_paths(case.leak()).await;
     }
 }
 
@@ -404,13 +433,22 @@ async fn connections_are_reused_only_after_a_clean_keep_alive_response() {
     for case in cases {
         let ep = Scripted::start(move |_, _, _| reply(case)).await;
         let (_dir, m) = proxy_to(&ep).await;
-        for i in 0..2 {
-            let (status, _, body) = call(&m, "GET", "/").await;
-            assert!(status == 200 || status == 204, "{case:?} #{i}: {status}");
-            let body = body.unwrap();
-            assert!(body.is_empty() || body == "ok", "{case:?} #{i}: {body:?}");
+        let c = client();
+        for (method, sent) in PATHS {
+            for i in 0..2 {
+                let (status, _, body) = call_with_body(&c, &m, method, "/", sent).await;
+                assert!(
+                    status == 200 || status == 204,
+                    "{method} {case:?} #{i}: {status}"
+                );
+                let body = body.unwrap();
+                assert!(
+                    body.is_empty() || body == "ok",
+                    "{method} {case:?} #{i}: {body:?}"
+                );
+            }
         }
-        assert_eq!(ep.connections(), 2, "{case:?}");
+        assert_eq!(ep.connections(), 4, "{case:?}");
     }
 }
 
@@ -466,5 +504,181 @@ async fn idle_connections_are_closed_after_the_idle_limit() {
             "idle connections still open after {limit:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The two upstream paths a request can take: a bodiless GET goes through meshroute's own
+/// HTTP/1.1 client, a POST with a body through hyper's. Framing tests run through both, so the
+/// two can never disagree about what an endpoint's bytes mean.
+const PATHS: [(&str, &str); 2] = [("GET", ""), ("POST", "hello")];
+
+/// Answer both paths with `answer` (connection left open by the endpoint) and check that each
+/// is refused with 502 `upstream-protocol-error` and that the proxy closes the endpoint's
+/// connection instead of reusing it.
+async fn assert_refused_on_both_paths(answer: &'static str) {
+    let ep = Scripted::start(move |_, _, _| reply(answer)).await;
+    let (_dir, m) = proxy_to(&ep).await;
+    let c = client();
+    let shown = &answer[..answer.len().min(70)];
+    for (i, (method, body)) in PATHS.into_iter().enumerate() {
+        let (status, headers, _) = call_with_body(&c, &m, method, "/", body).await;
+        assert_eq!(status, 502, "{method} {shown:?}");
+        assert_eq!(
+            headers.get("meshroute-error").map(|v| v.to_str().unwrap()),
+            Some("upstream-protocol-error"),
+            "{method} {shown:?}"
+        );
+        let started = std::time::Instant::now();
+        while ep.closed_by_proxy.load(Ordering::SeqCst) < i + 1 {
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{method} {shown:?}: the endpoint's connection was left open"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(ep.connections(), i + 1, "{method} {shown:?}");
+    }
+}
+
+#[tokio::test]
+async fn transfer_codings_other_than_chunked_alone_are_refused_on_both_paths() {
+    // RFC 9112 §6.1, §6.3: Transfer-Encoding with Content-Length is a smuggling attempt, and a
+    // final coding other than chunked leaves the length to the connection close; a coding
+    // before chunked (gzip, chunked) would reach the client still encoded but unlabelled,
+    // since Transfer-Encoding is hop-by-hop.
+    for answer in [
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\ncontent-length: 5\r\n\r\nhello\
+         HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nevil",
+        "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: identity\r\n\r\nhello",
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n\
+         5\r\nhello\r\n0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nhello",
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: gzip\r\n\r\nhello",
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked,\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ] {
+        assert_refused_on_both_paths(answer).await;
+    }
+}
+
+#[tokio::test]
+async fn unrequested_switching_protocols_and_out_of_range_statuses_are_refused_on_both_paths() {
+    for answer in [
+        "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+        "HTTP/1.1 600 X\r\ncontent-length: 0\r\n\r\n",
+        "HTTP/1.1 999 X\r\ncontent-length: 2\r\n\r\nok",
+        "HTTP/1.1 099 X\r\ncontent-length: 0\r\n\r\n",
+    ] {
+        assert_refused_on_both_paths(answer).await;
+    }
+}
+
+#[tokio::test]
+async fn bytes_past_a_refused_response_never_reach_the_client_as_a_response() {
+    // The smuggling attempt end to end: one client connection, a POST whose answer declares
+    // both framings, then a second request. Nothing of "evil" may reach the client.
+    let ep = Scripted::start(|_, _, _| {
+        reply(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\ncontent-length: 5\r\n\r\nhello\
+             HTTP/1.1 200 OK\r\ncontent-length: 4\r\nx-smuggled: 1\r\n\r\nevil",
+        )
+    })
+    .await;
+    let (_dir, m) = proxy_to(&ep).await;
+    let text = raw_exchange(
+        &m,
+        &format!(
+            "POST / HTTP/1.1\r\nhost: {HOST}\r\ncontent-length: 1\r\n\r\nx\
+             GET / HTTP/1.1\r\nhost: {HOST}\r\nconnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert!(!text.contains("evil"), "{text:?}");
+    assert!(!text.contains("x-smuggled"), "{text:?}");
+    assert!(text.starts_with("HTTP/1.1 502 "), "{text:?}");
+}
+
+#[tokio::test]
+async fn malformed_client_chunked_body_is_400_and_the_endpoint_connection_is_closed() {
+    // The endpoint answers only after a while, so the client's body fails first.
+    let ep = Scripted::start(|_, _, _| Reply {
+        delay: Duration::from_millis(300),
+        ..reply("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+    })
+    .await;
+    let (_dir, m) = proxy_to(&ep).await;
+    let bodies = [
+        // A chunk size that overflows 64 bits.
+        "ffffffffffffffffffff\r\nabc\r\n0\r\n\r\n",
+        // Chunk lines ended by a bare LF.
+        "3\nabc\n0\n\n",
+    ];
+    for (i, body) in bodies.into_iter().enumerate() {
+        let text = raw_exchange(
+            &m,
+            &format!(
+                "POST /up HTTP/1.1\r\nhost: {HOST}\r\ntransfer-encoding: chunked\r\n\r\n{body}"
+            ),
+        )
+        .await;
+        assert!(text.starts_with("HTTP/1.1 400 "), "{body:?}: {text:?}");
+        assert!(
+            text.to_ascii_lowercase()
+                .contains("meshroute-error: client-protocol-error\r\n"),
+            "{body:?}: {text:?}"
+        );
+        // The endpoint's connection carried half a request: it is closed, never pooled.
+        let started = std::time::Instant::now();
+        while ep.closed_by_proxy.load(Ordering::SeqCst) < i + 1 {
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{body:?}: the endpoint's connection was left open"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let (status, _, body) = call_with_body(&client(), &m, "POST", "/up", "fine").await;
+    assert_eq!(status, 200);
+    assert_eq!(body.unwrap(), "ok");
+    assert_eq!(ep.connections(), 3, "a fresh connection after each failure");
+}
+
+#[tokio::test]
+async fn forwarded_bodies_that_read_like_an_error_head_are_passed_on_untouched() {
+    // The client connection labels the error heads hyper writes by itself; a body that looks
+    // like one, written after its response was handed over, must never be mistaken for one.
+    const LOOKALIKE: &str = "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+    let ep = Scripted::start(|_, _, head| {
+        let answer = if head.contains("/chunked") {
+            format!(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{LOOKALIKE}\r\n0\r\n\r\n",
+                LOOKALIKE.len()
+            )
+        } else {
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{LOOKALIKE}",
+                LOOKALIKE.len()
+            )
+        };
+        Reply {
+            bytes: answer.into_bytes(),
+            close: false,
+            delay: Duration::ZERO,
+        }
+    })
+    .await;
+    let (_dir, m) = proxy_to(&ep).await;
+    let c = client();
+    for (method, sent) in PATHS {
+        for path in ["/sized", "/chunked"] {
+            for _ in 0..3 {
+                let (status, headers, body) = call_with_body(&c, &m, method, path, sent).await;
+                assert_eq!(status, 200, "{method} {path}");
+                assert!(headers.get("meshroute-error").is_none(), "{method} {path}");
+                assert_eq!(body.unwrap(), LOOKALIKE, "{method} {path}");
+            }
+        }
     }
 }

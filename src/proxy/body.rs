@@ -38,6 +38,31 @@ pub enum StreamError {
     MirrorAbandoned,
 }
 
+/// Reading the client's request body failed: malformed framing (a chunk size that overflows,
+/// a bare LF), a reset or a disconnect. Marks the failure as the client's in the error that
+/// hyper's client reports for the exchange ([`ClientBodyError::find`]).
+#[derive(Debug, thiserror::Error)]
+#[error("client request body failed: {0}")]
+pub struct ClientBodyError(#[source] pub hyper::Error);
+
+impl ClientBodyError {
+    /// Whether `err` or one of its sources is a [`ClientBodyError`].
+    pub fn find(err: &(dyn std::error::Error + 'static)) -> bool {
+        let mut next = Some(err);
+        while let Some(e) = next {
+            if e.is::<ClientBodyError>() {
+                return true;
+            }
+            next = e.source();
+        }
+        false
+    }
+}
+
+fn client_body_error(e: hyper::Error) -> BoxError {
+    Box::new(ClientBodyError(e))
+}
+
 /// A body sent upstream.
 #[derive(Debug)]
 pub enum RequestBody {
@@ -54,6 +79,12 @@ pub enum RequestBody {
     Mirror {
         rx: mpsc::Receiver<Bytes>,
         complete: Arc<AtomicBool>,
+    },
+    /// A body whose client-side failure is also recorded in `client_failed`: hyper's h2
+    /// client turns a body that fails into a reset stream and drops the cause.
+    Watched {
+        inner: Box<RequestBody>,
+        client_failed: Arc<AtomicBool>,
     },
 }
 
@@ -96,7 +127,7 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
-            RequestBody::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(client_body_error),
             RequestBody::Tee { inner, mirrors } => {
                 let frame = ready!(Pin::new(inner).poll_frame(cx));
                 match &frame {
@@ -112,13 +143,25 @@ impl Body for RequestBody {
                     }
                     Some(Err(_)) => mirrors.clear(),
                 }
-                Poll::Ready(frame.map(|r| r.map_err(Into::into)))
+                Poll::Ready(frame.map(|r| r.map_err(client_body_error)))
             }
             RequestBody::Mirror { rx, complete } => match ready!(rx.poll_recv(cx)) {
                 Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
                 None if complete.load(Ordering::Acquire) => Poll::Ready(None),
                 None => Poll::Ready(Some(Err(StreamError::MirrorAbandoned.into()))),
             },
+            RequestBody::Watched {
+                inner,
+                client_failed,
+            } => {
+                let frame = ready!(Pin::new(&mut **inner).poll_frame(cx));
+                if let Some(Err(e)) = &frame {
+                    if ClientBodyError::find(&**e) {
+                        client_failed.store(true, Ordering::Release);
+                    }
+                }
+                Poll::Ready(frame)
+            }
         }
     }
 
@@ -128,6 +171,7 @@ impl Body for RequestBody {
             RequestBody::Incoming(b) => b.is_end_stream(),
             RequestBody::Tee { inner, .. } => inner.is_end_stream(),
             RequestBody::Mirror { .. } => false,
+            RequestBody::Watched { inner, .. } => inner.is_end_stream(),
         }
     }
 
@@ -137,6 +181,7 @@ impl Body for RequestBody {
             RequestBody::Incoming(b) => b.size_hint(),
             RequestBody::Tee { inner, .. } => inner.size_hint(),
             RequestBody::Mirror { .. } => SizeHint::default(),
+            RequestBody::Watched { inner, .. } => inner.size_hint(),
         }
     }
 }
@@ -304,7 +349,9 @@ impl Body for ResponseBody {
                 }
                 match ready!(Pin::new(&mut u.inner).poll_frame(cx)) {
                     Some(Ok(frame)) => {
-                        if u.inner.is_end_stream() {
+                        // Trailers are always the last frame; hyper's body may only say so
+                        // when polled again, which hyper's server never does after them.
+                        if frame.is_trailers() || u.inner.is_end_stream() {
                             u.settle(None);
                         }
                         Poll::Ready(Some(Ok(frame)))

@@ -20,6 +20,10 @@ pub enum ProxyError {
     DuplicateHost,
     #[error("request authority is not valid")]
     InvalidAuthority,
+    #[error("h2 request has a host header that differs from :authority")]
+    ConflictingHost,
+    #[error("CONNECT is not supported: meshroute routes HTTP requests, it opens no tunnels")]
+    ConnectNotSupported,
     #[error("no Service is known for the request authority")]
     UnknownAuthority,
     #[error("no route rule matches the request")]
@@ -42,6 +46,8 @@ pub enum ProxyError {
         addr: SocketAddr,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("client request body failed: {0}")]
+    ClientBody(#[source] hyper::Error),
     #[error("request timeout expired")]
     RequestTimeout,
     #[error("backendRequest timeout expired")]
@@ -59,13 +65,16 @@ impl ProxyError {
             MissingHost => (StatusCode::BAD_REQUEST, "missing-host"),
             DuplicateHost => (StatusCode::BAD_REQUEST, "duplicate-host"),
             InvalidAuthority => (StatusCode::BAD_REQUEST, "invalid-authority"),
+            ConflictingHost => (StatusCode::BAD_REQUEST, "conflicting-host"),
             UnknownAuthority => (StatusCode::NOT_FOUND, "unknown-authority"),
+            ConnectNotSupported => (StatusCode::METHOD_NOT_ALLOWED, "connect-not-supported"),
             NoRoute => (StatusCode::NOT_FOUND, "no-route"),
             InvalidBackend(_) => (StatusCode::INTERNAL_SERVER_ERROR, "invalid-backend"),
             NoBackends => (StatusCode::INTERNAL_SERVER_ERROR, "no-backends"),
             InvalidRedirect(_) => (StatusCode::INTERNAL_SERVER_ERROR, "invalid-redirect"),
             Connect { .. } | ConnectTimeout(_) => (StatusCode::BAD_GATEWAY, "connect-failed"),
             Upstream { .. } => (StatusCode::BAD_GATEWAY, "upstream-protocol-error"),
+            ClientBody(_) => (StatusCode::BAD_REQUEST, "client-protocol-error"),
             NoReadyEndpoint(_) => (StatusCode::SERVICE_UNAVAILABLE, "no-ready-endpoint"),
             RequestTimeout => (StatusCode::GATEWAY_TIMEOUT, "request-timeout"),
             BackendRequestTimeout => (StatusCode::GATEWAY_TIMEOUT, "backend-request-timeout"),
@@ -89,6 +98,14 @@ pub fn error_response(err: &ProxyError) -> Response<ResponseBody> {
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain"),
     );
+    if let ProxyError::ConnectNotSupported = err {
+        // RFC 9110 §15.5.6: a 405 lists what is allowed. Every method but CONNECT is
+        // forwarded; these are the registered ones.
+        h.insert(
+            http::header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH"),
+        );
+    }
     rsp
 }
 
@@ -102,8 +119,11 @@ mod tests {
         let cases = [
             (ProxyError::MissingHost, 400),
             (ProxyError::DuplicateHost, 400),
+            (ProxyError::InvalidAuthority, 400),
+            (ProxyError::ConflictingHost, 400),
             (ProxyError::UnknownAuthority, 404),
             (ProxyError::NoRoute, 404),
+            (ProxyError::ConnectNotSupported, 405),
             (ProxyError::InvalidBackend("x".into()), 500),
             (ProxyError::NoBackends, 500),
             (

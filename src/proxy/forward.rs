@@ -10,7 +10,7 @@ use futures::FutureExt;
 use http::header::{self, HeaderName, HOST};
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, HeaderValue, Request, Response, Uri, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::{Body, Incoming};
 use tokio::time::Instant;
 
@@ -92,10 +92,18 @@ async fn serve(
 ) -> Response<ResponseBody> {
     let (proxy, live) = (&*proxy, &live);
     let (mut parts, body) = req.into_parts();
+    if parts.method == Method::CONNECT {
+        // A tunnel is not a request a route could match or an endpoint answer in origin form;
+        // in h2 plain CONNECT has no :path, and extended CONNECT is never enabled.
+        return unrouted(proxy, &ProxyError::ConnectNotSupported);
+    }
     let parent_port = match parent {
         Ok(p) => p,
         Err(e) => return unrouted(proxy, &e),
     };
+    if let Err(e) = route::host_from_target(&mut parts) {
+        return unrouted(proxy, &e);
+    }
     let parent: &ParentPort = &parent_port;
     let view = RequestView {
         method: &parts.method,

@@ -9,9 +9,10 @@
 //! through hyper's client in [`pool`](super::pool).
 //!
 //! Responses are framed as RFC 9112 §6.3 says: no body for HEAD, 1xx, 204 and 304; chunked
-//! when `Transfer-Encoding` ends in `chunked`; otherwise `Content-Length` (all values equal);
+//! when `Transfer-Encoding` is `chunked`; otherwise `Content-Length` (all values equal);
 //! otherwise until the endpoint closes. Interim 1xx responses are skipped and `101` is refused
-//! (the proxy never asks for an upgrade). A connection goes back to its pool only when its
+//! (the proxy never asks for an upgrade), as are status codes outside 100–599 and every head
+//! whose framing a peer could read differently ([`head_is_unambiguous`]). A connection goes back to its pool only when its
 //! response ended exactly at the framing's end, keep-alive was agreed and nothing extra was
 //! received; every other end closes it, which is also how an abandoned exchange is cancelled
 //! upstream.
@@ -35,7 +36,7 @@ use super::forward::{hop_by_hop_bit, HOP_CONNECTION, HOP_TRANSFER_ENCODING};
 use super::pool::EndpointPool;
 
 /// Most header fields accepted in a response head or a trailer section.
-const MAX_HEADERS: usize = 128;
+pub const MAX_HEADERS: usize = 128;
 /// Largest response head (all interim heads included) or trailer section, in bytes.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Bytes made room for before each read.
@@ -268,6 +269,9 @@ fn parse_head(
             Err(_) => return Err(Error::Invalid("malformed response head")),
         };
         let code = parsed.code.unwrap_or(0);
+        if !(100..=599).contains(&code) {
+            return Err(Error::Invalid("status code outside 100-599"));
+        }
         let status = StatusCode::from_u16(code).map_err(|_| Error::Invalid("bad status code"))?;
         if status == StatusCode::SWITCHING_PROTOCOLS {
             return Err(Error::Invalid("unrequested protocol switch"));
@@ -314,8 +318,8 @@ fn record_spans(spans: &mut Vec<Span>, block: &[u8], fields: &[httparse::Header<
 struct Facts {
     close: bool,
     keep_alive: bool,
-    /// Whether the last transfer coding is `chunked`, if `Transfer-Encoding` is present.
-    chunked: Option<bool>,
+    /// The codings of every `Transfer-Encoding` line.
+    codings: TransferCodings,
     content_length: Option<u64>,
     /// Whether `Content-Length` came as more than one value (`5, 5`), to be sent on as one.
     content_length_listed: bool,
@@ -353,17 +357,7 @@ impl Facts {
                     }
                 }
             }
-            HOP_TRANSFER_ENCODING => {
-                // Codings accumulate over every field line; empty list items do not count.
-                let chunked = |t: &[u8]| t.eq_ignore_ascii_case(b"chunked");
-                for coding in tokens().filter(|t| !t.is_empty()) {
-                    if self.chunked == Some(true) {
-                        // Anything after `chunked` (even `chunked` again) is not allowed.
-                        return Err(Error::Invalid("transfer coding after chunked"));
-                    }
-                    self.chunked = Some(chunked(coding));
-                }
-            }
+            HOP_TRANSFER_ENCODING => self.codings.add(value),
             _ => {}
         }
         Ok(false)
@@ -376,34 +370,85 @@ impl Facts {
         status: StatusCode,
         head_request: bool,
     ) -> Result<(Framing, bool), Error> {
-        let mut keep_alive = if version == Version::HTTP_11 {
+        let keep_alive = if version == Version::HTTP_11 {
             !self.close
         } else {
             self.keep_alive && !self.close
         };
+        // Checked whatever the status: the same head must mean the same on every path.
+        head_is_unambiguous(version, &self.codings, self.content_length.is_some())?;
         if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
             return Ok((Framing::Length(0), keep_alive));
         }
-        if let Some(chunked) = self.chunked {
-            // RFC 9112 §6.3: Transfer-Encoding would override Content-Length, but a message
-            // with both may be an attempt at smuggling and "ought to be handled as an error".
-            if self.content_length.is_some() {
-                return Err(Error::Invalid("both transfer-encoding and content-length"));
-            }
-            if version != Version::HTTP_11 {
-                keep_alive = false;
-            }
-            return Ok(if chunked {
-                (Framing::Chunked, keep_alive)
-            } else {
-                (Framing::UntilClose, false)
-            });
+        if self.codings.present {
+            return Ok((Framing::Chunked, keep_alive));
         }
         Ok(match self.content_length {
             Some(n) => (Framing::Length(n), keep_alive),
             None => (Framing::UntilClose, false),
         })
     }
+}
+
+/// The transfer codings of a message, over all its `Transfer-Encoding` field lines.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct TransferCodings {
+    /// Whether any `Transfer-Encoding` line was present (even an empty one).
+    pub present: bool,
+    /// List items, empty ones included.
+    count: usize,
+    /// Whether the last coding listed is `chunked`.
+    last_chunked: bool,
+}
+
+impl TransferCodings {
+    /// Note one `Transfer-Encoding` field line. Empty list items count as codings: the list
+    /// syntax allows them, but hyper's client reads `chunked,` as not chunked, and both
+    /// upstream paths must read a head the same way.
+    pub fn add(&mut self, value: &[u8]) {
+        self.present = true;
+        for coding in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            self.count += 1;
+            self.last_chunked = coding.eq_ignore_ascii_case(b"chunked");
+        }
+    }
+
+    /// Whether the codings are exactly `chunked`: the only transfer coding meshroute forwards.
+    fn chunked_only(&self) -> bool {
+        self.count == 1 && self.last_chunked
+    }
+}
+
+/// Refuse a response head whose body length a client, a cache or a proxy could read
+/// differently from meshroute (RFC 9112 §6.1, §6.3), whatever its status:
+///
+/// - `Transfer-Encoding` together with `Content-Length`: the classic smuggling attempt;
+/// - a final coding other than `chunked` (`gzip`, `chunked, gzip`): the length would be left
+///   to the connection close;
+/// - any coding besides `chunked` (`gzip, chunked`): meshroute does not decode it, and since
+///   `Transfer-Encoding` is hop-by-hop the client would get a still-encoded body unlabelled;
+/// - `Transfer-Encoding` in HTTP/1.0, which "MUST" be treated as faulty framing.
+///
+/// Both upstream HTTP/1.1 paths call this: the inline client while parsing, and the seam
+/// after hyper's client, which reads such heads leniently (`pool::check_hyper_head`).
+pub(super) fn head_is_unambiguous(
+    version: Version,
+    codings: &TransferCodings,
+    content_length: bool,
+) -> Result<(), Error> {
+    if !codings.present {
+        return Ok(());
+    }
+    if version == Version::HTTP_10 {
+        return Err(Error::Invalid("transfer-encoding in an HTTP/1.0 response"));
+    }
+    if content_length {
+        return Err(Error::Invalid("both transfer-encoding and content-length"));
+    }
+    if !codings.chunked_only() {
+        return Err(Error::Invalid("transfer coding other than chunked"));
+    }
+    Ok(())
 }
 
 /// Header fields from their spans in `block`; values share `block` instead of being copied.
@@ -810,24 +855,12 @@ mod tests {
             (Framing::Length(5), true)
         );
         assert_eq!(
-            framing_of(&format!("{ok}transfer-encoding: gzip, chunked\r\n\r\n")),
+            framing_of(&format!("{ok}Transfer-Encoding: Chunked\r\n\r\n")),
             (Framing::Chunked, true)
         );
         assert_eq!(
-            framing_of(&format!(
-                "{ok}transfer-encoding: gzip\r\ntransfer-encoding: , chunked,\r\n\r\n"
-            )),
+            framing_of(&format!("{ok}transfer-encoding:  chunked \r\n\r\n")),
             (Framing::Chunked, true)
-        );
-        assert_eq!(
-            framing_of(
-                "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n"
-            ),
-            (Framing::Chunked, false)
-        );
-        assert_eq!(
-            framing_of(&format!("{ok}transfer-encoding: gzip\r\n\r\n")),
-            (Framing::UntilClose, false)
         );
         assert_eq!(
             framing_of(&format!("{ok}\r\n")),
@@ -974,6 +1007,16 @@ mod tests {
             "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
             "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, chunked\r\n\r\n",
             "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: gzip\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\ncontent-length: 5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: \r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked,\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: ,\r\ntransfer-encoding: chunked\r\n\r\n",
+            "HTTP/1.1 304 Not Modified\r\ntransfer-encoding: gzip\r\ncontent-length: 5\r\n\r\n",
+            "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+            "HTTP/1.1 600 X\r\ncontent-length: 0\r\n\r\n",
+            "HTTP/1.1 099 X\r\ncontent-length: 0\r\n\r\n",
             // Control bytes and obs-fold in values.
             "HTTP/1.1 200 OK\r\nx-a: a\x7fb\r\n\r\n",
             "HTTP/1.1 200 OK\r\nx-a: a\x01b\r\n\r\n",

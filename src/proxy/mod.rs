@@ -14,6 +14,7 @@ pub mod error;
 pub mod filters;
 pub mod forward;
 pub mod h1;
+pub mod parse_errors;
 pub mod pool;
 pub mod route;
 pub mod server;

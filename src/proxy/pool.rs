@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -30,7 +30,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use super::body::{RequestBody, UpstreamIncoming};
+use super::body::{ClientBodyError, RequestBody, UpstreamIncoming};
 use super::error::ProxyError;
 use super::h1;
 use crate::metrics::PtrHasher;
@@ -209,18 +209,25 @@ impl EndpointPool {
         body: RequestBody,
         protocol: Protocol,
     ) -> Result<(Response<UpstreamIncoming>, Option<PooledConn>), ProxyError> {
-        match protocol {
+        let (rsp, conn) = match protocol {
             // Boxed: hyper's futures are large, and these paths are the rarer ones.
             Protocol::Http1 => {
                 let req = Request::from_parts(parts, body);
                 let (rsp, conn) = Box::pin(self.send_h1(req)).await?;
-                Ok((rsp.map(UpstreamIncoming::Hyper), Some(conn)))
+                (rsp, Some(conn))
             }
             Protocol::H2c => {
                 let rsp = Box::pin(self.send_h2(Request::from_parts(parts, body))).await?;
-                Ok((rsp.map(UpstreamIncoming::Hyper), None))
+                (rsp, None)
             }
-        }
+        };
+        // On refusal the response and the connection are dropped unreleased, which closes an
+        // HTTP/1.1 connection (its framing cannot be trusted) and resets an h2 stream.
+        check_hyper_head(&rsp).map_err(|e| ProxyError::Upstream {
+            addr: self.addr,
+            source: e.into(),
+        })?;
+        Ok((rsp.map(UpstreamIncoming::Hyper), conn))
     }
 
     /// A bodiless HTTP/1.1 exchange driven by the calling task, on a pooled socket when one
@@ -282,18 +289,22 @@ impl EndpointPool {
                     // A pooled connection the backend closed while idle: the request never
                     // left, so it is safe to send it on another connection.
                     Some(back) if reused => req = back,
-                    _ => {
-                        return Err(ProxyError::Upstream {
-                            addr: self.addr,
-                            source: e.into_error().into(),
-                        })
-                    }
+                    _ => return Err(self.exchange_failed(e.into_error())),
                 },
             }
         }
     }
 
     async fn send_h2(&self, req: Request<RequestBody>) -> Result<Response<Incoming>, ProxyError> {
+        let client_failed = Arc::new(AtomicBool::new(false));
+        let req = if req.body().is_end_stream() {
+            req
+        } else {
+            req.map(|inner| RequestBody::Watched {
+                inner: Box::new(inner),
+                client_failed: client_failed.clone(),
+            })
+        };
         let existing = lock(&self.h2).as_ref().filter(|s| !s.is_closed()).cloned();
         let mut sender = match existing {
             Some(s) => s,
@@ -303,12 +314,28 @@ impl EndpointPool {
                 s
             }
         };
-        let upstream = |source: hyper::Error| ProxyError::Upstream {
+        let failed = |e| self.exchange_failed(e);
+        sender.ready().await.map_err(failed)?;
+        sender.send_request(req).await.map_err(|e| {
+            if client_failed.load(Ordering::Acquire) {
+                ProxyError::ClientBody(e)
+            } else {
+                failed(e)
+            }
+        })
+    }
+
+    /// The error for an exchange hyper's client gave up on: the client's, when reading its
+    /// request body failed (hyper then closes the upstream connection, which carried half a
+    /// request), otherwise the endpoint's.
+    fn exchange_failed(&self, e: hyper::Error) -> ProxyError {
+        if ClientBodyError::find(&e) {
+            return ProxyError::ClientBody(e);
+        }
+        ProxyError::Upstream {
             addr: self.addr,
-            source: source.into(),
-        };
-        sender.ready().await.map_err(upstream)?;
-        sender.send_request(req).await.map_err(upstream)
+            source: e.into(),
+        }
     }
 
     async fn connect(&self) -> Result<TcpStream, ProxyError> {
@@ -327,6 +354,9 @@ impl EndpointPool {
     async fn connect_h1(&self) -> Result<http1::SendRequest<RequestBody>, ProxyError> {
         let io = TokioIo::new(self.connect().await?);
         let (sender, conn) = http1::Builder::new()
+            // The inline client's head limits, so that both paths refuse the same heads.
+            .max_header_size(h1::MAX_HEAD_BYTES)
+            .max_headers(h1::MAX_HEADERS)
             .handshake(io)
             .await
             .map_err(|source| ProxyError::Upstream {
@@ -362,8 +392,33 @@ impl EndpointPool {
     }
 }
 
+/// Refuse a response head hyper's client accepted but that meshroute never forwards, so that
+/// both upstream paths agree with the inline client ([`h1`]): hyper reads a 101 as the start of
+/// an upgrade the proxy never asked for, takes any status up to 999, and frames a
+/// `Transfer-Encoding` that does not end in `chunked` as close-delimited while keeping the
+/// `Content-Length` next to it ([`h1::head_is_unambiguous`]).
+fn check_hyper_head(rsp: &Response<Incoming>) -> Result<(), h1::Error> {
+    let status = rsp.status().as_u16();
+    if status == 101 {
+        return Err(h1::Error::Invalid("unrequested protocol switch"));
+    }
+    if !(100..=599).contains(&status) {
+        return Err(h1::Error::Invalid("status code outside 100-599"));
+    }
+    let headers = rsp.headers();
+    let mut codings = h1::TransferCodings::default();
+    for line in headers.get_all(http::header::TRANSFER_ENCODING) {
+        codings.add(line.as_bytes());
+    }
+    h1::head_is_unambiguous(
+        rsp.version(),
+        &codings,
+        headers.contains_key(http::header::CONTENT_LENGTH),
+    )
+}
+
 /// Whether a request goes through [`EndpointPool::send_inline`]: HTTP/1.1, no body, and not
-/// CONNECT (whose 2xx answer starts a tunnel, not a body).
+/// CONNECT (whose 2xx answer starts a tunnel, not a body; `forward` refuses it before this).
 pub fn inline_eligible(parts: &Parts, body: &RequestBody, protocol: Protocol) -> bool {
     protocol == Protocol::Http1 && body.is_end_stream() && parts.method != http::Method::CONNECT
 }

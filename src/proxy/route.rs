@@ -1,11 +1,15 @@
 //! Which parent a request is addressed to: the authority from an absolute-form URI or h2
 //! `:authority`, otherwise the `Host` header. RFC 9112 §3.2: an HTTP/1.1 request without a Host
-//! header, or with more than one, is answered 400. Binding the authority to a parent and a rule
-//! is the table's job ([`RouteTable::lookup`](crate::table::RouteTable::lookup)).
+//! header, or with more than one, is answered 400, and so is a `Host` that is not a valid
+//! authority. The request is routed by and forwarded with one authority: an HTTP/1.1
+//! absolute-form target replaces `Host` ([`host_from_target`], RFC 9112 §3.2.2), and an h2
+//! `host` that differs from `:authority` makes the request malformed (RFC 9113 §8.3.1). Binding
+//! the authority to a parent and a rule is the table's job
+//! ([`RouteTable::lookup`](crate::table::RouteTable::lookup)).
 
 use http::header::HOST;
 use http::request::Parts;
-use http::{HeaderMap, Uri, Version};
+use http::{HeaderMap, HeaderValue, Uri, Version};
 
 use super::error::ProxyError;
 
@@ -28,13 +32,73 @@ pub fn authority_of<'a>(
     if version == Version::HTTP_11 && host.is_none() {
         return Err(ProxyError::MissingHost);
     }
+    // A Host that is not an authority is refused even when the target names one: it would
+    // be forwarded as it is to an h2 endpoint's `:authority` otherwise.
+    let host = match host {
+        Some(h) if is_authority(h.as_bytes()) => Some(h),
+        Some(_) => return Err(ProxyError::InvalidAuthority),
+        None => None,
+    };
     if let Some(a) = uri.authority() {
+        if version == Version::HTTP_2 {
+            if let Some(h) = host {
+                if !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) {
+                    return Err(ProxyError::ConflictingHost);
+                }
+            }
+        }
         return Ok(a.as_str());
     }
     match host {
+        // `is_authority` admits ASCII only.
         Some(h) => h.to_str().map_err(|_| ProxyError::InvalidAuthority),
         None => Err(ProxyError::MissingHost),
     }
+}
+
+/// Whether a `Host` value is an authority meshroute can route by: `host[:port]`, where the
+/// host is a reg-name, an IPv4 address or a bracketed IP literal (RFC 3986 §3.2.2). No
+/// userinfo (RFC 9110 §4.2.4 forbids it in `http` URIs), no spaces or other delimiters that a
+/// peer could split differently.
+pub fn is_authority(value: &[u8]) -> bool {
+    let (host, port) = match value.iter().rposition(|&b| b == b':') {
+        // A colon inside brackets belongs to an IP literal, not before a port.
+        Some(i) if !value[i..].contains(&b']') => (&value[..i], Some(&value[i + 1..])),
+        _ => (value, None),
+    };
+    if port.is_some_and(|p| p.is_empty() || !p.iter().all(u8::is_ascii_digit)) {
+        return false;
+    }
+    match host {
+        [] => false,
+        [b'[', literal @ .., b']'] => {
+            !literal.is_empty()
+                && literal
+                    .iter()
+                    .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        }
+        _ => host.iter().all(|&b| {
+            b.is_ascii_alphanumeric()
+                // unreserved, pct-encoded and sub-delims of a reg-name
+                || b"-._~%!$&'()*+,;=".contains(&b)
+        }),
+    }
+}
+
+/// For an HTTP/1.x request in absolute form, make `Host` the target's authority: a proxy
+/// "MUST ignore the received Host header field (if any) and instead replace it with the host
+/// information of the request-target" (RFC 9112 §3.2.2). meshroute routes by the target, so it
+/// forwards the same authority it routed by. h2 requests carry one authority already (a
+/// differing `host` was refused by [`authority_of`]).
+pub fn host_from_target(parts: &mut Parts) -> Result<(), ProxyError> {
+    if parts.version == Version::HTTP_2 {
+        return Ok(());
+    }
+    if let Some(a) = parts.uri.authority() {
+        let value = HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::InvalidAuthority)?;
+        parts.headers.insert(HOST, value);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -74,6 +138,65 @@ mod tests {
     fn duplicate_host_is_rejected() {
         let p = parts(Version::HTTP_11, "/x", &["a.b", "c.d"]);
         assert!(matches!(authority(&p), Err(ProxyError::DuplicateHost)));
+    }
+
+    #[test]
+    fn host_must_be_an_authority() {
+        for good in [
+            "a.b",
+            "web.shop:8080",
+            "10.0.0.1:80",
+            "[::1]:80",
+            "[fe80::1]",
+            "x_y.z",
+        ] {
+            assert!(is_authority(good.as_bytes()), "{good}");
+            let p = parts(Version::HTTP_11, "/x", &[good]);
+            assert_eq!(authority(&p).unwrap(), good);
+        }
+        for bad in [
+            "app.t b",
+            "",
+            "a.b:",
+            "a.b:8x",
+            "u@a.b",
+            "a.b/c",
+            "a.b?",
+            "[::1",
+            "[]",
+            "a\tb",
+            "a.b:80:80",
+        ] {
+            assert!(!is_authority(bad.as_bytes()), "{bad:?}");
+        }
+        let mut p = parts(Version::HTTP_11, "/x", &[]);
+        p.headers.insert(HOST, HeaderValue::from_static("app.t b"));
+        assert!(matches!(authority(&p), Err(ProxyError::InvalidAuthority)));
+        let mut p = parts(Version::HTTP_11, "http://app.t/x", &[]);
+        p.headers.insert(HOST, HeaderValue::from_static("app.t b"));
+        assert!(matches!(authority(&p), Err(ProxyError::InvalidAuthority)));
+    }
+
+    #[test]
+    fn absolute_form_target_replaces_host() {
+        let mut p = parts(Version::HTTP_11, "http://web.shop:81/x", &["evil.example"]);
+        assert_eq!(authority(&p).unwrap(), "web.shop:81");
+        host_from_target(&mut p).unwrap();
+        assert_eq!(p.headers[HOST], "web.shop:81");
+        assert_eq!(p.headers.get_all(HOST).iter().count(), 1);
+        let mut p = parts(Version::HTTP_11, "/x", &["web.shop"]);
+        host_from_target(&mut p).unwrap();
+        assert_eq!(p.headers[HOST], "web.shop");
+    }
+
+    #[test]
+    fn h2_host_must_match_authority() {
+        let p = parts(Version::HTTP_2, "http://web.shop/x", &["evil.example"]);
+        assert!(matches!(authority(&p), Err(ProxyError::ConflictingHost)));
+        let p = parts(Version::HTTP_2, "http://web.shop/x", &["WEB.shop"]);
+        assert_eq!(authority(&p).unwrap(), "web.shop");
+        let p = parts(Version::HTTP_2, "/x", &["web.shop"]);
+        assert_eq!(authority(&p).unwrap(), "web.shop");
     }
 
     #[test]

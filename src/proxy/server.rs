@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use futures::TryFutureExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulConnection;
@@ -19,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 
+use super::parse_errors::{Exchanges, Labelled, Tracked};
 use super::timer::HyperTimer;
 use super::{forward, pool, Proxy};
 
@@ -100,18 +102,30 @@ pub async fn serve(
                     return;
                 }
             };
+            // HTTP/1.1 only: hyper's h2 server answers malformed requests with stream resets.
+            let exchanges = (!is_h2).then(|| Exchanges::new(metrics.clone()));
             let io = TokioIo::new(CountingIo {
                 inner: stream,
                 read: metrics.bytes_in.clone(),
                 written: metrics.bytes_out.clone(),
+                exchanges: exchanges.clone(),
+                labelled: None,
             });
             let cache = forward::ParentCache::default();
-            let svc = service_fn(move |req| forward::handle(&proxy, &cache, req));
             let (h1, h2) = &*builders;
-            let result = if is_h2 {
-                watch.run(h2.serve_connection(io, svc)).await
-            } else {
-                watch.run(h1.serve_connection(io, svc)).await
+            let result = match exchanges {
+                None => {
+                    let svc = service_fn(move |req| forward::handle(&proxy, &cache, req));
+                    watch.run(h2.serve_connection(io, svc)).await
+                }
+                Some(exchanges) => {
+                    let svc = service_fn(move |req| {
+                        let open = Exchanges::open(&exchanges);
+                        forward::handle(&proxy, &cache, req)
+                            .map_ok(|rsp| rsp.map(|body| Tracked { body, open }))
+                    });
+                    watch.run(h1.serve_connection(io, svc)).await
+                }
             };
             if let Err(e) = result {
                 tracing::debug!(error = %e, "client connection ended with an error");
@@ -269,11 +283,42 @@ async fn sniff_h2(stream: &TcpStream) -> io::Result<bool> {
     }
 }
 
-/// Counts bytes read from and written to a client into process-wide counters.
+/// Counts bytes read from and written to a client into process-wide counters, and labels the
+/// error responses hyper's HTTP/1.1 server writes by itself ([`super::parse_errors`]).
 struct CountingIo {
     inner: TcpStream,
     read: Counter,
     written: Counter,
+    exchanges: Option<Arc<Exchanges>>,
+    /// A labelled head being written in place of hyper's.
+    labelled: Option<Labelled>,
+}
+
+impl CountingIo {
+    /// Start writing a labelled copy of `buf` if it is one of hyper's own error heads; then
+    /// keep writing it until done.
+    fn poll_labelled(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Option<Poll<io::Result<usize>>> {
+        if self.labelled.is_none() {
+            self.labelled = Labelled::of(self.exchanges.as_deref()?, buf);
+        }
+        let labelled = self.labelled.as_mut()?;
+        let (inner, written) = (&mut self.inner, &self.written);
+        let r = labelled.poll_write_with(|b| {
+            let r = Pin::new(&mut *inner).poll_write(cx, b);
+            if let Poll::Ready(Ok(n)) = r {
+                written.inc_by(n as u64);
+            }
+            r
+        });
+        if r.is_ready() {
+            self.labelled = None;
+        }
+        Some(r)
+    }
 }
 
 impl AsyncRead for CountingIo {
@@ -298,6 +343,9 @@ impl AsyncWrite for CountingIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if let Some(r) = self.poll_labelled(cx, buf) {
+            return r;
+        }
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = r {
             self.written.inc_by(n as u64);
@@ -310,6 +358,12 @@ impl AsyncWrite for CountingIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        // A head is always the first buffer hyper hands over.
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+            if let Some(r) = self.poll_labelled(cx, first) {
+                return r;
+            }
+        }
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = r {
             self.written.inc_by(n as u64);
@@ -322,7 +376,11 @@ impl AsyncWrite for CountingIo {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        if let (Poll::Ready(Ok(())), Some(e)) = (&r, &self.exchanges) {
+            e.flushed();
+        }
+        r
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
