@@ -267,3 +267,115 @@ async fn admin_reports_readiness_table_and_route_metrics() {
     assert!(metrics.ends_with("# EOF\n"), "OpenMetrics terminator");
     m.shutdown().await.unwrap();
 }
+
+/// Send `n` requests and count those not answered by backend `want`.
+async fn misses(c: &TestClient, m: &meshroute::run::Running, want: &str, n: usize) -> usize {
+    let counts = split(c, m.proxy_addr, HOST, n).await;
+    n - counts.get(want).copied().unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_route_file_that_becomes_a_dangling_symlink_or_a_loop_keeps_its_routes() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "services.yaml", &world(&a, &b));
+    write(dir.path(), "route.yaml", &split_route(0, 1));
+    let m = start_on(dir.path()).await;
+    let c = client();
+    assert_eq!(misses(&c, &m, "b", 10).await, 0);
+    let route = dir.path().join("route.yaml");
+    for target in ["nowhere.yaml", "route.yaml"] {
+        // Dangling first, then a symlink to itself (ELOOP).
+        let reloads = m.status.snapshot().reloads;
+        std::fs::remove_file(&route).unwrap();
+        std::os::unix::fs::symlink(dir.path().join(target), &route).unwrap();
+        wait_reloads(&m, reloads).await;
+        let s = m.status.snapshot();
+        assert!(!s.config_ok, "{target}: {s:?}");
+        assert!(
+            s.errors
+                .iter()
+                .any(|e| e.contains("route.yaml") && e.contains("cannot read")),
+            "{target}: {s:?}"
+        );
+        assert_eq!(
+            misses(&c, &m, "b", 20).await,
+            0,
+            "{target}: the route was dropped"
+        );
+    }
+    m.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_file_rewritten_in_place_keeps_its_routes_until_it_settles() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "services.yaml", &world(&a, &b));
+    write(dir.path(), "route.yaml", &split_route(0, 1));
+    let m = start_on(dir.path()).await;
+    let c = client();
+    let generation = m.proxy.table().generation;
+    // Truncated in place, as `>` in a shell or a non-atomic writer does; the rest comes late.
+    let route = dir.path().join("route.yaml");
+    let reloads = m.status.snapshot().reloads;
+    std::fs::write(&route, "").unwrap();
+    wait_reloads(&m, reloads).await;
+    assert_eq!(
+        m.proxy.table().generation,
+        generation,
+        "empty moment published"
+    );
+    assert_eq!(misses(&c, &m, "b", 20).await, 0);
+    assert!(m
+        .status
+        .snapshot()
+        .errors
+        .iter()
+        .any(|e| e.contains("just written")));
+    // The writer finishes (in place, not atomically): the new content is served.
+    std::fs::write(&route, split_route(1, 0)).unwrap();
+    wait_generation(&m, generation + 1).await;
+    assert_eq!(misses(&c, &m, "a", 20).await, 0);
+    // A file that stays empty really is empty: after it settles, its route is gone, without
+    // any further write (`web` passes through to its own endpoints: it has none).
+    let generation = m.proxy.table().generation;
+    std::fs::write(&route, "").unwrap();
+    wait_generation(&m, generation + 1).await;
+    let counts = split(&c, m.proxy_addr, HOST, 5).await;
+    assert_eq!(counts.get("HTTP 503"), Some(&5), "{counts:?}");
+    assert!(m.status.snapshot().config_ok);
+    m.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_config_directory_removed_and_recreated_is_watched_again() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("config");
+    std::fs::create_dir(&dir).unwrap();
+    write(&dir, "services.yaml", &world(&a, &b));
+    write(&dir, "route.yaml", &split_route(1, 0));
+    let m = start_on(&dir).await;
+    let c = client();
+    assert_eq!(misses(&c, &m, "a", 10).await, 0);
+    // `rm -rf dir && cp -r new dir`, as deploy scripts do.
+    let staged = root.path().join("staged");
+    std::fs::create_dir(&staged).unwrap();
+    write(&staged, "services.yaml", &world(&a, &b));
+    write(&staged, "route.yaml", &split_route(0, 1));
+    let generation = m.proxy.table().generation;
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::create_dir(&dir).unwrap();
+    for f in ["services.yaml", "route.yaml"] {
+        std::fs::copy(staged.join(f), dir.join(f)).unwrap();
+    }
+    wait_generation(&m, generation + 1).await;
+    assert_eq!(misses(&c, &m, "b", 20).await, 0);
+    // And the new directory's edits are seen too (no resync is configured).
+    let generation = m.proxy.table().generation;
+    write(&dir, "route.yaml", &split_route(1, 0));
+    wait_generation(&m, generation + 1).await;
+    assert_eq!(misses(&c, &m, "a", 20).await, 0);
+    m.shutdown().await.unwrap();
+}

@@ -95,6 +95,8 @@ pub struct LoadError {
     pub object: Option<Box<ObjectInfo>>,
     /// `field: message`, or just a message for whole-file problems.
     pub message: String,
+    /// The file was caught being written: reading it again shortly should settle it.
+    pub transient: bool,
 }
 
 impl fmt::Display for LoadError {
@@ -175,6 +177,7 @@ pub fn load_paths(paths: &[PathBuf]) -> LoadOutcome {
                             object: Some(Box::new(info_of(&loaded.object))),
                             message: format!("duplicate object: already defined at {first}"),
                             location: loaded.location,
+                            transient: false,
                         });
                         continue;
                     }
@@ -203,6 +206,7 @@ pub fn load_paths(paths: &[PathBuf]) -> LoadOutcome {
                                 .map(|e| e.to_string())
                                 .collect::<Vec<_>>()
                                 .join("; "),
+                            transient: false,
                         }),
                     }
                 }
@@ -212,24 +216,36 @@ pub fn load_paths(paths: &[PathBuf]) -> LoadOutcome {
     out
 }
 
-/// The YAML files of a directory in name order.
+/// The YAML files of a directory in name order. A symlink is listed whatever it points at:
+/// a dangling one or a loop must be reported as unreadable (keeping what it held), never
+/// read as "the file is gone".
 pub fn list_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
+        let entry = entry?;
+        let path = entry.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if name.starts_with('.') {
             continue;
         }
         let yaml = name.ends_with(".yaml") || name.ends_with(".yml");
-        // `is_file` follows symlinks, as ConfigMap volumes need.
-        if yaml && path.is_file() {
+        let listed = match entry.file_type() {
+            Ok(t) if t.is_symlink() => !path.is_dir(),
+            Ok(t) => t.is_file(),
+            // Cannot even tell: list it, and let reading it say why.
+            Err(_) => true,
+        };
+        if yaml && listed {
             files.push(path);
         }
     }
     files.sort();
     Ok(files)
 }
+
+/// An empty file younger than this is taken for one being written (truncate, then write),
+/// not for a file whose objects were all deleted.
+pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn whole_file_error(file: &Path, message: String) -> LoadError {
     LoadError {
@@ -240,15 +256,22 @@ fn whole_file_error(file: &Path, message: String) -> LoadError {
         },
         object: None,
         message,
+        transient: false,
     }
 }
 
 /// Read one file into objects (or errors), document by document.
+///
+/// A file caught mid-write is an error, not an empty or shorter file: its size or
+/// modification time changed while it was read, or it is empty and was written less than
+/// [`SETTLE`] ago. Those errors are [`LoadError::transient`], so the watcher reads again soon.
 pub fn read_file(file: &Path) -> Vec<Result<Loaded, LoadError>> {
-    let size = match std::fs::metadata(file) {
-        Ok(m) => m.len(),
+    let stamp = |m: &std::fs::Metadata| (m.len(), m.modified().ok());
+    let before = match std::fs::metadata(file) {
+        Ok(m) => m,
         Err(e) => return vec![Err(whole_file_error(file, format!("cannot read: {e}")))],
     };
+    let size = before.len();
     if size > MAX_FILE_BYTES {
         return vec![Err(whole_file_error(
             file,
@@ -259,6 +282,26 @@ pub fn read_file(file: &Path) -> Vec<Result<Loaded, LoadError>> {
         Ok(t) => t,
         Err(e) => return vec![Err(whole_file_error(file, format!("cannot read: {e}")))],
     };
+    let after = std::fs::metadata(file).ok();
+    let changed = after.as_ref().map(stamp) != Some(stamp(&before));
+    let fresh_and_empty = text.trim().is_empty()
+        && before
+            .modified()
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < SETTLE);
+    if changed || fresh_and_empty {
+        let mut e = whole_file_error(
+            file,
+            if changed {
+                "file changed while being read; its last good objects stay until it settles".into()
+            } else {
+                "file is empty and was just written; its last good objects stay until it settles or stays empty".into()
+            },
+        );
+        e.transient = true;
+        return vec![Err(e)];
+    }
     parse_documents(file, &text)
 }
 
@@ -414,6 +457,7 @@ pub fn decode_strict(
                 location: location.at(Some(pos)),
                 object,
                 message: format!("{path}: duplicate field {name:?}"),
+                transient: false,
             })
         }
         (None, loaded) => loaded,
@@ -583,12 +627,14 @@ fn decode_with(
         location: location.at(pos_of(&f.path)),
         object: Some(Box::new(info.clone())),
         message: f.text(),
+        transient: false,
     };
     if !doc.is_object() {
         return Err(LoadError {
             location: location.clone(),
             object: None,
             message: "document is not a mapping".into(),
+            transient: false,
         });
     }
     if api_version.is_empty() || kind.is_empty() {

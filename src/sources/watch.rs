@@ -90,9 +90,13 @@ pub enum Reloaded {
     Published(u64),
     /// The directory compiles to the live table (this generation): nothing was published.
     Unchanged(u64),
-    /// The directory had errors; the live table (this generation) keeps serving.
-    Kept(u64),
+    /// The directory had errors; the live table (this generation) keeps serving. `settling`:
+    /// some file was caught being written, so another reload is due soon.
+    Kept { generation: u64, settling: bool },
 }
+
+/// How soon a directory with a file caught mid-write is read again.
+const SETTLE_RETRY: Duration = Duration::from_millis(250);
 
 /// Load the directory, compile and publish (or keep the live table, per the reload rule).
 /// Blocking: run it on a blocking thread.
@@ -129,7 +133,10 @@ pub fn reload_once(
                 s.reloads += 1;
                 s.last_reload_unix = now;
             });
-            return Reloaded::Kept(live);
+            return Reloaded::Kept {
+                generation: live,
+                settling: outcome.errors.iter().any(|e| e.transient),
+            };
         }
     } else {
         metrics.config_ok.set(1);
@@ -184,11 +191,16 @@ pub fn reload_once(
 
 /// A registered directory watch; events flow from the moment [`DirWatch::new`] returns, so
 /// nothing written after startup can be missed.
+///
+/// The directory's parent is watched too, for the directory itself: `rm -rf dir && cp -r new
+/// dir` (what many deploy scripts do) removes the watched inode, and the new directory is
+/// watched again as soon as it appears.
 pub struct DirWatch {
     dir: PathBuf,
     rx: mpsc::UnboundedReceiver<()>,
-    // Kept alive for as long as events are wanted.
-    _watcher: notify::RecommendedWatcher,
+    watcher: notify::RecommendedWatcher,
+    /// (device, inode) of the directory being watched, if it exists.
+    watched: Option<(u64, u64)>,
 }
 
 impl std::fmt::Debug for DirWatch {
@@ -197,15 +209,37 @@ impl std::fmt::Debug for DirWatch {
     }
 }
 
+fn identity(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir)
+        .ok()
+        .filter(|m| m.is_dir())
+        .map(|m| (m.dev(), m.ino()))
+}
+
 impl DirWatch {
     /// Start watching `dir` (not recursively: the loader reads only its direct entries).
     pub fn new(dir: PathBuf) -> Result<Self, WatchError> {
         let (tx, rx) = mpsc::unbounded_channel::<()>();
+        // Events of the parent matter only when they are about the directory itself. Event
+        // paths are spelled like the watched path (relative for the directory, absolute for
+        // the canonical parent), so both spellings are in scope.
+        let scope = [
+            dir.clone(),
+            std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone()),
+        ];
         let handler = move |res: notify::Result<notify::Event>| match res {
             // Our own reads show up as Access events; reacting to them would loop forever.
             Ok(ev) if matches!(ev.kind, EventKind::Access(_)) => {}
-            Ok(_) => {
-                let _ = tx.send(());
+            Ok(ev) => {
+                if ev.paths.is_empty()
+                    || ev
+                        .paths
+                        .iter()
+                        .any(|p| scope.iter().any(|d| p.starts_with(d)))
+                {
+                    let _ = tx.send(());
+                }
             }
             Err(e) => tracing::warn!(error = %e, "directory watch error"),
         };
@@ -217,37 +251,71 @@ impl DirWatch {
         watcher
             .watch(&dir, RecursiveMode::NonRecursive)
             .map_err(watch_err)?;
+        if let Some(parent) = parent_of(&dir) {
+            if let Err(e) = watcher.watch(&parent, RecursiveMode::NonRecursive) {
+                tracing::warn!(dir = %parent.display(), error = %e, "cannot watch the configuration directory's parent; a replaced directory is noticed at the next resync");
+            }
+        }
         tracing::info!(dir = %dir.display(), "watching configuration directory");
         Ok(DirWatch {
+            watched: identity(&dir),
             dir,
             rx,
-            _watcher: watcher,
+            watcher,
         })
+    }
+
+    /// Watch the directory again, whichever inode it is now. Done before every reload: a
+    /// replaced directory may even reuse the old inode number, so comparing identities is not
+    /// enough, and re-adding a live watch costs two system calls. Anything written before the
+    /// reload that follows is read by it, so the moment between unwatch and watch loses nothing.
+    fn rearm(&mut self) {
+        let now = identity(&self.dir);
+        let _ = self.watcher.unwatch(&self.dir);
+        if now.is_some() {
+            if let Err(e) = self.watcher.watch(&self.dir, RecursiveMode::NonRecursive) {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot watch the configuration directory");
+            }
+        }
+        if now != self.watched {
+            match now {
+                Some(_) => {
+                    tracing::info!(dir = %self.dir.display(), "configuration directory replaced; watching the new one")
+                }
+                None => {
+                    tracing::warn!(dir = %self.dir.display(), "configuration directory is gone; watching for it to come back")
+                }
+            }
+            self.watched = now;
+        }
     }
 }
 
+/// The directory that holds `dir` (`.` for a relative name without one).
+fn parent_of(dir: &Path) -> Option<PathBuf> {
+    let abs = std::fs::canonicalize(dir).ok()?;
+    abs.parent().map(Path::to_path_buf)
+}
+
 /// Reload on every change seen by `watch` until `shutdown` resolves. Also reloads once per
-/// `resync` as a safety net for filesystems that drop events.
+/// `resync` as a safety net for filesystems that drop events, and again shortly after a
+/// reload that caught a file mid-write.
 pub async fn watch(
-    watch: DirWatch,
+    mut watch: DirWatch,
     proxy: Arc<Proxy>,
     opts: CompileOptions,
     status: Arc<ReloadStatus>,
     resync: Option<Duration>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let DirWatch {
-        dir,
-        mut rx,
-        _watcher,
-    } = watch;
     tokio::pin!(shutdown);
     let resync = resync.unwrap_or(Duration::from_secs(24 * 3600));
+    let mut next_wait = resync;
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            ev = rx.recv() => if ev.is_none() { break },
-            () = tokio::time::sleep(resync) => {},
+            ev = watch.rx.recv() => if ev.is_none() { break },
+            () = tokio::time::sleep(next_wait) => {},
         }
         // Debounce: editors and kubelet produce bursts (write, rename, chmod, symlink swap).
         let first = Instant::now();
@@ -256,17 +324,26 @@ pub async fn watch(
             if left.is_zero() {
                 break;
             }
-            match tokio::time::timeout(DEBOUNCE.min(left), rx.recv()).await {
+            match tokio::time::timeout(DEBOUNCE.min(left), watch.rx.recv()).await {
                 Ok(Some(())) => continue,
                 Ok(None) | Err(_) => break,
             }
         }
-        while rx.try_recv().is_ok() {}
-        let (d, p, o, s) = (dir.clone(), proxy.clone(), opts.clone(), status.clone());
-        match tokio::task::spawn_blocking(move || reload_once(&d, &p, &o, &s)).await {
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "reload task failed"),
-        }
+        while watch.rx.try_recv().is_ok() {}
+        watch.rearm();
+        let (d, p, o, s) = (
+            watch.dir.clone(),
+            proxy.clone(),
+            opts.clone(),
+            status.clone(),
+        );
+        next_wait = match tokio::task::spawn_blocking(move || reload_once(&d, &p, &o, &s)).await {
+            Ok(Reloaded::Kept { settling: true, .. }) => SETTLE_RETRY,
+            Ok(_) => resync,
+            Err(e) => {
+                tracing::error!(error = %e, "reload task failed");
+                resync
+            }
+        };
     }
-    drop(_watcher);
 }
