@@ -275,6 +275,65 @@ pub struct Explanation {
     pub warnings: Vec<String>,
 }
 
+/// `explain` against a running meshroute's admin port: the printed text (or JSON) and
+/// whether the request would be routed.
+pub async fn explain_remote(
+    admin: std::net::SocketAddr,
+    q: &ExplainQuery,
+    as_json: bool,
+) -> Result<(String, bool), String> {
+    use http_body_util::BodyExt;
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query
+        .append_pair("host", &q.host)
+        .append_pair("path", &q.path)
+        .append_pair("method", &q.method);
+    for (n, v) in &q.headers {
+        query.append_pair("header", &format!("{n}:{v}"));
+    }
+    if as_json {
+        query.append_pair("format", "json");
+    }
+    let uri = format!("/api/explain?{}", query.finish());
+    let stream = tokio::net::TcpStream::connect(admin)
+        .await
+        .map_err(|e| format!("{admin}: {e}"))?;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("{admin}: {e}"))?;
+    tokio::spawn(conn);
+    let req = http::Request::get(uri)
+        .header(http::header::HOST, admin.to_string())
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let rsp = send
+        .send_request(req)
+        .await
+        .map_err(|e| format!("{admin}: {e}"))?;
+    let status = rsp.status();
+    let routed = rsp
+        .headers()
+        .get("meshroute-explain-routed")
+        .is_some_and(|v| v == "true");
+    let body = rsp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("{admin}: {e}"))?
+        .to_bytes();
+    let body = String::from_utf8_lossy(&body).into_owned();
+    if status != http::StatusCode::OK {
+        return Err(format!("{admin}: {}", body.trim_end()));
+    }
+    let body = if as_json && !body.ends_with('\n') {
+        body + "\n"
+    } else {
+        body
+    };
+    Ok((body, routed))
+}
+
 /// Explain how a request would be routed. `Err` for unusable input (bad method, header).
 pub fn explain(dir: &Path, q: &ExplainQuery) -> Result<Explanation, String> {
     let outcome = load_dir(dir);

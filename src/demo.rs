@@ -4,21 +4,20 @@
 //! cluster it stands in for (`x-demo-service`, `x-demo-cluster`, and a one-line body), after a
 //! few milliseconds of simulated work (`?delay=250` asks for 250 ms) so timeouts can be tried.
 //! Endpoints that appear in later tables get a server too. A light load generator sends
-//! `GET /` to every parent through the proxy, and the terminal shows, per parent, the
-//! configured weights of the rule that `GET /` matches next to the split observed over the last
-//! few seconds.
+//! `GET /` to every parent through the proxy, and the terminal shows the `meshroute top` view
+//! of it: per parent and route, rates, latency and the configured split next to the observed
+//! one.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet};
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::future::Future;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -29,11 +28,11 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::proxy::Proxy;
-use crate::table::matching::RequestView;
-use crate::table::{BackendTarget, Filter, Lookup, RouteTable, ServiceBackend};
+use crate::sources::watch::ReloadStatus;
+use crate::table::{BackendTarget, Filter, RouteTable, ServiceBackend};
+use crate::top::{LiveTraffic, Style};
+use crate::traffic::Sampler;
 
-/// Window of the observed split.
-const WINDOW: Duration = Duration::from_secs(5);
 /// Each parent gets one request per tick.
 const TICK: Duration = Duration::from_millis(50);
 
@@ -162,19 +161,24 @@ async fn answer(id: &Identity, req: &Request<Incoming>) -> Response<Full<Bytes>>
     rsp
 }
 
-/// One observed response: which parent, and who answered (or which error).
-#[derive(Debug)]
-struct Seen {
-    at: Instant,
-    parent: String,
-    outcome: String,
-}
-
-/// Generate light traffic to every parent and redraw the split view every second.
-pub async fn show(proxy: Arc<Proxy>, proxy_addr: SocketAddr, shutdown: impl Future<Output = ()>) {
-    let seen: Arc<Mutex<VecDeque<Seen>>> = Arc::default();
+/// Generate light traffic to every parent and redraw the live view (the `meshroute top`
+/// view, read in-process) every second.
+pub async fn show(
+    proxy: Arc<Proxy>,
+    status: Arc<ReloadStatus>,
+    proxy_addr: SocketAddr,
+    shutdown: impl Future<Output = ()>,
+) {
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let tty = std::io::stdout().is_terminal();
+    let style = if tty && std::env::var_os("NO_COLOR").is_none() {
+        Style::Colour
+    } else {
+        Style::Plain
+    };
+    let sampler = Sampler::default();
+    // A first reading, so the first frame already has rates.
+    let _ = sampler.view(&proxy);
     tokio::pin!(shutdown);
     let mut next_draw = Instant::now() + Duration::from_secs(1);
     loop {
@@ -186,7 +190,6 @@ pub async fn show(proxy: Arc<Proxy>, proxy_addr: SocketAddr, shutdown: impl Futu
         for svc in table.services() {
             for parent in &svc.ports {
                 let authority = authority_of(&parent.name, &parent.namespace, parent.port);
-                let key = format!("{}.{}:{}", parent.name, parent.namespace, parent.port);
                 let uri = format!("http://{proxy_addr}/");
                 let Ok(req) = Request::builder()
                     .uri(uri)
@@ -195,29 +198,24 @@ pub async fn show(proxy: Arc<Proxy>, proxy_addr: SocketAddr, shutdown: impl Futu
                 else {
                     continue;
                 };
-                let (client, seen) = (client.clone(), seen.clone());
+                let client = client.clone();
                 tokio::spawn(async move {
-                    let outcome = match client.request(req).await {
-                        Ok(rsp) => {
-                            let o = outcome(rsp.status(), rsp.headers());
-                            let _ = rsp.into_body().collect().await;
-                            o
-                        }
-                        Err(e) => format!("client error: {e}"),
-                    };
-                    if let Ok(mut s) = seen.lock() {
-                        s.push_back(Seen {
-                            at: Instant::now(),
-                            parent: key,
-                            outcome,
-                        });
+                    if let Ok(rsp) = client.request(req).await {
+                        let _ = rsp.into_body().collect().await;
                     }
                 });
             }
         }
         if Instant::now() >= next_draw {
             next_draw += Duration::from_secs(if tty { 1 } else { 5 });
-            let text = render(&table, &seen, proxy_addr);
+            let live = LiveTraffic {
+                traffic: sampler.view(&proxy),
+                status: serde_json::to_value(status.snapshot()).unwrap_or_default(),
+            };
+            let (w, h) = crate::top::terminal_size();
+            let title = format!("meshroute demo · proxy {proxy_addr}");
+            let text =
+                crate::top::render(&live, &title, w, if tty { h } else { usize::MAX }, style);
             let text = if tty {
                 format!("\x1b[2J\x1b[H{text}")
             } else {
@@ -238,110 +236,4 @@ pub async fn show(proxy: Arc<Proxy>, proxy_addr: SocketAddr, shutdown: impl Futu
 
 fn authority_of(name: &str, namespace: &str, port: u16) -> String {
     format!("{name}.{namespace}.svc.cluster.local:{port}")
-}
-
-fn outcome(status: StatusCode, headers: &HeaderMap) -> String {
-    let get = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
-    match (
-        get("x-demo-service"),
-        get("x-demo-cluster"),
-        get("meshroute-error"),
-    ) {
-        (Some(s), Some(c), _) if status.is_success() => format!("{s} ({c})"),
-        (_, _, Some(e)) => format!("HTTP {} {e}", status.as_u16()),
-        _ => format!("HTTP {}", status.as_u16()),
-    }
-}
-
-fn render(table: &RouteTable, seen: &Mutex<VecDeque<Seen>>, proxy_addr: SocketAddr) -> String {
-    let now = Instant::now();
-    let mut counts: BTreeMap<String, HashMap<String, u64>> = BTreeMap::new();
-    if let Ok(mut s) = seen.lock() {
-        while s.front().is_some_and(|x| now.duration_since(x.at) > WINDOW) {
-            s.pop_front();
-        }
-        for x in s.iter() {
-            *counts
-                .entry(x.parent.clone())
-                .or_default()
-                .entry(x.outcome.clone())
-                .or_default() += 1;
-        }
-    }
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "meshroute demo · table generation {} · proxy {proxy_addr} · split over the last {}s\n",
-        table.generation,
-        WINDOW.as_secs()
-    );
-    let mut parents: Vec<_> = table.services().flat_map(|s| s.ports.iter()).collect();
-    parents.sort_by(|a, b| (&a.namespace, &a.name, a.port).cmp(&(&b.namespace, &b.name, b.port)));
-    let headers = HeaderMap::new();
-    for parent in parents {
-        let key = format!("{}.{}:{}", parent.name, parent.namespace, parent.port);
-        let observed = counts.remove(&key).unwrap_or_default();
-        let total: u64 = observed.values().sum();
-        let view = RequestView {
-            method: &Method::GET,
-            path: "/",
-            query: None,
-            headers: &headers,
-        };
-        match parent.lookup(&view) {
-            Lookup::Matched { rule, .. } => {
-                let route = match &rule.route {
-                    Some(r) => format!("{} {}/{} rule {}", r.kind, r.namespace, r.name, rule.index),
-                    None => "no route: passthrough".to_string(),
-                };
-                let _ = writeln!(out, "{key}  ({route})");
-                let _ = writeln!(
-                    out,
-                    "    {:<40} {:>8} {:>11} {:>9}",
-                    "backend", "weight", "configured", "observed"
-                );
-                let probs = rule.backends.probabilities();
-                for (b, p) in rule.backends.iter().zip(probs) {
-                    let (name, label) = match &b.target {
-                        BackendTarget::Service(s) => {
-                            let id = identity(s);
-                            (
-                                format!("{}:{} ({})", id.service, s.port, id.cluster),
-                                format!("{} ({})", id.service, id.cluster),
-                            )
-                        }
-                        BackendTarget::Invalid { reason } => {
-                            (format!("invalid: {reason}"), String::new())
-                        }
-                    };
-                    let got = observed.get(&label).copied().unwrap_or(0);
-                    let share = if total == 0 {
-                        0.0
-                    } else {
-                        got as f64 * 100.0 / total as f64
-                    };
-                    let _ = writeln!(
-                        out,
-                        "    {name:<40} {:>8} {:>10.1}% {share:>8.1}%",
-                        b.weight,
-                        p * 100.0
-                    );
-                }
-            }
-            Lookup::NoMatch(_) => {
-                let _ = writeln!(out, "{key}  (GET / matches no rule)");
-            }
-            Lookup::UnknownAuthority => {}
-        }
-        let mut others: Vec<_> = observed
-            .iter()
-            .filter(|(k, _)| k.starts_with("HTTP") || k.starts_with("client"))
-            .collect();
-        others.sort();
-        for (k, n) in others {
-            let _ = writeln!(out, "    {k:<40} {n:>8} responses");
-        }
-        let _ = writeln!(out);
-    }
-    out
 }

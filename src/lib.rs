@@ -23,3 +23,5 @@ pub mod proxy;
 pub mod run;
 pub mod sources;
 pub mod table;
+pub mod top;
+pub mod traffic;

@@ -89,8 +89,17 @@ enum Command {
     /// Show how a request would be routed: route, rule, backends with probabilities, endpoints,
     /// timeouts and filters. Exits 1 when it would not be routed (unknown authority, no
     /// matching rule).
+    ///
+    /// With `--admin ADDR` instead of a directory, explain against the live table of a
+    /// running meshroute (file or Kubernetes mode), read from its admin port.
     Explain {
-        dir: PathBuf,
+        /// Directory of manifests to compile and explain against.
+        #[arg(required_unless_present = "admin", conflicts_with = "admin")]
+        dir: Option<PathBuf>,
+        /// Admin address of a running meshroute (e.g. 127.0.0.1:9990): explain against its
+        /// live table.
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<SocketAddr>,
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
         /// Request authority, e.g. smiley.faces.svc.cluster.local[:port]
@@ -103,6 +112,20 @@ enum Command {
         /// Request header as name:value (repeatable)
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
+    },
+    /// Live traffic of a running meshroute, from its admin port: per parent and route, RPS,
+    /// success rate, p50/p99 latency and the split per backend (configured / observed),
+    /// redrawn in place. The last line says whether the last reload was accepted.
+    Top {
+        /// Admin address of the running meshroute.
+        #[arg(long, default_value = "127.0.0.1:9990", value_name = "ADDR")]
+        admin: SocketAddr,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Stop after this many refreshes (default: until Ctrl-C).
+        #[arg(long)]
+        iterations: Option<u64>,
     },
     /// Print the CRDs for the kinds meshroute defines (policy.linkerd.io HTTPRoute, SMI
     /// TrafficSplit and HTTPRouteGroup).
@@ -169,6 +192,7 @@ fn main() -> ExitCode {
         }
         Command::Explain {
             dir,
+            admin,
             output,
             host,
             path,
@@ -191,6 +215,30 @@ fn main() -> ExitCode {
                 method,
                 headers: parsed,
             };
+            if let Some(admin) = admin {
+                return runtime().block_on(async {
+                    match meshroute::cli::explain_remote(admin, &q, matches!(output, Output::Json))
+                        .await
+                    {
+                        Ok((body, routed)) => print_then(
+                            &body,
+                            if routed {
+                                ExitCode::SUCCESS
+                            } else {
+                                ExitCode::FAILURE
+                            },
+                        ),
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            ExitCode::from(2)
+                        }
+                    }
+                });
+            }
+            let Some(dir) = dir else {
+                eprintln!("error: a directory or --admin is required");
+                return ExitCode::from(2);
+            };
             match meshroute::cli::explain(&dir, &q) {
                 Ok(x) => {
                     let text = match output {
@@ -210,10 +258,27 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Top {
+            admin,
+            interval,
+            iterations,
+        } => {
+            let interval = std::time::Duration::from_secs_f64(interval.clamp(0.1, 3600.0));
+            let code = runtime().block_on(meshroute::top::run(admin, interval, iterations));
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
         Command::Crds { gateway_api } => {
             print_then(&meshroute::cli::crds_yaml(gateway_api), ExitCode::SUCCESS)
         }
     }
+}
+
+/// A small runtime for the client commands (`top`, `explain --admin`).
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread tokio runtime starts")
 }
 
 /// Print `text` to stdout and exit with `code`. A reader that closed the pipe early

@@ -151,6 +151,76 @@ pub struct Metrics {
     pub status_writer_lease_ok: Gauge,
     /// Requests refused before routing (missing Host, unknown authority, no matching rule).
     unrouted: Family<UnroutedLabels, Counter>,
+    /// Failure counts per route label set, shared by every table's handles (not exported:
+    /// `outbound_http_route_request_statuses` has them by status; this is for the live view).
+    route_stats: std::sync::Mutex<HashMap<RouteLabels, Arc<RouteStats>>>,
+}
+
+/// What the live traffic view needs beyond the exported families: failures (5xx), counted
+/// once per route label set and shared across table swaps.
+#[derive(Debug, Default)]
+pub struct RouteStats {
+    failures: AtomicU64,
+}
+
+/// A histogram's non-cumulative bucket counts (the last is `+Inf`), for the live view.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Buckets(pub Vec<u64>);
+
+impl Buckets {
+    /// Upper bounds of the buckets in seconds (`+Inf` last).
+    pub fn bounds() -> impl Iterator<Item = f64> {
+        BUCKETS
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+    }
+
+    /// `self - earlier`, bucket by bucket (saturating: counters only grow).
+    pub fn since(&self, earlier: &Buckets) -> Buckets {
+        Buckets(
+            self.0
+                .iter()
+                .enumerate()
+                .map(|(i, n)| n.saturating_sub(earlier.0.get(i).copied().unwrap_or(0)))
+                .collect(),
+        )
+    }
+
+    /// The `q` quantile (0..=1) as the upper bound of the bucket it falls in; `None` when
+    /// empty. The last finite bound stands for `+Inf`.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let total: u64 = self.0.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = (q * total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, n) in self.0.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(
+                    BUCKETS
+                        .get(i)
+                        .copied()
+                        .unwrap_or(BUCKETS[BUCKETS.len() - 1]),
+                );
+            }
+        }
+        None
+    }
+}
+
+impl AtomicHistogram {
+    pub fn buckets(&self) -> Buckets {
+        Buckets(
+            self.0
+                .buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -184,6 +254,7 @@ impl Metrics {
             status_writer_leader: Gauge::default(),
             status_writer_lease_ok: Gauge::default(),
             unrouted: Family::default(),
+            route_stats: Default::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -316,7 +387,15 @@ impl Metrics {
     }
 
     fn route_handles(&self, labels: RouteLabels) -> RouteMetrics {
+        let stats = self
+            .route_stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(labels.clone())
+            .or_default()
+            .clone();
         RouteMetrics {
+            stats,
             duration: self.route_duration.get_or_create_owned(&labels),
             ok: (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect(),
             statuses: self.route_statuses.clone(),
@@ -378,6 +457,7 @@ const STATUS_SLOTS: usize = 500;
 #[derive(Debug)]
 pub struct RouteMetrics {
     pub labels: RouteLabels,
+    stats: Arc<RouteStats>,
     duration: AtomicHistogram,
     /// Counter handles for error-free responses, by `status - 100`, created on first use.
     ok: Box<[OnceLock<Counter>]>,
@@ -388,6 +468,9 @@ impl RouteMetrics {
     /// Record one finished request: its status, the proxy error if any, and its duration.
     pub fn record(&self, status: u16, error: Option<&'static str>, elapsed: Duration) {
         self.duration.observe(elapsed);
+        if status >= 500 {
+            self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        }
         match (error, usize::from(status).checked_sub(100)) {
             (None, Some(i)) if i < STATUS_SLOTS => {
                 self.ok[i]
@@ -398,6 +481,16 @@ impl RouteMetrics {
                 self.status_counter(status, error.unwrap_or("")).inc();
             }
         }
+    }
+
+    /// Requests finished so far, failures (5xx) among them, and their latency buckets: the
+    /// cumulative figures the live view turns into rates.
+    pub fn totals(&self) -> (u64, u64, Buckets) {
+        (
+            self.duration.count(),
+            self.stats.failures.load(Ordering::Relaxed),
+            self.duration.buckets(),
+        )
     }
 
     fn status_counter(&self, http_status: u16, error: &'static str) -> Counter {

@@ -184,6 +184,7 @@ pub async fn start(config: RunConfig) -> anyhow::Result<Running> {
     if config.demo {
         others.push(tokio::spawn(crate::demo::show(
             proxy.clone(),
+            status.clone(),
             proxy_addr,
             stopped(stop_rx.clone()),
         )));

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use serde_saphyr::granit_parser::{Event, Parser};
+use serde_saphyr::granit_parser::{Event, Parser, ScalarStyle};
 
 /// Line (from 1) and column (from 1) in a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -26,6 +26,8 @@ pub struct DocPositions {
     fields: HashMap<String, Pos>,
     /// Keys written twice in one mapping: the path and where the repeat is.
     pub duplicates: Vec<(String, Pos)>,
+    /// The document is empty or a bare null, which the loader leaves out.
+    null: bool,
 }
 
 impl DocPositions {
@@ -71,6 +73,7 @@ impl DocPositions {
             start,
             fields,
             duplicates,
+            null: false,
         }
     }
 }
@@ -127,7 +130,8 @@ pub fn positions(text: &str) -> Option<Vec<DocPositions>> {
                 stack.clear();
                 current = Some(DocPositions::default());
             }
-            Event::DocumentEnd => docs.extend(current.take()),
+            // The loader leaves out empty and null documents (`a: 1\n---\n`): so do we.
+            Event::DocumentEnd => docs.extend(current.take().filter(|d| !d.null)),
             Event::MappingStart(..)
             | Event::SequenceStart(..)
             | Event::Scalar(..)
@@ -171,6 +175,11 @@ pub fn positions(text: &str) -> Option<Vec<DocPositions>> {
                 let here = match stack.last_mut() {
                     None => {
                         doc.start.get_or_insert(pos);
+                        doc.null = matches!(
+                            &event,
+                            Event::Scalar(v, ScalarStyle::Plain, _, None)
+                                if matches!(&**v, "" | "~" | "null" | "Null" | "NULL")
+                        );
                         Some(String::new())
                     }
                     Some(Frame::Map { key, .. }) => key.take().filter(|k| !k.is_empty()),
@@ -311,6 +320,21 @@ mod tests {
                 column: 17
             })
         );
+    }
+
+    #[test]
+    fn documents_are_counted_like_the_loader_counts_them() {
+        // Empty and null documents are left out by the loader; positions must line up.
+        for t in [
+            "a: 1\n---\n",
+            "a: 1\n---\n~\n---\nb: 1\n",
+            "a: 1\n---\n# only a comment\n---\nb: 1\n",
+            "---\na: 1\n---\n---\nb: null\n",
+            "'null'\n---\na: 1\n",
+        ] {
+            let loaded: Vec<serde_json::Value> = serde_saphyr::from_multiple(t).unwrap();
+            assert_eq!(positions(t).unwrap().len(), loaded.len(), "{t:?}");
+        }
     }
 
     #[test]
