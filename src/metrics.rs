@@ -154,6 +154,9 @@ pub struct Metrics {
     /// Failure counts per route label set, shared by every table's handles (not exported:
     /// `outbound_http_route_request_statuses` has them by status; this is for the live view).
     route_stats: std::sync::Mutex<HashMap<RouteLabels, Arc<RouteStats>>>,
+    /// `meshroute_info{mode, version} 1`: lets alerts tell file mode (no status writer) from
+    /// Kubernetes mode.
+    info: Family<InfoLabels, Gauge>,
 }
 
 /// What the live traffic view needs beyond the exported families: failures (5xx), counted
@@ -224,6 +227,13 @@ impl AtomicHistogram {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct InfoLabels {
+    /// `file` or `kube`.
+    mode: &'static str,
+    version: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct UnroutedLabels {
     error: &'static str,
 }
@@ -255,6 +265,7 @@ impl Metrics {
             status_writer_lease_ok: Gauge::default(),
             unrouted: Family::default(),
             route_stats: Default::default(),
+            info: Family::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -281,6 +292,11 @@ impl Metrics {
             "meshroute_backend_endpoints_ready",
             "Ready endpoints of each backend Service port in the live table",
             m.endpoints_ready.clone(),
+        );
+        r.register(
+            "meshroute_info",
+            "1, labelled with how this process runs (mode: file or kube) and its version",
+            m.info.clone(),
         );
         r.register(
             "meshroute_unrouted_requests",
@@ -346,6 +362,17 @@ impl Metrics {
         // Encoding into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// Say how this process runs (`file` or `kube`), once at start.
+    pub fn set_mode(&self, mode: &'static str) {
+        self.info.clear();
+        self.info
+            .get_or_create(&InfoLabels {
+                mode,
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
     }
 
     pub fn count_unrouted(&self, error: &'static str) {

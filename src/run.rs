@@ -122,6 +122,7 @@ pub async fn start(config: RunConfig) -> anyhow::Result<Running> {
         return start_kube(config).await;
     }
     let metrics = Arc::new(Metrics::new());
+    metrics.set_mode("file");
     let proxy = Proxy::new(metrics, config.proxy.clone());
     let status = Arc::new(ReloadStatus::default());
     let opts = CompileOptions {
@@ -213,6 +214,7 @@ async fn start_kube(config: RunConfig) -> anyhow::Result<Running> {
     let opts = config.kube_options.clone();
     let client = source::client(&opts).await?;
     let metrics = Arc::new(Metrics::new());
+    metrics.set_mode("kube");
     let proxy = Proxy::new(metrics, config.proxy.clone());
     let status = Arc::new(ReloadStatus::default());
 
