@@ -10,10 +10,19 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use meshroute::run::RunConfig;
 
+/// `0.1.0 (commit 1a2b3c4d5e6f)`: the commit is recorded by `src/build.rs` from git, when the
+/// source is a git checkout.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("MESHROUTE_COMMIT"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "meshroute",
-    version,
+    version = VERSION,
     about = "Routing engine for Kubernetes traffic shifting"
 )]
 struct Cli {
@@ -81,8 +90,10 @@ enum Command {
     /// Paths are files or directories (their `*.yaml`/`*.yml`, not subdirectories), compiled
     /// together: `meshroute check policies/services.yaml policies/invalid/bad-regex.yaml`.
     Check {
+        /// Files and directories of manifests, compiled together.
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
+        /// text, or json: one element per route-like object (see the README).
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -100,13 +111,16 @@ enum Command {
         /// live table.
         #[arg(long, value_name = "ADDR")]
         admin: Option<SocketAddr>,
+        /// text, or json (the shape is in the README).
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
         /// Request authority, e.g. smiley.faces.svc.cluster.local[:port]
         #[arg(long)]
         host: String,
+        /// Request path, with an optional query (`/api?v=2`).
         #[arg(long, default_value = "/")]
         path: String,
+        /// Request method.
         #[arg(long, default_value = "GET")]
         method: String,
         /// Request header as name:value (repeatable)
@@ -126,6 +140,13 @@ enum Command {
         /// Stop after this many refreshes (default: until Ctrl-C).
         #[arg(long)]
         iterations: Option<u64>,
+    },
+    /// Print a shell completion script: `meshroute completions bash > /etc/bash_completion.d/meshroute`,
+    /// `meshroute completions zsh > "${fpath[1]}/_meshroute"`, `meshroute completions fish >
+    /// ~/.config/fish/completions/meshroute.fish`.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
     },
     /// Print the CRDs for the kinds meshroute defines (policy.linkerd.io HTTPRoute, SMI
     /// TrafficSplit and HTTPRouteGroup).
@@ -267,6 +288,16 @@ fn main() -> ExitCode {
             let code = runtime().block_on(meshroute::top::run(admin, interval, iterations));
             ExitCode::from(u8::try_from(code).unwrap_or(1))
         }
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "meshroute",
+                &mut script,
+            );
+            print_then(&String::from_utf8_lossy(&script), ExitCode::SUCCESS)
+        }
         Command::Crds { gateway_api } => {
             print_then(&meshroute::cli::crds_yaml(gateway_api), ExitCode::SUCCESS)
         }
@@ -348,4 +379,46 @@ fn serve(cfg: RunConfig, log_format: LogFormat) -> anyhow::Result<()> {
         };
         meshroute::run::run(cfg, shutdown).await
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// `--help` describes every subcommand, flag and argument a user can give.
+    #[test]
+    fn every_command_flag_and_argument_is_described() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let builtin = matches!(a.get_id().as_str(), "help" | "version");
+                if !builtin && a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} {}", a.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_name() == "help" {
+                    continue;
+                }
+                if sub.get_about().is_none() {
+                    missing.push(format!("{path} {}", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "meshroute", &mut missing);
+        assert!(missing.is_empty(), "undescribed: {missing:?}");
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn version_names_the_commit() {
+        let v = Cli::command().render_version();
+        assert!(
+            v.starts_with(&format!("meshroute {} (commit ", env!("CARGO_PKG_VERSION"))),
+            "{v}"
+        );
+    }
 }
