@@ -199,25 +199,26 @@ impl EndpointPool {
             let rsp = self.send_inline(&parts).await?;
             return Ok((rsp.map(UpstreamIncoming::Inline), None));
         }
-        self.send_hyper(parts, body, protocol).await
+        self.send_hyper(&mut Some(Request::from_parts(parts, body)), protocol)
+            .await
     }
 
-    /// [`send`](Self::send) through hyper's client, whatever the request.
+    /// [`send`](Self::send) through hyper's client, whatever the request. The request is
+    /// taken out of `req` only once a connection is at hand: after a failure that leaves it
+    /// there (a connect failure), nothing was sent and it may go to another endpoint.
     pub async fn send_hyper(
         self: &Arc<Self>,
-        parts: Parts,
-        body: RequestBody,
+        req: &mut Option<Request<RequestBody>>,
         protocol: Protocol,
     ) -> Result<(Response<UpstreamIncoming>, Option<PooledConn>), ProxyError> {
         let (rsp, conn) = match protocol {
             // Boxed: hyper's futures are large, and these paths are the rarer ones.
             Protocol::Http1 => {
-                let req = Request::from_parts(parts, body);
                 let (rsp, conn) = Box::pin(self.send_h1(req)).await?;
                 (rsp, Some(conn))
             }
             Protocol::H2c => {
-                let rsp = Box::pin(self.send_h2(Request::from_parts(parts, body))).await?;
+                let rsp = Box::pin(self.send_h2(req)).await?;
                 (rsp, None)
             }
         };
@@ -268,7 +269,7 @@ impl EndpointPool {
 
     async fn send_h1(
         self: &Arc<Self>,
-        mut req: Request<RequestBody>,
+        req: &mut Option<Request<RequestBody>>,
     ) -> Result<(Response<Incoming>, PooledConn), ProxyError> {
         loop {
             let (mut sender, reused) = match self.pop_ready() {
@@ -277,7 +278,10 @@ impl EndpointPool {
                 // request's future, which hyper and tokio move around by value.
                 None => (Box::pin(self.connect_h1()).await?, false),
             };
-            match sender.try_send_request(req).await {
+            let Some(taken) = req.take() else {
+                return Err(self.already_sent());
+            };
+            match sender.try_send_request(taken).await {
                 Ok(rsp) => {
                     let conn = PooledConn {
                         pool: self.clone(),
@@ -288,23 +292,17 @@ impl EndpointPool {
                 Err(mut e) => match e.take_message() {
                     // A pooled connection the backend closed while idle: the request never
                     // left, so it is safe to send it on another connection.
-                    Some(back) if reused => req = back,
+                    Some(back) if reused => *req = Some(back),
                     _ => return Err(self.exchange_failed(e.into_error())),
                 },
             }
         }
     }
 
-    async fn send_h2(&self, req: Request<RequestBody>) -> Result<Response<Incoming>, ProxyError> {
-        let client_failed = Arc::new(AtomicBool::new(false));
-        let req = if req.body().is_end_stream() {
-            req
-        } else {
-            req.map(|inner| RequestBody::Watched {
-                inner: Box::new(inner),
-                client_failed: client_failed.clone(),
-            })
-        };
+    async fn send_h2(
+        &self,
+        req: &mut Option<Request<RequestBody>>,
+    ) -> Result<Response<Incoming>, ProxyError> {
         let existing = lock(&self.h2).as_ref().filter(|s| !s.is_closed()).cloned();
         let mut sender = match existing {
             Some(s) => s,
@@ -316,6 +314,18 @@ impl EndpointPool {
         };
         let failed = |e| self.exchange_failed(e);
         sender.ready().await.map_err(failed)?;
+        let Some(req) = req.take() else {
+            return Err(self.already_sent());
+        };
+        let client_failed = Arc::new(AtomicBool::new(false));
+        let req = if req.body().is_end_stream() {
+            req
+        } else {
+            req.map(|inner| RequestBody::Watched {
+                inner: Box::new(inner),
+                client_failed: client_failed.clone(),
+            })
+        };
         sender.send_request(req).await.map_err(|e| {
             if client_failed.load(Ordering::Acquire) {
                 ProxyError::ClientBody(e)
@@ -323,6 +333,14 @@ impl EndpointPool {
                 failed(e)
             }
         })
+    }
+
+    /// Only a caller's bug sends an empty request slot.
+    fn already_sent(&self) -> ProxyError {
+        ProxyError::Upstream {
+            addr: self.addr,
+            source: "request was already sent".into(),
+        }
     }
 
     /// The error for an exchange hyper's client gave up on: the client's, when reading its
