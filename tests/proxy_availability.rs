@@ -10,6 +10,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use http_body_util::BodyExt;
+use meshroute::proxy::ProxyConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
 use support::*;
 
 /// An HTTP/1.1 endpoint that can be killed like a process: its listener and every connection
@@ -221,5 +226,125 @@ async fn with_every_endpoint_ejected_one_is_still_tried() {
         .expect("address free");
     let r = get(&c, m.proxy_addr, host, "/").await;
     assert_eq!(r.backend(), Some("back"));
+    m.shutdown().await.unwrap();
+}
+
+/// Default timeouts small enough for tests; everything else as in [`test_config`].
+fn timeouts_config(request_ms: u64, upstream_idle_ms: u64, client_body_ms: u64) -> ProxyConfig {
+    ProxyConfig {
+        default_request_timeout: Duration::from_millis(request_ms),
+        upstream_idle_timeout: Duration::from_millis(upstream_idle_ms),
+        client_body_timeout: Duration::from_millis(client_body_ms),
+        ..test_config()
+    }
+}
+
+#[tokio::test]
+async fn a_passthrough_or_a_route_without_timeouts_gets_the_default_request_timeout() {
+    let a = Backend::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut y = service_with_endpoints("shop", "web", &[(&a, true)]);
+    y += &service("shop", "routed");
+    y += &service("shop", "unbounded");
+    y += &route(
+        "shop",
+        "plain",
+        "routed",
+        "  - backendRefs: [{name: web, port: 80}]\n",
+    );
+    y += &route(
+        "shop",
+        "nolimit",
+        "unbounded",
+        "  - backendRefs: [{name: web, port: 80}]\n    timeouts: {request: 0s}\n",
+    );
+    write(dir.path(), "all.yaml", &y);
+    let m = start_with(dir.path(), timeouts_config(300, 0, 0)).await;
+    let c = client();
+    for host in ["web.shop", "routed.shop"] {
+        let started = Instant::now();
+        let r = get(&c, m.proxy_addr, host, "/?delay=20000").await;
+        assert_eq!(
+            (r.status.as_u16(), r.error()),
+            (504, Some("request-timeout")),
+            "{host}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5), "{host}");
+    }
+    // `0s` still disables it.
+    let r = get(&c, m.proxy_addr, "unbounded.shop", "/?delay=700").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    m.shutdown().await.unwrap();
+}
+
+/// An endpoint that answers every connection with `head` and then says nothing more, keeping
+/// the connection open.
+async fn stalling_endpoint(head: &'static str) -> Backend {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut b = Backend::dead("stall").await;
+    b.addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(head.as_bytes()).await;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+        }
+    });
+    b
+}
+
+#[tokio::test]
+async fn a_response_body_that_stalls_is_aborted_after_the_upstream_idle_timeout() {
+    let stall = stalling_endpoint("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello").await;
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "svc.yaml",
+        &service_with_endpoints("shop", "web", &[(&stall, true)]),
+    );
+    // No request timeout: only the idle limit can end this.
+    let m = start_with(dir.path(), timeouts_config(0, 300, 0)).await;
+    let req = http::Request::get(format!("http://{}/", m.proxy_addr))
+        .header("host", "web.shop")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let rsp = client().request(req).await.unwrap();
+    assert_eq!(rsp.status(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(10), rsp.into_body().collect())
+        .await
+        .expect("the stalled stream is ended by the proxy");
+    assert!(body.is_err(), "a cut stream must not look complete");
+    m.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_that_stops_sending_its_body_gets_408() {
+    let a = Backend::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "svc.yaml",
+        &service_with_endpoints("shop", "web", &[(&a, true)]),
+    );
+    let m = start_with(dir.path(), timeouts_config(0, 0, 300)).await;
+    let mut s = TcpStream::connect(m.proxy_addr).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: web.shop\r\nContent-Length: 100\r\n\r\nabc")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    assert!(
+        out.contains("meshroute-error: client-body-timeout"),
+        "{out}"
+    );
+    assert_eq!(a.count(), 0, "the endpoint never saw a complete request");
     m.shutdown().await.unwrap();
 }

@@ -48,6 +48,8 @@ pub enum ProxyError {
     },
     #[error("client request body failed: {0}")]
     ClientBody(#[source] hyper::Error),
+    #[error("client sent no request body byte for the client body timeout")]
+    ClientBodyTimeout,
     #[error("request timeout expired")]
     RequestTimeout,
     #[error("backendRequest timeout expired")]
@@ -75,6 +77,7 @@ impl ProxyError {
             Connect { .. } | ConnectTimeout(_) => (StatusCode::BAD_GATEWAY, "connect-failed"),
             Upstream { .. } => (StatusCode::BAD_GATEWAY, "upstream-protocol-error"),
             ClientBody(_) => (StatusCode::BAD_REQUEST, "client-protocol-error"),
+            ClientBodyTimeout => (StatusCode::REQUEST_TIMEOUT, "client-body-timeout"),
             NoReadyEndpoint(_) => (StatusCode::SERVICE_UNAVAILABLE, "no-ready-endpoint"),
             RequestTimeout => (StatusCode::GATEWAY_TIMEOUT, "request-timeout"),
             BackendRequestTimeout => (StatusCode::GATEWAY_TIMEOUT, "backend-request-timeout"),
@@ -133,6 +136,7 @@ mod tests {
                 },
                 502,
             ),
+            (ProxyError::ClientBodyTimeout, 408),
             (ProxyError::NoReadyEndpoint("a".into()), 503),
             (ProxyError::RequestTimeout, 504),
             (ProxyError::BackendRequestTimeout, 504),

@@ -188,6 +188,14 @@ async fn serve(
         );
     }
 
+    let client_body_timeout = proxy.config.client_body_timeout;
+    if !client_body_timeout.is_zero() && !matches!(body, RequestBody::Empty) {
+        body = RequestBody::Timed {
+            inner: Box::new(body),
+            idle: timeout::IdleTimer::new(client_body_timeout),
+        };
+    }
+
     let Some(mut endpoint) = svc.pick_endpoint(fast_rand(), fast_rand(), accrual_now) else {
         return fail(ProxyError::NoReadyEndpoint(svc.display_name()));
     };
@@ -201,8 +209,13 @@ async fn serve(
         b.requests.inc();
     }
     let dispatched = Instant::now();
-    let mut deadline = timeout::attempt_deadline(&rule.timeouts, received, dispatched)
-        .map(|(at, which)| Deadline::new(at, which));
+    let mut deadline = timeout::attempt_deadline(
+        &rule.timeouts,
+        proxy.config.default_request_timeout,
+        received,
+        dispatched,
+    )
+    .map(|(at, which)| Deadline::new(at, which));
     // The common case (inline) keeps the head here and only lends it out, rather than moving
     // it through every layer of futures.
     let mut outgoing = if pool::inline_eligible(&parts, &body, svc.protocol) {
@@ -278,7 +291,12 @@ async fn serve(
     let deadline = deadline.map(|d| (d.sleep, d.which.name()));
     Response::from_parts(
         head,
-        ResponseBody::upstream(upstream_body, deadline, completion),
+        ResponseBody::upstream(
+            upstream_body,
+            deadline,
+            proxy.config.upstream_idle_timeout,
+            completion,
+        ),
     )
 }
 

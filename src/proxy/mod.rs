@@ -52,6 +52,16 @@ pub struct ProxyConfig {
     pub drain_timeout: Duration,
     /// Upper bound on a mirrored request when the rule sets no timeout.
     pub mirror_timeout: Duration,
+    /// `request` timeout of rules that set none (passthrough parents, routes without
+    /// `timeouts.request`); zero: none. A rule's own value, `0s` included, wins.
+    pub default_request_timeout: Duration,
+    /// Longest wait for the next byte of a response body from an endpoint before the stream
+    /// is aborted; zero: no limit.
+    pub upstream_idle_timeout: Duration,
+    /// Longest wait for the next byte of a request body from the client: 408
+    /// `client-body-timeout` if no response has started, otherwise the exchange is aborted;
+    /// zero: no limit.
+    pub client_body_timeout: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -64,6 +74,11 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(3),
             drain_timeout: Duration::from_secs(4),
             mirror_timeout: Duration::from_secs(10),
+            // Envoy's route timeout.
+            default_request_timeout: Duration::from_secs(15),
+            // nginx's proxy_read_timeout and client_body_timeout.
+            upstream_idle_timeout: Duration::from_secs(60),
+            client_body_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -30,7 +30,10 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use super::body::{ClientBodyError, RequestBody, UpstreamIncoming};
+use super::body::{
+    has_source, ClientBodyError, ClientBodyTimeout, RequestBody, UpstreamIncoming, CLIENT_FAILED,
+    CLIENT_OK, CLIENT_TIMED_OUT,
+};
 use super::error::ProxyError;
 use super::h1;
 use crate::metrics::PtrHasher;
@@ -317,7 +320,7 @@ impl EndpointPool {
         let Some(req) = req.take() else {
             return Err(self.already_sent());
         };
-        let client_failed = Arc::new(AtomicBool::new(false));
+        let client_failed = Arc::new(AtomicU8::new(CLIENT_OK));
         let req = if req.body().is_end_stream() {
             req
         } else {
@@ -326,13 +329,14 @@ impl EndpointPool {
                 client_failed: client_failed.clone(),
             })
         };
-        sender.send_request(req).await.map_err(|e| {
-            if client_failed.load(Ordering::Acquire) {
-                ProxyError::ClientBody(e)
-            } else {
-                failed(e)
-            }
-        })
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| match client_failed.load(Ordering::Acquire) {
+                CLIENT_TIMED_OUT => ProxyError::ClientBodyTimeout,
+                CLIENT_FAILED => ProxyError::ClientBody(e),
+                _ => failed(e),
+            })
     }
 
     /// Only a caller's bug sends an empty request slot.
@@ -347,6 +351,9 @@ impl EndpointPool {
     /// request body failed (hyper then closes the upstream connection, which carried half a
     /// request), otherwise the endpoint's.
     fn exchange_failed(&self, e: hyper::Error) -> ProxyError {
+        if has_source::<ClientBodyTimeout>(&e) {
+            return ProxyError::ClientBodyTimeout;
+        }
         if ClientBodyError::find(&e) {
             return ProxyError::ClientBody(e);
         }

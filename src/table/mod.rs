@@ -87,6 +87,10 @@ pub struct Rule {
 pub struct Timeouts {
     #[serde(with = "opt_duration")]
     pub request: Option<Duration>,
+    /// Whether the rule sets `request` at all (`0s` included). Without it the proxy applies
+    /// its default request timeout.
+    #[serde(skip)]
+    pub request_set: bool,
     #[serde(with = "opt_duration", rename = "backendRequest")]
     pub backend_request: Option<Duration>,
 }
