@@ -238,6 +238,13 @@ struct Limits {
     /// of its request body for this long.
     #[arg(long, default_value = "60s", value_parser = duration)]
     client_body_timeout: Duration,
+    /// Connections open at once to one endpoint, busy or idle (0: no limit).
+    #[arg(long, default_value_t = 1024)]
+    max_connections_per_endpoint: usize,
+    /// Requests that may wait for a connection to an endpoint at its connection limit; more
+    /// are answered 503 upstream-overflow.
+    #[arg(long, default_value_t = 1024)]
+    max_pending_per_endpoint: usize,
 }
 
 impl Limits {
@@ -246,6 +253,8 @@ impl Limits {
             default_request_timeout: self.default_request_timeout,
             upstream_idle_timeout: self.upstream_idle_timeout,
             client_body_timeout: self.client_body_timeout,
+            max_connections_per_endpoint: self.max_connections_per_endpoint,
+            max_pending_per_endpoint: self.max_pending_per_endpoint,
             ..Default::default()
         }
     }

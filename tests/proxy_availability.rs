@@ -348,3 +348,127 @@ async fn a_client_that_stops_sending_its_body_gets_408() {
     assert_eq!(a.count(), 0, "the endpoint never saw a complete request");
     m.shutdown().await.unwrap();
 }
+
+/// An h2 prior-knowledge client connection to the proxy.
+async fn h2_client(
+    addr: std::net::SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>> {
+    let conn = TcpStream::connect(addr).await.unwrap();
+    let (send, driver) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(conn),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(driver);
+    send
+}
+
+fn h2_get(path: &str) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    http::Request::get(format!("http://web.shop{path}"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn upstream_connections_per_endpoint_stay_under_the_cap_whatever_h2_clients_open() {
+    let a = Backend::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "svc.yaml",
+        &service_with_endpoints("shop", "web", &[(&a, true)]),
+    );
+    let m = start_with(
+        dir.path(),
+        ProxyConfig {
+            max_connections_per_endpoint: 8,
+            max_pending_per_endpoint: 10_000,
+            ..test_config()
+        },
+    )
+    .await;
+    // Five client connections, 200 slow streams each.
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        let send = h2_client(m.proxy_addr).await;
+        for _ in 0..200 {
+            let mut send = send.clone();
+            streams.push(tokio::spawn(async move {
+                send.send_request(h2_get("/?delay=1500")).await
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let opened = a.connections.load(Ordering::SeqCst);
+    eprintln!("upstream connections with 1,000 streams open: {opened}");
+    assert!(
+        opened <= 8,
+        "{opened} upstream connections for one endpoint"
+    );
+    // Reset them all; then streams that are reset right after they are sent.
+    for s in &streams {
+        s.abort();
+    }
+    let mut send = h2_client(m.proxy_addr).await;
+    for _ in 0..1000 {
+        send.ready().await.unwrap();
+        let rsp = send.send_request(h2_get("/?delay=1500"));
+        drop(futures::FutureExt::now_or_never(rsp));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let opened = a.connections.load(Ordering::SeqCst);
+    eprintln!("upstream connections after 1,000 more streams reset at once: {opened}");
+    assert!(
+        opened <= 64,
+        "{opened} upstream connections for one endpoint"
+    );
+    // Still serving.
+    let r = get(&client(), m.proxy_addr, "web.shop", "/").await;
+    assert_eq!(r.status, 200);
+    m.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn requests_past_the_connection_cap_and_its_queue_get_503_upstream_overflow() {
+    let a = Backend::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "svc.yaml",
+        &service_with_endpoints("shop", "web", &[(&a, true)]),
+    );
+    let m = start_with(
+        dir.path(),
+        ProxyConfig {
+            max_connections_per_endpoint: 2,
+            max_pending_per_endpoint: 2,
+            ..test_config()
+        },
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let addr = m.proxy_addr;
+        tasks.push(tokio::spawn(async move {
+            get(&client(), addr, "web.shop", "/?delay=800").await
+        }));
+    }
+    let mut ok = 0;
+    let mut overflow = 0;
+    for t in tasks {
+        let r = t.await.unwrap();
+        match (r.status.as_u16(), r.error()) {
+            (200, None) => ok += 1,
+            (503, Some("upstream-overflow")) => overflow += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert_eq!(
+        (ok, overflow),
+        (4, 4),
+        "two served, two queued, four refused"
+    );
+    assert!(a.connections.load(Ordering::SeqCst) <= 4);
+    m.shutdown().await.unwrap();
+}

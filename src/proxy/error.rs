@@ -41,6 +41,8 @@ pub enum ProxyError {
     },
     #[error("connecting to endpoint {0} timed out")]
     ConnectTimeout(SocketAddr),
+    #[error("endpoint {0} has all its connections busy and its queue full")]
+    UpstreamOverflow(SocketAddr),
     #[error("endpoint {addr} failed the exchange: {source}")]
     Upstream {
         addr: SocketAddr,
@@ -79,6 +81,7 @@ impl ProxyError {
             ClientBody(_) => (StatusCode::BAD_REQUEST, "client-protocol-error"),
             ClientBodyTimeout => (StatusCode::REQUEST_TIMEOUT, "client-body-timeout"),
             NoReadyEndpoint(_) => (StatusCode::SERVICE_UNAVAILABLE, "no-ready-endpoint"),
+            UpstreamOverflow(_) => (StatusCode::SERVICE_UNAVAILABLE, "upstream-overflow"),
             RequestTimeout => (StatusCode::GATEWAY_TIMEOUT, "request-timeout"),
             BackendRequestTimeout => (StatusCode::GATEWAY_TIMEOUT, "backend-request-timeout"),
         }
@@ -138,6 +141,7 @@ mod tests {
             ),
             (ProxyError::ClientBodyTimeout, 408),
             (ProxyError::NoReadyEndpoint("a".into()), 503),
+            (ProxyError::UpstreamOverflow(addr), 503),
             (ProxyError::RequestTimeout, 504),
             (ProxyError::BackendRequestTimeout, 504),
         ];

@@ -335,7 +335,7 @@ fn has_mirror(filters: &[Filter]) -> bool {
 fn pool_for(proxy: &Proxy, live: &Live, addr: std::net::SocketAddr) -> Arc<EndpointPool> {
     match live.pools.get(&addr) {
         Some(p) => p.clone(),
-        None => Arc::new(EndpointPool::new(addr, proxy.config.connect_timeout)),
+        None => Arc::new(EndpointPool::new(addr, proxy.config.pool_limits())),
     }
 }
 
