@@ -555,7 +555,11 @@ impl Explanation {
             let _ = writeln!(
                 out,
                 "timeouts request={} backendRequest={}",
-                fmt_d(t.request),
+                if t.request_set {
+                    fmt_d(t.request)
+                } else {
+                    "default".into()
+                },
                 fmt_d(t.backend_request)
             );
         }

@@ -3,6 +3,7 @@
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use std::net::SocketAddr;
 
@@ -83,6 +84,8 @@ enum Command {
         /// Kubernetes mode: serve only; never write route status or Events.
         #[arg(long, requires = "kube")]
         read_only: bool,
+        #[command(flatten)]
+        limits: Limits,
     },
     /// Compile manifests offline and print each route's admission and status.
     /// Exits 1 when anything is rejected or not accepted.
@@ -173,8 +176,10 @@ fn main() -> ExitCode {
             lease_namespace,
             lease_name,
             read_only,
+            limits,
         } => {
             let cfg = RunConfig {
+                proxy: limits.proxy_config(),
                 config_dir: config,
                 listen,
                 admin,
@@ -314,6 +319,47 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// Print `text` to stdout and exit with `code`. A reader that closed the pipe early
 /// (`meshroute crds | head`) ends the output quietly; the exit code stays the command's.
+/// Proxy timeouts and limits of `meshroute run` (durations as in routes: `500ms`, `15s`, `1m`;
+/// `0s` turns a limit off).
+#[derive(clap::Args)]
+struct Limits {
+    /// Request timeout of passthrough parents and of rules without `timeouts.request` (a
+    /// rule's own value, `0s` included, wins).
+    #[arg(long, default_value = "15s", value_parser = duration)]
+    default_request_timeout: Duration,
+    /// Abort a response body when the endpoint sends nothing for this long.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    upstream_idle_timeout: Duration,
+    /// Answer 408 (or abort, once the response has started) when the client sends no byte
+    /// of its request body for this long.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    client_body_timeout: Duration,
+    /// Connections open at once to one endpoint, busy or idle (0: no limit).
+    #[arg(long, default_value_t = 1024)]
+    max_connections_per_endpoint: usize,
+    /// Requests that may wait for a connection to an endpoint at its connection limit; more
+    /// are answered 503 upstream-overflow.
+    #[arg(long, default_value_t = 1024)]
+    max_pending_per_endpoint: usize,
+}
+
+impl Limits {
+    fn proxy_config(&self) -> meshroute::proxy::ProxyConfig {
+        meshroute::proxy::ProxyConfig {
+            default_request_timeout: self.default_request_timeout,
+            upstream_idle_timeout: self.upstream_idle_timeout,
+            client_body_timeout: self.client_body_timeout,
+            max_connections_per_endpoint: self.max_connections_per_endpoint,
+            max_pending_per_endpoint: self.max_pending_per_endpoint,
+            ..Default::default()
+        }
+    }
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    meshroute::compile::validate::parse_duration(s)
+}
+
 fn print_then(text: &str, code: ExitCode) -> ExitCode {
     match meshroute::output::print(text) {
         Ok(_) => code,

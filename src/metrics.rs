@@ -136,6 +136,8 @@ pub struct Metrics {
     pub connections_total: Counter,
     pub bytes_in: Counter,
     pub bytes_out: Counter,
+    /// Endpoints taken out of rotation by failure accrual ([`crate::table::accrual`]).
+    pub endpoint_ejections: Counter,
     pub table_generation: Gauge,
     pub reloads: Counter,
     pub reload_errors: Counter,
@@ -257,6 +259,7 @@ impl Metrics {
             connections_total: Counter::default(),
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
+            endpoint_ejections: Counter::default(),
             table_generation: Gauge::default(),
             reloads: Counter::default(),
             reload_errors: Counter::default(),
@@ -322,6 +325,11 @@ impl Metrics {
             "meshroute_sent_bytes",
             "Bytes written to clients",
             m.bytes_out.clone(),
+        );
+        r.register(
+            "meshroute_endpoint_ejections",
+            "Endpoints taken out of rotation after failing (connect failures at once, other exchange failures after 7 in a row)",
+            m.endpoint_ejections.clone(),
         );
         r.register(
             "meshroute_status_writer_leader",

@@ -480,7 +480,7 @@ fn endpoints_resolve_by_port_name_and_readiness() {
         ]
     );
     assert_eq!(
-        s.pick_endpoint(0, 0).unwrap().addr.to_string(),
+        s.pick_endpoint(0, 0, || 0).unwrap().addr.to_string(),
         "10.0.0.1:8080"
     );
 }

@@ -424,6 +424,7 @@ fn admit_timeouts(
     let nonzero = |d: Option<Duration>| d.filter(|d| !d.is_zero());
     Timeouts {
         request: nonzero(request),
+        request_set: t.request.is_some(),
         backend_request: nonzero(backend),
     }
 }

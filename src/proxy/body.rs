@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 
 use super::h1;
 use super::pool::PooledConn;
+use super::timeout::IdleTimer;
 use super::timer::ReusedSleep;
 use crate::metrics::{BackendMetrics, RouteMetrics};
 use crate::table::InFlight;
@@ -36,6 +37,26 @@ pub enum StreamError {
     Upstream(#[source] BoxError),
     #[error("request body was cut short; mirror copy abandoned")]
     MirrorAbandoned,
+    #[error("endpoint sent nothing for {0:?} while the response body was streaming")]
+    UpstreamIdle(std::time::Duration),
+}
+
+/// The client sent no byte of its request body for the client body timeout. Found in the
+/// error hyper's client reports for the exchange like [`ClientBodyError`].
+#[derive(Debug, thiserror::Error)]
+#[error("client sent no request body byte for {0:?}")]
+pub struct ClientBodyTimeout(pub std::time::Duration);
+
+/// Whether `err` or one of its sources is a `T`.
+pub fn has_source<T: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if e.is::<T>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// Reading the client's request body failed: malformed framing (a chunk size that overflows,
@@ -48,14 +69,7 @@ pub struct ClientBodyError(#[source] pub hyper::Error);
 impl ClientBodyError {
     /// Whether `err` or one of its sources is a [`ClientBodyError`].
     pub fn find(err: &(dyn std::error::Error + 'static)) -> bool {
-        let mut next = Some(err);
-        while let Some(e) = next {
-            if e.is::<ClientBodyError>() {
-                return true;
-            }
-            next = e.source();
-        }
-        false
+        has_source::<ClientBodyError>(err)
     }
 }
 
@@ -80,13 +94,24 @@ pub enum RequestBody {
         rx: mpsc::Receiver<Bytes>,
         complete: Arc<AtomicBool>,
     },
-    /// A body whose client-side failure is also recorded in `client_failed`: hyper's h2
-    /// client turns a body that fails into a reset stream and drops the cause.
+    /// A body whose client-side failure is also recorded in `client_failed` (one of the
+    /// `CLIENT_*` values): hyper's h2 client turns a body that fails into a reset stream and
+    /// drops the cause.
     Watched {
         inner: Box<RequestBody>,
-        client_failed: Arc<AtomicBool>,
+        client_failed: Arc<AtomicU8>,
+    },
+    /// The client's body under the client body timeout.
+    Timed {
+        inner: Box<RequestBody>,
+        idle: IdleTimer,
     },
 }
+
+/// Values of [`RequestBody::Watched`]'s `client_failed`.
+pub const CLIENT_OK: u8 = 0;
+pub const CLIENT_FAILED: u8 = 1;
+pub const CLIENT_TIMED_OUT: u8 = 2;
 
 impl RequestBody {
     /// A new mirror copy fed by this body. Turns `Incoming` into `Tee`.
@@ -156,12 +181,24 @@ impl Body for RequestBody {
             } => {
                 let frame = ready!(Pin::new(&mut **inner).poll_frame(cx));
                 if let Some(Err(e)) = &frame {
-                    if ClientBodyError::find(&**e) {
-                        client_failed.store(true, Ordering::Release);
+                    if has_source::<ClientBodyTimeout>(&**e) {
+                        client_failed.store(CLIENT_TIMED_OUT, Ordering::Release);
+                    } else if ClientBodyError::find(&**e) {
+                        client_failed.store(CLIENT_FAILED, Ordering::Release);
                     }
                 }
                 Poll::Ready(frame)
             }
+            RequestBody::Timed { inner, idle } => match Pin::new(&mut **inner).poll_frame(cx) {
+                Poll::Ready(frame) => {
+                    idle.progressed();
+                    Poll::Ready(frame)
+                }
+                Poll::Pending if idle.expired(cx) => {
+                    Poll::Ready(Some(Err(ClientBodyTimeout(idle.limit()).into())))
+                }
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 
@@ -172,6 +209,7 @@ impl Body for RequestBody {
             RequestBody::Tee { inner, .. } => inner.is_end_stream(),
             RequestBody::Mirror { .. } => false,
             RequestBody::Watched { inner, .. } => inner.is_end_stream(),
+            RequestBody::Timed { inner, .. } => inner.is_end_stream(),
         }
     }
 
@@ -182,6 +220,7 @@ impl Body for RequestBody {
             RequestBody::Tee { inner, .. } => inner.size_hint(),
             RequestBody::Mirror { .. } => SizeHint::default(),
             RequestBody::Watched { inner, .. } => inner.size_hint(),
+            RequestBody::Timed { inner, .. } => inner.size_hint(),
         }
     }
 }
@@ -255,14 +294,19 @@ impl ResponseBody {
         ResponseBody(Kind::Full(None))
     }
 
+    /// `idle_limit`: longest wait for the endpoint's next frame (zero: none).
     pub(crate) fn upstream(
         inner: UpstreamIncoming,
         deadline: Option<(ReusedSleep, &'static str)>,
+        idle_limit: std::time::Duration,
         completion: Completion,
     ) -> Self {
+        let idle =
+            (!idle_limit.is_zero() && !inner.is_end_stream()).then(|| IdleTimer::new(idle_limit));
         ResponseBody(Kind::Upstream(UpstreamBody {
             inner,
             deadline,
+            idle,
             completion: Some(completion),
         }))
     }
@@ -308,6 +352,7 @@ impl Completion {
 struct UpstreamBody {
     inner: UpstreamIncoming,
     deadline: Option<(ReusedSleep, &'static str)>,
+    idle: Option<IdleTimer>,
     completion: Option<Completion>,
 }
 
@@ -347,7 +392,18 @@ impl Body for ResponseBody {
                         return Poll::Ready(Some(Err(StreamError::Timeout(which).into())));
                     }
                 }
-                match ready!(Pin::new(&mut u.inner).poll_frame(cx)) {
+                let polled = Pin::new(&mut u.inner).poll_frame(cx);
+                if let Some(idle) = &mut u.idle {
+                    if polled.is_ready() {
+                        idle.progressed();
+                    } else if idle.expired(cx) {
+                        let limit = idle.limit();
+                        u.idle = None;
+                        u.settle(Some("upstream-idle-timeout"));
+                        return Poll::Ready(Some(Err(StreamError::UpstreamIdle(limit).into())));
+                    }
+                }
+                match ready!(polled) {
                     Some(Ok(frame)) => {
                         // Trailers are always the last frame; hyper's body may only say so
                         // when polled again, which hyper's server never does after them.

@@ -41,6 +41,8 @@ pub enum ProxyError {
     },
     #[error("connecting to endpoint {0} timed out")]
     ConnectTimeout(SocketAddr),
+    #[error("endpoint {0} has all its connections busy and its queue full")]
+    UpstreamOverflow(SocketAddr),
     #[error("endpoint {addr} failed the exchange: {source}")]
     Upstream {
         addr: SocketAddr,
@@ -48,6 +50,8 @@ pub enum ProxyError {
     },
     #[error("client request body failed: {0}")]
     ClientBody(#[source] hyper::Error),
+    #[error("client sent no request body byte for the client body timeout")]
+    ClientBodyTimeout,
     #[error("request timeout expired")]
     RequestTimeout,
     #[error("backendRequest timeout expired")]
@@ -75,7 +79,9 @@ impl ProxyError {
             Connect { .. } | ConnectTimeout(_) => (StatusCode::BAD_GATEWAY, "connect-failed"),
             Upstream { .. } => (StatusCode::BAD_GATEWAY, "upstream-protocol-error"),
             ClientBody(_) => (StatusCode::BAD_REQUEST, "client-protocol-error"),
+            ClientBodyTimeout => (StatusCode::REQUEST_TIMEOUT, "client-body-timeout"),
             NoReadyEndpoint(_) => (StatusCode::SERVICE_UNAVAILABLE, "no-ready-endpoint"),
+            UpstreamOverflow(_) => (StatusCode::SERVICE_UNAVAILABLE, "upstream-overflow"),
             RequestTimeout => (StatusCode::GATEWAY_TIMEOUT, "request-timeout"),
             BackendRequestTimeout => (StatusCode::GATEWAY_TIMEOUT, "backend-request-timeout"),
         }
@@ -133,7 +139,9 @@ mod tests {
                 },
                 502,
             ),
+            (ProxyError::ClientBodyTimeout, 408),
             (ProxyError::NoReadyEndpoint("a".into()), 503),
+            (ProxyError::UpstreamOverflow(addr), 503),
             (ProxyError::RequestTimeout, 504),
             (ProxyError::BackendRequestTimeout, 504),
         ];

@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 use futures::FutureExt;
 use http::header::{self, HeaderName, HOST};
@@ -188,36 +188,88 @@ async fn serve(
         );
     }
 
-    let Some(endpoint) = svc.pick_endpoint(fast_rand(), fast_rand()) else {
+    let client_body_timeout = proxy.config.client_body_timeout;
+    if !client_body_timeout.is_zero() && !matches!(body, RequestBody::Empty) {
+        body = RequestBody::Timed {
+            inner: Box::new(body),
+            idle: timeout::IdleTimer::new(client_body_timeout),
+        };
+    }
+
+    let Some(mut endpoint) = svc.pick_endpoint(fast_rand(), fast_rand(), accrual_now) else {
         return fail(ProxyError::NoReadyEndpoint(svc.display_name()));
     };
-    let pool = pool_for(proxy, live, endpoint.addr);
     let authority = effects.authority.take().or_else(|| svc.authority.clone());
     if let Err(e) = prepare_upstream(&mut parts, svc.protocol, authority) {
         return fail(e);
     }
 
-    let in_flight = endpoint.load.start();
     let backend_metrics = live.metrics.backend(parent, backend);
     if let Some(b) = backend_metrics {
         b.requests.inc();
     }
     let dispatched = Instant::now();
-    let mut deadline = timeout::attempt_deadline(&rule.timeouts, received, dispatched)
-        .map(|(at, which)| Deadline::new(at, which));
-    let sent = if pool::inline_eligible(&parts, &body, svc.protocol) {
-        // The common case, kept apart so that the request head is only borrowed, not moved
-        // through every layer of futures.
-        timeout::bounded(pool.send_inline(&parts), deadline.as_mut())
-            .await
-            .map(|rsp| (rsp.map(UpstreamIncoming::Inline), None))
+    let mut deadline = timeout::attempt_deadline(
+        &rule.timeouts,
+        proxy.config.default_request_timeout,
+        received,
+        dispatched,
+    )
+    .map(|(at, which)| Deadline::new(at, which));
+    // The common case (inline) keeps the head here and only lends it out, rather than moving
+    // it through every layer of futures.
+    let mut outgoing = if pool::inline_eligible(&parts, &body, svc.protocol) {
+        Outgoing::Inline(parts)
     } else {
-        let send = pool.send_hyper(parts, body, svc.protocol);
-        Box::pin(timeout::bounded(send, deadline.as_mut())).await
+        Outgoing::Hyper(Some(Request::from_parts(parts, body)))
     };
-    let (rsp, conn) = match sent {
-        Ok(r) => r,
-        Err(e) => return fail(e),
+    let mut attempts = 1;
+    let (rsp, conn, in_flight) = loop {
+        let pool = pool_for(proxy, live, endpoint.addr);
+        let in_flight = endpoint.load.start();
+        let sent = match &mut outgoing {
+            Outgoing::Inline(parts) => timeout::bounded(pool.send_inline(parts), deadline.as_mut())
+                .await
+                .map(|rsp| (rsp.map(UpstreamIncoming::Inline), None)),
+            Outgoing::Hyper(req) => {
+                let send = pool.send_hyper(req, svc.protocol);
+                Box::pin(timeout::bounded(send, deadline.as_mut())).await
+            }
+        };
+        let health = &endpoint.load.health;
+        match sent {
+            Ok((rsp, conn)) => {
+                health.success();
+                break (rsp, conn, in_flight);
+            }
+            Err(e @ (ProxyError::Connect { .. } | ProxyError::ConnectTimeout(_))) => {
+                if health.connect_failed(accrual_now()) {
+                    proxy.metrics.endpoint_ejections.inc();
+                    tracing::info!(addr = %endpoint.addr, error = %e, "endpoint ejected");
+                }
+                // Nothing was sent: another endpoint may take the request (the failed one is
+                // out of rotation now, so the pick avoids it unless every endpoint is out).
+                let unsent = !matches!(outgoing, Outgoing::Hyper(None));
+                let next = svc
+                    .pick_endpoint(fast_rand(), fast_rand(), accrual_now)
+                    .filter(|next| next.addr != endpoint.addr);
+                match next {
+                    Some(next) if unsent && attempts < MAX_CONNECT_ATTEMPTS => {
+                        attempts += 1;
+                        endpoint = next;
+                    }
+                    _ => return fail(e),
+                }
+            }
+            Err(e @ ProxyError::Upstream { .. }) => {
+                if health.exchange_failed(accrual_now()) {
+                    proxy.metrics.endpoint_ejections.inc();
+                    tracing::info!(addr = %endpoint.addr, error = %e, "endpoint ejected");
+                }
+                return fail(e);
+            }
+            Err(e) => return fail(e),
+        }
     };
 
     let (mut head, upstream_body) = rsp.into_parts();
@@ -239,8 +291,30 @@ async fn serve(
     let deadline = deadline.map(|d| (d.sleep, d.which.name()));
     Response::from_parts(
         head,
-        ResponseBody::upstream(upstream_body, deadline, completion),
+        ResponseBody::upstream(
+            upstream_body,
+            deadline,
+            proxy.config.upstream_idle_timeout,
+            completion,
+        ),
     )
+}
+
+/// A request on its way upstream: a bodiless HTTP/1.1 head for the inline client, or a whole
+/// request for hyper's, which takes it out once it has a connection.
+enum Outgoing {
+    Inline(Parts),
+    Hyper(Option<Request<RequestBody>>),
+}
+
+/// Endpoints one request may try when connecting fails (each failure ejects its endpoint).
+const MAX_CONNECT_ATTEMPTS: u32 = 3;
+
+/// The clock of failure accrual ([`crate::table::accrual`]): milliseconds since the first call.
+fn accrual_now() -> u64 {
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The answer to a request that was not bound to a rule.
@@ -261,7 +335,7 @@ fn has_mirror(filters: &[Filter]) -> bool {
 fn pool_for(proxy: &Proxy, live: &Live, addr: std::net::SocketAddr) -> Arc<EndpointPool> {
     match live.pools.get(&addr) {
         Some(p) => p.clone(),
-        None => Arc::new(EndpointPool::new(addr, proxy.config.connect_timeout)),
+        None => Arc::new(EndpointPool::new(addr, proxy.config.pool_limits())),
     }
 }
 
@@ -432,7 +506,7 @@ fn send_mirrors<'a>(
             continue;
         }
         let svc = &m.backend;
-        let Some(ep) = svc.pick_endpoint(fast_rand(), fast_rand()) else {
+        let Some(ep) = svc.pick_endpoint(fast_rand(), fast_rand(), accrual_now) else {
             continue;
         };
         let copy_body = match &*body {

@@ -31,6 +31,7 @@ use hyper::body::{Frame, SizeHint};
 use std::future::Future;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::forward::{hop_by_hop_bit, HOP_CONNECTION, HOP_TRANSFER_ENCODING};
 use super::pool::EndpointPool;
@@ -64,6 +65,8 @@ pub enum Error {
 #[derive(Debug)]
 pub struct Conn {
     stream: TcpStream,
+    /// The endpoint's connection slot, given back when the connection closes.
+    _slot: OwnedSemaphorePermit,
     /// Received bytes not yet consumed; always empty while the connection is idle.
     buf: BytesMut,
     /// Scratch space for the request head, kept across exchanges.
@@ -73,9 +76,10 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream) -> Box<Self> {
+    pub fn new(stream: TcpStream, slot: OwnedSemaphorePermit) -> Box<Self> {
         Box::new(Conn {
             stream,
+            _slot: slot,
             buf: BytesMut::new(),
             head: Vec::new(),
             spans: Vec::new(),

@@ -48,10 +48,25 @@ pub struct ProxyConfig {
     pub max_header_bytes: usize,
     /// Time allowed to open a TCP connection to an endpoint.
     pub connect_timeout: Duration,
+    /// Connections open at once to one endpoint, busy or idle; 0: no limit.
+    pub max_connections_per_endpoint: usize,
+    /// Requests that may wait for a connection to one endpoint at its connection limit;
+    /// more are answered 503 `upstream-overflow` at once.
+    pub max_pending_per_endpoint: usize,
     /// How long graceful shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
     /// Upper bound on a mirrored request when the rule sets no timeout.
     pub mirror_timeout: Duration,
+    /// `request` timeout of rules that set none (passthrough parents, routes without
+    /// `timeouts.request`); zero: none. A rule's own value, `0s` included, wins.
+    pub default_request_timeout: Duration,
+    /// Longest wait for the next byte of a response body from an endpoint before the stream
+    /// is aborted; zero: no limit.
+    pub upstream_idle_timeout: Duration,
+    /// Longest wait for the next byte of a request body from the client: 408
+    /// `client-body-timeout` if no response has started, otherwise the exchange is aborted;
+    /// zero: no limit.
+    pub client_body_timeout: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -62,8 +77,26 @@ impl Default for ProxyConfig {
             max_headers: 100,
             max_header_bytes: 64 * 1024,
             connect_timeout: Duration::from_secs(3),
+            // Envoy's circuit breaker defaults.
+            max_connections_per_endpoint: 1024,
+            max_pending_per_endpoint: 1024,
             drain_timeout: Duration::from_secs(4),
             mirror_timeout: Duration::from_secs(10),
+            // Envoy's route timeout.
+            default_request_timeout: Duration::from_secs(15),
+            // nginx's proxy_read_timeout and client_body_timeout.
+            upstream_idle_timeout: Duration::from_secs(60),
+            client_body_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl ProxyConfig {
+    pub(crate) fn pool_limits(&self) -> pool::PoolLimits {
+        pool::PoolLimits {
+            connect_timeout: self.connect_timeout,
+            max_connections: self.max_connections_per_endpoint,
+            max_pending: self.max_pending_per_endpoint,
         }
     }
 }
@@ -118,7 +151,7 @@ impl Proxy {
         let pools = pool::carry_over(
             Some(&prev.pools),
             endpoint_addrs(&table),
-            self.config.connect_timeout,
+            self.config.pool_limits(),
         );
         let parents = table
             .services()

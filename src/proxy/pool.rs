@@ -14,12 +14,18 @@
 //! a second. A request that still meets a connection closed under it is sent once more, on a
 //! new connection, when that is safe ([`h1::Failure::retryable`]).
 //!
+//! Connections per endpoint are capped ([`PoolLimits`], like Envoy's circuit breakers): past
+//! the cap a request waits in a bounded queue for a connection to close (a connection that
+//! finishes while requests wait closes instead of idling, handing its slot on), and past the
+//! queue it is answered 503 `upstream-overflow` at once. A request whose client went away
+//! drops its connect with it.
+//!
 //! [`Endpoint`]: crate::table::Endpoint
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -29,8 +35,12 @@ use hyper::body::{Body, Incoming};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::body::{ClientBodyError, RequestBody, UpstreamIncoming};
+use super::body::{
+    has_source, ClientBodyError, ClientBodyTimeout, RequestBody, UpstreamIncoming, CLIENT_FAILED,
+    CLIENT_OK, CLIENT_TIMED_OUT,
+};
 use super::error::ProxyError;
 use super::h1;
 use crate::metrics::PtrHasher;
@@ -60,11 +70,28 @@ pub fn sweep<'a>(pools: impl IntoIterator<Item = &'a Arc<EndpointPool>>) {
     }
 }
 
+/// Limits of one endpoint's connections (from [`super::ProxyConfig`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PoolLimits {
+    pub connect_timeout: Duration,
+    /// Connections open at once, busy or idle (Envoy's `max_connections`); 0: no limit.
+    pub max_connections: usize,
+    /// Requests waiting for a connection when all are busy (Envoy's
+    /// `max_pending_requests`); more are answered 503 `upstream-overflow` at once.
+    pub max_pending: usize,
+}
+
 /// Connections of one endpoint.
 #[derive(Debug)]
 pub struct EndpointPool {
     addr: SocketAddr,
     connect_timeout: Duration,
+    /// One permit per open connection ([`PoolLimits::max_connections`]); a connection gives
+    /// its permit back when it closes.
+    slots: Arc<Semaphore>,
+    /// Requests waiting for a permit.
+    waiting: AtomicUsize,
+    max_pending: usize,
     idle: Mutex<Vec<http1::SendRequest<RequestBody>>>,
     /// Idle plain sockets, oldest first, each with the [`IDLE_CLOCK`] second it went idle.
     /// Boxed: a connection moves between this stack, request futures and response bodies,
@@ -108,10 +135,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl EndpointPool {
-    pub fn new(addr: SocketAddr, connect_timeout: Duration) -> Self {
+    pub fn new(addr: SocketAddr, limits: PoolLimits) -> Self {
+        let permits = match limits.max_connections {
+            0 => Semaphore::MAX_PERMITS,
+            n => n.min(Semaphore::MAX_PERMITS),
+        };
         EndpointPool {
             addr,
-            connect_timeout,
+            connect_timeout: limits.connect_timeout,
+            slots: Arc::new(Semaphore::new(permits)),
+            waiting: AtomicUsize::new(0),
+            max_pending: limits.max_pending,
             idle: Mutex::new(Vec::new()),
             idle_inline: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
@@ -122,7 +156,16 @@ impl EndpointPool {
         self.addr
     }
 
+    /// Whether requests wait for a connection: then one that finishes is closed rather than
+    /// idled, so that its permit goes to them.
+    fn starved(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) != 0
+    }
+
     fn put(&self, sender: http1::SendRequest<RequestBody>) {
+        if self.starved() {
+            return;
+        }
         let mut idle = lock(&self.idle);
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
             idle.push(sender);
@@ -140,6 +183,9 @@ impl EndpointPool {
     }
 
     pub(super) fn put_inline(&self, mut conn: Box<h1::Conn>) {
+        if self.starved() {
+            return;
+        }
         conn.trim();
         let since = IDLE_CLOCK.load(Ordering::Relaxed);
         let mut idle = lock(&self.idle_inline);
@@ -199,25 +245,26 @@ impl EndpointPool {
             let rsp = self.send_inline(&parts).await?;
             return Ok((rsp.map(UpstreamIncoming::Inline), None));
         }
-        self.send_hyper(parts, body, protocol).await
+        self.send_hyper(&mut Some(Request::from_parts(parts, body)), protocol)
+            .await
     }
 
-    /// [`send`](Self::send) through hyper's client, whatever the request.
+    /// [`send`](Self::send) through hyper's client, whatever the request. The request is
+    /// taken out of `req` only once a connection is at hand: after a failure that leaves it
+    /// there (a connect failure), nothing was sent and it may go to another endpoint.
     pub async fn send_hyper(
         self: &Arc<Self>,
-        parts: Parts,
-        body: RequestBody,
+        req: &mut Option<Request<RequestBody>>,
         protocol: Protocol,
     ) -> Result<(Response<UpstreamIncoming>, Option<PooledConn>), ProxyError> {
         let (rsp, conn) = match protocol {
             // Boxed: hyper's futures are large, and these paths are the rarer ones.
             Protocol::Http1 => {
-                let req = Request::from_parts(parts, body);
                 let (rsp, conn) = Box::pin(self.send_h1(req)).await?;
                 (rsp, Some(conn))
             }
             Protocol::H2c => {
-                let rsp = Box::pin(self.send_h2(Request::from_parts(parts, body))).await?;
+                let rsp = Box::pin(self.send_h2(req)).await?;
                 (rsp, None)
             }
         };
@@ -260,15 +307,30 @@ impl EndpointPool {
         }
     }
 
-    async fn connect_inline(&self) -> Result<Box<h1::Conn>, ProxyError> {
-        // Boxed: the connect future is large and rare; inline it would bloat every request's
-        // future, which hyper and tokio move around by value.
-        Ok(h1::Conn::new(Box::pin(self.connect()).await?))
+    /// A new plain connection. The connect runs in a task of its own: if the request gives up
+    /// meanwhile (its client reset the stream), the connection is not wasted but idles in the
+    /// pool for the next request, so clients that reset streams cannot make meshroute open
+    /// connection after connection.
+    async fn connect_inline(self: &Arc<Self>) -> Result<Box<h1::Conn>, ProxyError> {
+        let slot = self.slot().await?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let conn = pool
+                .open(slot)
+                .await
+                .map(|(stream, slot)| h1::Conn::new(stream, slot));
+            if let Err(Ok(conn)) = tx.send(conn) {
+                pool.put_inline(conn);
+            }
+        });
+        rx.await
+            .map_err(|_| ProxyError::ConnectTimeout(self.addr))?
     }
 
     async fn send_h1(
         self: &Arc<Self>,
-        mut req: Request<RequestBody>,
+        req: &mut Option<Request<RequestBody>>,
     ) -> Result<(Response<Incoming>, PooledConn), ProxyError> {
         loop {
             let (mut sender, reused) = match self.pop_ready() {
@@ -277,7 +339,10 @@ impl EndpointPool {
                 // request's future, which hyper and tokio move around by value.
                 None => (Box::pin(self.connect_h1()).await?, false),
             };
-            match sender.try_send_request(req).await {
+            let Some(taken) = req.take() else {
+                return Err(self.already_sent());
+            };
+            match sender.try_send_request(taken).await {
                 Ok(rsp) => {
                     let conn = PooledConn {
                         pool: self.clone(),
@@ -288,23 +353,17 @@ impl EndpointPool {
                 Err(mut e) => match e.take_message() {
                     // A pooled connection the backend closed while idle: the request never
                     // left, so it is safe to send it on another connection.
-                    Some(back) if reused => req = back,
+                    Some(back) if reused => *req = Some(back),
                     _ => return Err(self.exchange_failed(e.into_error())),
                 },
             }
         }
     }
 
-    async fn send_h2(&self, req: Request<RequestBody>) -> Result<Response<Incoming>, ProxyError> {
-        let client_failed = Arc::new(AtomicBool::new(false));
-        let req = if req.body().is_end_stream() {
-            req
-        } else {
-            req.map(|inner| RequestBody::Watched {
-                inner: Box::new(inner),
-                client_failed: client_failed.clone(),
-            })
-        };
+    async fn send_h2(
+        &self,
+        req: &mut Option<Request<RequestBody>>,
+    ) -> Result<Response<Incoming>, ProxyError> {
         let existing = lock(&self.h2).as_ref().filter(|s| !s.is_closed()).cloned();
         let mut sender = match existing {
             Some(s) => s,
@@ -316,19 +375,43 @@ impl EndpointPool {
         };
         let failed = |e| self.exchange_failed(e);
         sender.ready().await.map_err(failed)?;
-        sender.send_request(req).await.map_err(|e| {
-            if client_failed.load(Ordering::Acquire) {
-                ProxyError::ClientBody(e)
-            } else {
-                failed(e)
-            }
-        })
+        let Some(req) = req.take() else {
+            return Err(self.already_sent());
+        };
+        let client_failed = Arc::new(AtomicU8::new(CLIENT_OK));
+        let req = if req.body().is_end_stream() {
+            req
+        } else {
+            req.map(|inner| RequestBody::Watched {
+                inner: Box::new(inner),
+                client_failed: client_failed.clone(),
+            })
+        };
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| match client_failed.load(Ordering::Acquire) {
+                CLIENT_TIMED_OUT => ProxyError::ClientBodyTimeout,
+                CLIENT_FAILED => ProxyError::ClientBody(e),
+                _ => failed(e),
+            })
+    }
+
+    /// Only a caller's bug sends an empty request slot.
+    fn already_sent(&self) -> ProxyError {
+        ProxyError::Upstream {
+            addr: self.addr,
+            source: "request was already sent".into(),
+        }
     }
 
     /// The error for an exchange hyper's client gave up on: the client's, when reading its
     /// request body failed (hyper then closes the upstream connection, which carried half a
     /// request), otherwise the endpoint's.
     fn exchange_failed(&self, e: hyper::Error) -> ProxyError {
+        if has_source::<ClientBodyTimeout>(&e) {
+            return ProxyError::ClientBodyTimeout;
+        }
         if ClientBodyError::find(&e) {
             return ProxyError::ClientBody(e);
         }
@@ -338,7 +421,48 @@ impl EndpointPool {
         }
     }
 
-    async fn connect(&self) -> Result<TcpStream, ProxyError> {
+    /// A permit for one more connection: at once below the limit, otherwise after waiting in
+    /// the bounded queue (bounded in time by the request's deadline).
+    async fn slot(&self) -> Result<OwnedSemaphorePermit, ProxyError> {
+        // Give the client's connection a turn first: hyper's h2 server only looks for a reset
+        // of the stream while its request future is pending, and a stream reset right after
+        // it was opened must not cost an endpoint a connection (on loopback the connect would
+        // complete before anyone looked).
+        tokio::task::yield_now().await;
+        if let Ok(p) = self.slots.clone().try_acquire_owned() {
+            return Ok(p);
+        }
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_pending {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(ProxyError::UpstreamOverflow(self.addr));
+        }
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let _waiting = Waiting(&self.waiting);
+        // Idle connections close while anyone waits; close one now in case all are idle.
+        drop(lock(&self.idle_inline).pop());
+        drop(lock(&self.idle).pop());
+        self.slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ProxyError::UpstreamOverflow(self.addr))
+    }
+
+    async fn connect(&self) -> Result<(TcpStream, OwnedSemaphorePermit), ProxyError> {
+        let slot = self.slot().await?;
+        self.open(slot).await
+    }
+
+    /// Open a connection in `slot`.
+    async fn open(
+        &self,
+        slot: OwnedSemaphorePermit,
+    ) -> Result<(TcpStream, OwnedSemaphorePermit), ProxyError> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr))
             .await
             .map_err(|_| ProxyError::ConnectTimeout(self.addr))?
@@ -348,11 +472,12 @@ impl EndpointPool {
             })?;
         // Small request/response exchanges: latency over batching.
         let _ = stream.set_nodelay(true);
-        Ok(stream)
+        Ok((stream, slot))
     }
 
     async fn connect_h1(&self) -> Result<http1::SendRequest<RequestBody>, ProxyError> {
-        let io = TokioIo::new(self.connect().await?);
+        let (stream, slot) = self.connect().await?;
+        let io = TokioIo::new(stream);
         let (sender, conn) = http1::Builder::new()
             // The inline client's head limits, so that both paths refuse the same heads.
             .max_header_size(h1::MAX_HEAD_BYTES)
@@ -368,12 +493,14 @@ impl EndpointPool {
             if let Err(e) = conn.await {
                 tracing::debug!(%addr, error = %e, "upstream connection ended");
             }
+            drop(slot);
         });
         Ok(sender)
     }
 
     async fn connect_h2(&self) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
-        let io = TokioIo::new(self.connect().await?);
+        let (stream, slot) = self.connect().await?;
+        let io = TokioIo::new(stream);
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(io)
@@ -387,6 +514,7 @@ impl EndpointPool {
             if let Err(e) = conn.await {
                 tracing::debug!(%addr, error = %e, "upstream h2 connection ended");
             }
+            drop(slot);
         });
         Ok(sender)
     }
@@ -430,13 +558,13 @@ pub type Pools = HashMap<SocketAddr, Arc<EndpointPool>, BuildHasherDefault<PtrHa
 pub fn carry_over(
     prev: Option<&Pools>,
     addrs: impl IntoIterator<Item = SocketAddr>,
-    connect_timeout: Duration,
+    limits: PoolLimits,
 ) -> Pools {
     let mut pools = Pools::default();
     for addr in addrs {
         pools.entry(addr).or_insert_with(|| {
             prev.and_then(|p| p.get(&addr).cloned())
-                .unwrap_or_else(|| Arc::new(EndpointPool::new(addr, connect_timeout)))
+                .unwrap_or_else(|| Arc::new(EndpointPool::new(addr, limits)))
         });
     }
     pools

@@ -16,7 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulConnection;
 use prometheus_client::metrics::counter::Counter;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 
@@ -93,19 +93,23 @@ pub async fn serve(
             let metrics = proxy.metrics.clone();
             metrics.open_connections.inc();
             metrics.connections_total.inc();
-            let is_h2 = match tokio::time::timeout(read_timeout, sniff_h2(&stream)).await {
-                Ok(Ok(v)) => v,
-                // Silent or broken client: close without a word.
-                Ok(Err(_)) | Err(_) => {
-                    metrics.open_connections.dec();
-                    drop(permit);
-                    return;
-                }
-            };
+            let mut stream = stream;
+            let (is_h2, sniffed) =
+                match tokio::time::timeout(read_timeout, sniff_h2(&mut stream)).await {
+                    Ok(Ok(v)) => v,
+                    // Silent or broken client: close without a word.
+                    Ok(Err(_)) | Err(_) => {
+                        metrics.open_connections.dec();
+                        drop(permit);
+                        return;
+                    }
+                };
+            metrics.bytes_in.inc_by(u64::from(sniffed.len));
             // HTTP/1.1 only: hyper's h2 server answers malformed requests with stream resets.
             let exchanges = (!is_h2).then(|| Exchanges::new(metrics.clone()));
             let io = TokioIo::new(CountingIo {
                 inner: stream,
+                sniffed,
                 read: metrics.bytes_in.clone(),
                 written: metrics.bytes_out.clone(),
                 exchanges: exchanges.clone(),
@@ -262,24 +266,42 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Whether the connection starts with the h2 prior-knowledge preface. Waits only as long as
-/// the bytes seen so far could still be the preface.
-async fn sniff_h2(stream: &TcpStream) -> io::Result<bool> {
-    let mut buf = [0u8; H2_PREFACE.len()];
+/// The first bytes of a connection, read while telling HTTP/1.1 from h2 and handed back to
+/// the protocol's reader before anything else.
+#[derive(Debug, Default)]
+struct Sniffed {
+    buf: [u8; H2_PREFACE.len()],
+    pos: u8,
+    len: u8,
+}
+
+impl Sniffed {
+    fn remaining(&self) -> &[u8] {
+        &self.buf[usize::from(self.pos)..usize::from(self.len)]
+    }
+}
+
+/// Whether the connection starts with the h2 prior-knowledge preface, and the bytes read to
+/// tell. Waits only as long as the bytes seen so far could still be the preface. The bytes are
+/// read, not peeked: a peek leaves the socket readable, so waiting for more would wake at once
+/// and spin until the rest arrives.
+async fn sniff_h2(stream: &mut TcpStream) -> io::Result<(bool, Sniffed)> {
+    let mut sniffed = Sniffed::default();
     loop {
-        stream.readable().await?;
-        let n = stream.peek(&mut buf).await?;
+        let have = usize::from(sniffed.len);
+        let n = stream.read(&mut sniffed.buf[have..]).await?;
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        if buf[..n] != H2_PREFACE[..n] {
-            return Ok(false);
+        let len = have + n;
+        // `len` is at most the preface length (24).
+        sniffed.len = len as u8;
+        if sniffed.buf[..len] != H2_PREFACE[..len] {
+            return Ok((false, sniffed));
         }
-        if n == H2_PREFACE.len() {
-            return Ok(true);
+        if len == H2_PREFACE.len() {
+            return Ok((true, sniffed));
         }
-        // A prefix of the preface: more bytes are on their way.
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -287,6 +309,8 @@ async fn sniff_h2(stream: &TcpStream) -> io::Result<bool> {
 /// error responses hyper's HTTP/1.1 server writes by itself ([`super::parse_errors`]).
 struct CountingIo {
     inner: TcpStream,
+    /// Bytes read before the protocol was known; served first (already counted).
+    sniffed: Sniffed,
     read: Counter,
     written: Counter,
     exchanges: Option<Arc<Exchanges>>,
@@ -327,6 +351,14 @@ impl AsyncRead for CountingIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.sniffed.pos < self.sniffed.len {
+            let rest = self.sniffed.remaining();
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            // `n` is at most the preface length.
+            self.sniffed.pos += n as u8;
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;

@@ -39,13 +39,20 @@ impl Which {
     }
 }
 
-/// The deadline of one attempt dispatched at `now`, if any timeout applies.
+/// The deadline of one attempt dispatched at `now`, if any timeout applies. A rule that does
+/// not set `request` gets `default_request` (zero: none).
 pub fn attempt_deadline(
     timeouts: &Timeouts,
+    default_request: Duration,
     received: Instant,
     now: Instant,
 ) -> Option<(Instant, Which)> {
-    let request = timeouts.request.map(|d| (add(received, d), Which::Request));
+    let request = if timeouts.request_set {
+        timeouts.request
+    } else {
+        Some(default_request).filter(|d| !d.is_zero())
+    };
+    let request = request.map(|d| (add(received, d), Which::Request));
     let backend = timeouts
         .backend_request
         .map(|d| (add(now, d), Which::BackendRequest));
@@ -78,6 +85,53 @@ impl Deadline {
     }
 }
 
+/// A limit on how long a body may keep its reader waiting for the next frame. The clock
+/// starts when a poll finds nothing ready and stops at the next frame, so time the reader
+/// spends not asking (its own back-pressure) never counts. One timer per body, re-armed at
+/// most once per frame.
+#[derive(Debug)]
+pub struct IdleTimer {
+    limit: Duration,
+    sleep: Option<ReusedSleep>,
+    waiting: bool,
+}
+
+impl IdleTimer {
+    pub fn new(limit: Duration) -> Self {
+        IdleTimer {
+            limit,
+            sleep: None,
+            waiting: false,
+        }
+    }
+
+    pub fn limit(&self) -> Duration {
+        self.limit
+    }
+
+    /// A frame arrived.
+    pub fn progressed(&mut self) {
+        self.waiting = false;
+    }
+
+    /// Call after the body's source answered `Pending`: true once it has been idle for the
+    /// limit (otherwise the task is woken when it would be).
+    pub fn expired(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        if !self.waiting {
+            self.waiting = true;
+            let at = add(Instant::now(), self.limit);
+            match &mut self.sleep {
+                Some(s) => s.reset(at),
+                None => self.sleep = Some(ReusedSleep::until(at, Kind::Idle)),
+            }
+        }
+        match &mut self.sleep {
+            Some(s) => std::pin::Pin::new(s).poll(cx).is_ready(),
+            None => false,
+        }
+    }
+}
+
 /// Run `fut` until it finishes or the deadline passes; on expiry `fut` is dropped.
 pub async fn bounded<F, T>(fut: F, deadline: Option<&mut Deadline>) -> Result<T, ProxyError>
 where
@@ -102,6 +156,7 @@ mod tests {
     fn t(request: Option<u64>, backend: Option<u64>) -> Timeouts {
         Timeouts {
             request: request.map(Duration::from_millis),
+            request_set: true,
             backend_request: backend.map(Duration::from_millis),
         }
     }
@@ -110,19 +165,42 @@ mod tests {
     fn earliest_deadline_bounds_the_attempt() {
         let start = Instant::now();
         let later = start + Duration::from_millis(100);
-        assert_eq!(attempt_deadline(&t(None, None), start, later), None);
-        let (at, w) = attempt_deadline(&t(Some(1000), Some(200)), start, later).unwrap();
+        let none = Duration::ZERO;
+        assert_eq!(attempt_deadline(&t(None, None), none, start, later), None);
+        let (at, w) = attempt_deadline(&t(Some(1000), Some(200)), none, start, later).unwrap();
         assert_eq!(
             (at - start, w),
             (Duration::from_millis(300), Which::BackendRequest)
         );
-        let (at, w) = attempt_deadline(&t(Some(250), Some(200)), start, later).unwrap();
+        let (at, w) = attempt_deadline(&t(Some(250), Some(200)), none, start, later).unwrap();
         assert_eq!(
             (at - start, w),
             (Duration::from_millis(250), Which::Request)
         );
-        let (_, w) = attempt_deadline(&t(None, Some(5)), start, later).unwrap();
+        let (_, w) = attempt_deadline(&t(None, Some(5)), none, start, later).unwrap();
         assert_eq!(w, Which::BackendRequest);
+    }
+
+    #[test]
+    fn the_default_request_timeout_applies_only_where_request_is_not_set() {
+        let start = Instant::now();
+        let default = Duration::from_secs(15);
+        let unset = Timeouts::default();
+        let (at, w) = attempt_deadline(&unset, default, start, start).unwrap();
+        assert_eq!((at - start, w), (default, Which::Request));
+        let zero = Timeouts {
+            request_set: true,
+            ..Timeouts::default()
+        };
+        assert_eq!(
+            attempt_deadline(&zero, default, start, start),
+            None,
+            "0s disables"
+        );
+        let own = t(Some(500), None);
+        let (at, _) = attempt_deadline(&own, default, start, start).unwrap();
+        assert_eq!(at - start, Duration::from_millis(500));
+        assert_eq!(attempt_deadline(&unset, Duration::ZERO, start, start), None);
     }
 
     #[tokio::test]

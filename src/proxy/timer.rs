@@ -35,12 +35,14 @@ pub enum Kind {
     Deadline,
     /// hyper's own timers: header-read timeout, h2 keep-alive.
     Hyper,
+    /// Idle limits of streaming bodies ([`super::timeout::IdleTimer`]).
+    Idle,
 }
 
 #[derive(Default)]
 struct Spares {
     runtime: Option<Id>,
-    lists: [Vec<Pin<Box<Sleep>>>; 2],
+    lists: [Vec<Pin<Box<Sleep>>>; 3],
 }
 
 thread_local! {

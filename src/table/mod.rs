@@ -6,6 +6,7 @@
 //! parent without accepted routes holds one synthetic passthrough rule to its own endpoints, so the
 //! proxy always deals with exactly one kind of thing: a [`Rule`].
 
+pub mod accrual;
 pub mod diff;
 pub mod matching;
 pub mod weighted;
@@ -86,6 +87,10 @@ pub struct Rule {
 pub struct Timeouts {
     #[serde(with = "opt_duration")]
     pub request: Option<Duration>,
+    /// Whether the rule sets `request` at all (`0s` included). Without it the proxy applies
+    /// its default request timeout.
+    #[serde(skip)]
+    pub request_set: bool,
     #[serde(with = "opt_duration", rename = "backendRequest")]
     pub backend_request: Option<Duration>,
 }
@@ -146,10 +151,12 @@ pub struct Endpoint {
     pub load: Arc<EndpointLoad>,
 }
 
-/// Live load of one endpoint: requests in flight through this process.
+/// Live state of one endpoint: requests in flight through this process, and whether it is in
+/// rotation ([`accrual`]).
 #[derive(Debug, Default)]
 pub struct EndpointLoad {
     in_flight: AtomicU64,
+    pub health: accrual::Health,
 }
 
 impl EndpointLoad {
@@ -387,28 +394,47 @@ impl ParentPort {
 }
 
 impl ServiceBackend {
-    /// Pick a ready endpoint: power of two choices over in-flight requests. `r1`, `r2` are
-    /// random numbers from the caller's RNG. `None` when nothing is ready.
-    pub fn pick_endpoint(&self, r1: u64, r2: u64) -> Option<&Endpoint> {
-        match self.ready.len() {
-            0 => None,
-            1 => Some(&self.endpoints[self.ready[0]]),
-            n => {
-                let a = &self.endpoints[self.ready[(r1 % n as u64) as usize]];
-                // Choose the second among the other n-1 so the two candidates differ.
-                let mut j = (r2 % (n as u64 - 1)) as usize;
-                let ia = (r1 % n as u64) as usize;
-                if j >= ia {
-                    j += 1;
-                }
-                let b = &self.endpoints[self.ready[j]];
-                if b.load.in_flight() < a.load.in_flight() {
-                    Some(b)
-                } else {
-                    Some(a)
-                }
-            }
+    /// Pick a ready endpoint: power of two choices over in-flight requests, among the ready
+    /// endpoints in rotation ([`accrual`]). `r1`, `r2` are random numbers from the caller's
+    /// RNG; `now` reads the accrual clock (only called while some candidate is ejected). When
+    /// every ready endpoint is ejected, one is picked anyway: ejection alone never fails a
+    /// request. `None` only when nothing is ready.
+    pub fn pick_endpoint(&self, r1: u64, r2: u64, now: impl Fn() -> u64) -> Option<&Endpoint> {
+        use accrual::Admit;
+        let n = self.ready.len();
+        let ia = match n {
+            0 => return None,
+            1 => return Some(&self.endpoints[self.ready[0]]),
+            n => (r1 % n as u64) as usize,
+        };
+        let a = &self.endpoints[self.ready[ia]];
+        // Choose the second among the other n-1 so the two candidates differ.
+        let mut j = (r2 % (n as u64 - 1)) as usize;
+        if j >= ia {
+            j += 1;
         }
+        let b = &self.endpoints[self.ready[j]];
+        match a.load.health.admit(&now) {
+            Admit::Probe => return Some(a),
+            Admit::Yes => {
+                return Some(match b.load.health.admit(&now) {
+                    Admit::Yes if b.load.in_flight() < a.load.in_flight() => b,
+                    Admit::Probe => b,
+                    _ => a,
+                })
+            }
+            Admit::No => {}
+        }
+        if b.load.health.admit(&now) != Admit::No {
+            return Some(b);
+        }
+        // Both candidates are out: any other that is in, else `a` (panic mode).
+        let other = self
+            .ready
+            .iter()
+            .map(|&i| &self.endpoints[i])
+            .find(|e| e.load.health.admit(&now) != Admit::No);
+        Some(other.unwrap_or(a))
     }
 
     /// `name.namespace:port`, for logs and metrics.

@@ -1,0 +1,204 @@
+//! Failure accrual: whether an endpoint is in rotation, from what its recent requests saw.
+//!
+//! The state of one endpoint lives in its [`EndpointLoad`](super::EndpointLoad), so it survives
+//! table swaps as long as the endpoint stays in the table. The rules (design.md "Resilience",
+//! Linkerd's consecutive-failures accrual, Envoy's outlier detection):
+//!
+//! - A **connect failure** (refused, unreachable, connect timeout) ejects the endpoint at once:
+//!   nothing listens there, so every request sent its way fails the same.
+//! - Other exchange failures (a broken or malformed response) eject it after
+//!   [`CONSECUTIVE_FAILURES`] in a row; any success resets the count.
+//! - An ejected endpoint gets no traffic for its backoff: 1 s after the first ejection, doubling
+//!   on every failed probe up to 30 s. When the backoff has passed, exactly one request is let
+//!   through as a probe (the first to claim it); its success returns the endpoint to rotation
+//!   and resets the backoff, its failure ejects the endpoint again for the next, longer, backoff.
+//! - Ejection alone never fails a request: when every candidate endpoint of a backend is
+//!   ejected, the balancer uses them anyway (Envoy's panic mode, Linkerd's behaviour when all
+//!   endpoints are in failure accrual would be 503; meshroute prefers trying).
+//!
+//! Pure: times are milliseconds on a monotonic clock chosen by the caller. An endpoint in
+//! rotation costs one relaxed atomic load per pick and nothing else (no clock is read).
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+/// Exchange failures in a row that eject an endpoint (Linkerd's default for HTTP).
+pub const CONSECUTIVE_FAILURES: u32 = 7;
+/// Backoff after the first ejection.
+pub const MIN_BACKOFF_MS: u64 = 1_000;
+/// Longest backoff between probes.
+pub const MAX_BACKOFF_MS: u64 = 30_000;
+
+/// Failure accrual state of one endpoint.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// 0: in rotation. Otherwise ejected until this time; a probe may go once it has passed.
+    ejected_until: AtomicU64,
+    /// The backoff that the next ejection uses.
+    backoff: AtomicU64,
+    /// Exchange failures since the last success.
+    failures: AtomicU32,
+    /// A probe has been let through and has not reported yet.
+    probing: AtomicBool,
+}
+
+/// What the balancer may do with an endpoint now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// In rotation.
+    Yes,
+    /// Ejected, but its backoff has passed and this caller won the probe: send it this request.
+    Probe,
+    /// Ejected: send elsewhere if anything else is available.
+    No,
+}
+
+impl Health {
+    /// Whether the endpoint is in rotation, without reading the clock.
+    #[inline]
+    pub fn in_rotation(&self) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) == 0
+    }
+
+    /// Whether an endpoint may take a request at `now`. A `Probe` answer claims the probe:
+    /// other callers see `No` until the probe's outcome is recorded or another backoff passes.
+    pub fn admit(&self, now: impl FnOnce() -> u64) -> Admit {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        if until == 0 {
+            return Admit::Yes;
+        }
+        let now = now();
+        if now < until {
+            return Admit::No;
+        }
+        // Hold the others off for another backoff while the probe runs (a probe that never
+        // reports, e.g. cancelled by its client, thus gives the next caller the next chance).
+        let next = (now + self.backoff().max(MIN_BACKOFF_MS)).max(1);
+        match self
+            .ejected_until
+            .compare_exchange(until, next, Ordering::AcqRel, Ordering::Relaxed)
+        {
+            Ok(_) => {
+                self.probing.store(true, Ordering::Release);
+                Admit::Probe
+            }
+            Err(_) => Admit::No,
+        }
+    }
+
+    /// The backoff the next ejection will use.
+    fn backoff(&self) -> u64 {
+        match self.backoff.load(Ordering::Relaxed) {
+            0 => MIN_BACKOFF_MS,
+            b => b,
+        }
+    }
+
+    /// A request to this endpoint got a response. Cheap when nothing was wrong.
+    #[inline]
+    pub fn success(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+        if self.ejected_until.load(Ordering::Relaxed) != 0 {
+            self.ejected_until.store(0, Ordering::Release);
+            self.backoff.store(0, Ordering::Relaxed);
+            self.probing.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Connecting failed: eject at once. True when this put the endpoint out of rotation (it
+    /// was in rotation, or a probe failed).
+    pub fn connect_failed(&self, now: u64) -> bool {
+        self.eject(now)
+    }
+
+    /// An exchange failed after connecting. True when this ejected the endpoint.
+    pub fn exchange_failed(&self, now: u64) -> bool {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= CONSECUTIVE_FAILURES || self.probing.load(Ordering::Acquire) {
+            return self.eject(now);
+        }
+        false
+    }
+
+    /// Take the endpoint out of rotation for its backoff, and double the next one. Failures
+    /// reported while it is out change nothing (requests sent before the ejection), except the
+    /// probe's, which starts the next, longer, backoff.
+    fn eject(&self, now: u64) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        let ejecting = until == 0;
+        if !ejecting && !self.probing.swap(false, Ordering::AcqRel) {
+            return false;
+        }
+        let backoff = self.backoff();
+        self.ejected_until
+            .store((now + backoff).max(1), Ordering::Release);
+        self.backoff
+            .store((backoff * 2).min(MAX_BACKOFF_MS), Ordering::Relaxed);
+        self.failures.store(0, Ordering::Relaxed);
+        ejecting
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_failure_ejects_at_once_and_a_probe_brings_it_back() {
+        let h = Health::default();
+        assert_eq!(h.admit(|| 0), Admit::Yes);
+        assert!(h.connect_failed(10_000), "first ejection is reported");
+        assert!(!h.in_rotation());
+        assert_eq!(h.admit(|| 10_500), Admit::No, "inside the 1 s backoff");
+        assert_eq!(h.admit(|| 11_000), Admit::Probe, "backoff over: one probe");
+        assert_eq!(h.admit(|| 11_001), Admit::No, "only one probe at a time");
+        h.success();
+        assert!(h.in_rotation());
+        assert_eq!(h.admit(|| 11_002), Admit::Yes);
+    }
+
+    #[test]
+    fn failed_probes_double_the_backoff_up_to_the_limit() {
+        let h = Health::default();
+        let mut now = 0;
+        assert!(h.connect_failed(now));
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            let mut waited = 0;
+            while h.admit(|| now + waited) != Admit::Probe {
+                waited += 100;
+            }
+            waits.push(waited);
+            now += waited;
+            assert!(!h.connect_failed(now), "a failed probe is no new ejection");
+        }
+        assert_eq!(waits, [1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
+        h.success();
+        assert!(h.connect_failed(now), "a fresh ejection after recovery");
+        assert_eq!(h.admit(|| now + 1000), Admit::Probe, "backoff reset to 1 s");
+    }
+
+    #[test]
+    fn failures_of_requests_sent_before_the_ejection_do_not_extend_it() {
+        let h = Health::default();
+        assert!(h.connect_failed(0));
+        assert!(!h.connect_failed(500));
+        assert_eq!(h.admit(|| 1000), Admit::Probe);
+    }
+
+    #[test]
+    fn exchange_failures_eject_after_consecutive_ones_only() {
+        let h = Health::default();
+        for _ in 0..CONSECUTIVE_FAILURES - 1 {
+            assert!(!h.exchange_failed(0));
+        }
+        h.success();
+        for _ in 0..CONSECUTIVE_FAILURES - 1 {
+            assert!(!h.exchange_failed(0));
+        }
+        assert!(h.in_rotation());
+        assert!(h.exchange_failed(0));
+        assert!(!h.in_rotation());
+    }
+}
