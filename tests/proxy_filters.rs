@@ -203,3 +203,60 @@ async fn h2c_backend_is_spoken_to_over_http2_with_the_request_authority() {
     );
     m.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn cors_preflights_are_answered_by_the_proxy_and_actual_responses_carry_the_policy() {
+    let a = Backend::start("a").await;
+    let (_d, m) = with_rules(&[&a], "  - filters:\n    - type: CORS\n      cors:\n        allowOrigins: [\"https://app.example.com\", \"https://*.shop.test\"]\n        allowMethods: [GET, PUT]\n        allowHeaders: [x-token]\n        exposeHeaders: [x-trace]\n        allowCredentials: true\n        maxAge: 600\n    backendRefs: [{name: web-a, port: 80}]\n").await;
+    let c = client();
+    // Preflight from an allowed origin: 204 from the proxy; the backend never sees it.
+    let pre = http::Request::builder()
+        .method("OPTIONS")
+        .uri("/api")
+        .header("host", HOST)
+        .header("origin", "https://eu.shop.test")
+        .header("access-control-request-method", "PUT")
+        .header("access-control-request-headers", "x-token");
+    let r = send(&c, m.proxy_addr, pre, bytes::Bytes::new()).await;
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        r.headers["access-control-allow-origin"],
+        "https://eu.shop.test"
+    );
+    assert_eq!(r.headers["access-control-allow-methods"], "GET, PUT");
+    assert_eq!(r.headers["access-control-allow-headers"], "x-token");
+    assert_eq!(r.headers["access-control-allow-credentials"], "true");
+    assert_eq!(r.headers["access-control-max-age"], "600");
+    assert_eq!(a.count(), 0, "a preflight is not forwarded");
+    // A preflight from another origin: 204 without CORS headers (the browser stops there).
+    let pre = http::Request::builder()
+        .method("OPTIONS")
+        .uri("/api")
+        .header("host", HOST)
+        .header("origin", "https://evil.test")
+        .header("access-control-request-method", "PUT");
+    let r = send(&c, m.proxy_addr, pre, bytes::Bytes::new()).await;
+    assert_eq!(r.status, 204);
+    assert!(r.headers.get("access-control-allow-origin").is_none());
+    // The actual request goes to the backend; its response carries the policy.
+    let get = http::Request::get("/api")
+        .header("host", HOST)
+        .header("origin", "https://app.example.com");
+    let r = send(&c, m.proxy_addr, get, bytes::Bytes::new()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.backend(), Some("a"));
+    assert_eq!(
+        r.headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert_eq!(r.headers["access-control-expose-headers"], "x-trace");
+    assert_eq!(r.headers["vary"], "Origin");
+    // An OPTIONS that is not a preflight is forwarded like any request.
+    let opts = http::Request::builder()
+        .method("OPTIONS")
+        .uri("/api")
+        .header("host", HOST);
+    let r = send(&c, m.proxy_addr, opts, bytes::Bytes::new()).await;
+    assert_eq!(r.backend(), Some("a"));
+    m.shutdown().await.unwrap();
+}

@@ -10,6 +10,7 @@ use http::{HeaderName, HeaderValue, Method};
 
 use crate::model::{self, smi, LinkerdHttpRoute, Object, TrafficSplit};
 use crate::table::{
+    cors::{Cors, OriginPattern},
     matching::{Anchoring, HeaderMatch, PathMatch, Pattern, QueryMatch, RequestMatch, ValueMatch},
     Filter, HeaderModifier, PathModifier, Redirect, Timeouts, UrlRewrite,
 };
@@ -892,11 +893,100 @@ fn admit_filters(
                 }
             }
             T::ExtensionRef => FilterSpec::Unsupported("ExtensionRef".into()),
-            T::Cors => FilterSpec::Unsupported("CORS".into()),
+            T::Cors => {
+                let Some(c) = &filter.cors else {
+                    errors.push(missing("cors"));
+                    continue;
+                };
+                let cf = format!("{ff}.cors");
+                match cors_filter(
+                    &cf,
+                    CorsSpec {
+                        allow_origins: c.allow_origins.as_deref(),
+                        allow_methods: c.allow_methods.as_deref(),
+                        allow_headers: c.allow_headers.as_deref(),
+                        expose_headers: c.expose_headers.as_deref(),
+                        allow_credentials: c.allow_credentials,
+                        max_age: c.max_age,
+                    },
+                    errors,
+                ) {
+                    Some(c) => FilterSpec::Ready(Filter::Cors(c)),
+                    None => continue,
+                }
+            }
         };
         out.push(spec);
     }
     out
+}
+
+/// The fields of a CORS filter (rule and backendRef filters have their own, equal, types).
+struct CorsSpec<'a> {
+    allow_origins: Option<&'a [String]>,
+    allow_methods: Option<&'a [String]>,
+    allow_headers: Option<&'a [String]>,
+    expose_headers: Option<&'a [String]>,
+    allow_credentials: Option<bool>,
+    max_age: Option<i32>,
+}
+
+/// Validate a CORS filter as the CRD schema does (origins, methods, header names, maxAge).
+fn cors_filter(f: &str, c: CorsSpec<'_>, errors: &mut Vec<FieldError>) -> Option<Cors> {
+    let before = errors.len();
+    let mut allow_origins = Vec::new();
+    for (i, o) in c.allow_origins.unwrap_or_default().iter().enumerate() {
+        match OriginPattern::parse(o) {
+            Ok(p) => allow_origins.push(p),
+            Err(e) => errors.push(err(format!("{f}.allowOrigins[{i}]"), e)),
+        }
+    }
+    let names = |field: &str, list: Option<&[String]>, errors: &mut Vec<FieldError>| {
+        let mut out = Vec::new();
+        for (i, h) in list.unwrap_or_default().iter().enumerate() {
+            if h != "*" && HeaderName::from_bytes(h.as_bytes()).is_err() {
+                errors.push(err(
+                    format!("{f}.{field}[{i}]"),
+                    format!("{h:?} is not a valid header name"),
+                ));
+            } else {
+                out.push(h.to_ascii_lowercase());
+            }
+        }
+        out
+    };
+    let allow_headers = names("allowHeaders", c.allow_headers, errors);
+    let expose_headers = names("exposeHeaders", c.expose_headers, errors);
+    let mut allow_methods = Vec::new();
+    for (i, m) in c.allow_methods.unwrap_or_default().iter().enumerate() {
+        if m != "*" && Method::from_bytes(m.as_bytes()).is_err() {
+            errors.push(err(
+                format!("{f}.allowMethods[{i}]"),
+                format!("{m:?} is not an HTTP method"),
+            ));
+        } else {
+            allow_methods.push(m.clone());
+        }
+    }
+    let max_age = match c.max_age {
+        None => 5,
+        Some(n) if n >= 1 => n as u32,
+        Some(n) => {
+            errors.push(err(
+                format!("{f}.maxAge"),
+                format!("{n} must be at least 1"),
+            ));
+            5
+        }
+    };
+    (errors.len() == before).then_some(Cors {
+        allow_origins,
+        allow_methods,
+        allow_headers,
+        expose_headers,
+        allow_credentials: c.allow_credentials.unwrap_or(false),
+        max_age,
+    })
 }
 
 /// Gateway API CEL rules on filter lists.
@@ -913,6 +1003,7 @@ fn check_filter_combination(
             FilterSpec::Ready(Filter::ResponseHeaderModifier(_)) => "ResponseHeaderModifier",
             FilterSpec::Ready(Filter::RequestRedirect(_)) => "RequestRedirect",
             FilterSpec::Ready(Filter::UrlRewrite(_)) => "URLRewrite",
+            FilterSpec::Ready(Filter::Cors(_)) => "CORS",
             _ => continue,
         };
         *counts.entry(name).or_insert(0) += 1;

@@ -1,6 +1,7 @@
 //! Gateway API filters applied by the proxy, at rule level first and then at backendRef level:
-//! RequestHeaderModifier, ResponseHeaderModifier, RequestRedirect, URLRewrite and the request
-//! side of RequestMirror (choosing which mirrors fire; sending is in `forward`).
+//! RequestHeaderModifier, ResponseHeaderModifier, RequestRedirect, URLRewrite, CORS (preflights
+//! answered here, headers for actual requests carried to the response) and the request side of
+//! RequestMirror (choosing which mirrors fire; sending is in `forward`).
 
 use bytes::Bytes;
 use http::header::LOCATION;
@@ -10,6 +11,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode, Uri};
 
 use super::body::ResponseBody;
 use super::error::ProxyError;
+use crate::table::cors::Cors;
 use crate::table::{Filter, HeaderModifier, PathMatch, PathModifier, Redirect, RequestMatch};
 
 /// What request filters decided beyond editing the request in place.
@@ -17,6 +19,8 @@ use crate::table::{Filter, HeaderModifier, PathMatch, PathModifier, Redirect, Re
 pub struct RequestEffects {
     /// Authority to send upstream instead of the client's (URLRewrite hostname).
     pub authority: Option<HeaderValue>,
+    /// CORS headers for the upstream's response (CORS filter, actual requests).
+    pub cors: Option<HeaderMap>,
 }
 
 /// Apply the request-side filters in order. Returns a response when a filter answers the
@@ -43,10 +47,44 @@ pub fn apply_request(
                     parts.uri = with_path(&parts.uri, &new_path)?;
                 }
             }
+            Filter::Cors(c) => {
+                // A preflight is the proxy's to answer: it never reaches a backend.
+                if Cors::is_preflight(&parts.method, &parts.headers) {
+                    let mut rsp = Response::new(ResponseBody::empty());
+                    *rsp.status_mut() = StatusCode::NO_CONTENT;
+                    *rsp.headers_mut() = c.preflight(&parts.headers);
+                    return Ok(Some(rsp));
+                }
+                let add = c.actual(&parts.headers);
+                if !add.is_empty() {
+                    effects.cors.get_or_insert_with(HeaderMap::new).extend(add);
+                }
+            }
             Filter::ResponseHeaderModifier(_) | Filter::RequestMirror(_) => {}
         }
     }
     Ok(None)
+}
+
+/// Add the CORS headers decided on the request side to the upstream's response (they
+/// replace any the upstream sent: the route's policy is the one that holds).
+pub fn apply_cors(effects: &mut RequestEffects, headers: &mut HeaderMap) {
+    if let Some(add) = effects.cors.take() {
+        let mut last = None;
+        for (name, value) in add {
+            match name {
+                Some(n) => {
+                    headers.insert(n.clone(), value);
+                    last = Some(n);
+                }
+                None => {
+                    if let Some(n) = &last {
+                        headers.append(n.clone(), value);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Apply the ResponseHeaderModifier filters in order.

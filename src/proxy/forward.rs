@@ -279,6 +279,7 @@ async fn serve(
     }
     filters::apply_response(&rule.filters, &mut head.headers);
     filters::apply_response(&backend.filters, &mut head.headers);
+    filters::apply_cors(&mut effects, &mut head.headers);
     let completion = Completion {
         route: route_metrics.cloned(),
         backend: backend_metrics.cloned(),

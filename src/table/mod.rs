@@ -7,6 +7,7 @@
 //! proxy always deals with exactly one kind of thing: a [`Rule`].
 
 pub mod accrual;
+pub mod cors;
 pub mod diff;
 pub mod matching;
 pub mod weighted;
@@ -190,6 +191,8 @@ pub enum Filter {
     #[serde(rename = "URLRewrite")]
     UrlRewrite(UrlRewrite),
     RequestMirror(Mirror),
+    #[serde(rename = "CORS")]
+    Cors(cors::Cors),
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
