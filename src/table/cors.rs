@@ -238,8 +238,10 @@ impl Cors {
         match self.allowed_origin(req) {
             Some(Some(origin)) => {
                 self.origin_headers(origin, &mut out);
+                // `*` means "every header" only to requests without credentials.
                 let star = self.expose_headers.iter().any(|h| h == "*");
-                if !self.expose_headers.is_empty() && !(star && self.allow_credentials) {
+                let usable = !(star && self.allow_credentials);
+                if !self.expose_headers.is_empty() && usable {
                     if let Some(v) = value(&self.expose_headers.join(", ")) {
                         out.insert(ACCESS_CONTROL_EXPOSE_HEADERS, v);
                     }
