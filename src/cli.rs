@@ -101,7 +101,7 @@ pub fn check_paths(paths: &[std::path::PathBuf]) -> CheckReport {
 }
 
 fn is_route_kind(kind: &str) -> bool {
-    matches!(kind, "HTTPRoute" | "TrafficSplit")
+    matches!(kind, "HTTPRoute" | "GRPCRoute" | "TrafficSplit")
 }
 
 fn entry_for(s: RouteStatus, message: String) -> CheckEntry {

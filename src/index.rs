@@ -50,8 +50,10 @@ impl Index {
             Object::HttpRouteGroup(g) => {
                 self.groups.insert(nn, *g);
             }
-            Object::GatewayHttpRoute(_) | Object::LinkerdHttpRoute(_) | Object::TrafficSplit(_) => {
-            }
+            Object::GatewayHttpRoute(_)
+            | Object::GatewayGrpcRoute(_)
+            | Object::LinkerdHttpRoute(_)
+            | Object::TrafficSplit(_) => {}
         }
         Ok(())
     }

@@ -625,6 +625,7 @@ impl Cx<'_> {
                     BackendTarget::Invalid { reason: msg }
                 } else {
                     self.backend(&b.namespace, &b.name, b.port, parent_port, problems)
+                        .h2c_if(route.kind == "GRPCRoute")
                 };
                 Backend { weight: b.weight, target, filters: self.filters(&b.filters, parent_port, problems) }
             })
@@ -781,6 +782,19 @@ impl Cx<'_> {
             endpoints,
             ready,
         }))
+    }
+}
+
+impl BackendTarget {
+    /// GRPCRoute backends speak h2c whatever the Service port's `appProtocol` says: gRPC is
+    /// HTTP/2.
+    fn h2c_if(self, grpc: bool) -> BackendTarget {
+        match self {
+            BackendTarget::Service(s) if grpc && s.protocol != Protocol::H2c => {
+                BackendTarget::Service(Arc::new(s.with_protocol(Protocol::H2c)))
+            }
+            other => other,
+        }
     }
 }
 

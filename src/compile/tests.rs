@@ -799,3 +799,89 @@ fn smi_backend_without_the_apex_port_is_left_out_of_the_split_on_that_port() {
         );
     }
 }
+
+const GRPC_HEAD: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: g, namespace: shop}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: web, port: 80}]\n  rules:\n";
+
+#[test]
+fn grpcroute_method_matches_become_paths_ranked_by_service_then_method() {
+    let r = format!("{GRPC_HEAD}  - matches: [{{method: {{service: helloworld.Greeter, method: SayHello}}}}]\n    backendRefs: [{{name: a, port: 80}}]\n  - matches: [{{method: {{service: helloworld.Greeter}}}}]\n    backendRefs: [{{name: b, port: 80}}]\n  - matches: [{{method: {{method: Check}}}}]\n    backendRefs: [{{name: a, port: 80}}]\n  - matches: [{{method: {{type: RegularExpression, service: \"helloworld\\\\..*\", method: \"Say.*\"}}, headers: [{{name: x-tier, value: gold}}]}}]\n    backendRefs: [{{name: b, port: 80}}]\n");
+    let c = compile_docs(&[SERVICES, &r]);
+    assert!(c.statuses[0].accepted(), "{:?}", c.statuses[0]);
+    assert_eq!(c.statuses[0].kind.kind(), "GRPCRoute");
+    let at =
+        |path: &str, h: &[(&'static str, &str)]| route_for(&c, "web.shop", Method::POST, path, h);
+    assert_eq!(
+        at("/helloworld.Greeter/SayHello", &[]),
+        Some(("g".into(), 0))
+    );
+    assert_eq!(at("/helloworld.Greeter/SayBye", &[]), Some(("g".into(), 1)));
+    assert_eq!(
+        at("/grpc.health.v1.Health/Check", &[]),
+        Some(("g".into(), 2))
+    );
+    // A longer service wins over a method-only match (GRPCRoute precedence).
+    assert_eq!(at("/helloworld.Greeter/Check", &[]), Some(("g".into(), 1)));
+    // The regex rule: service 12 chars, method 5 — fewer than `helloworld.Greeter`, so the
+    // exact service match still wins for Greeter; another service reaches the regex rule.
+    assert_eq!(
+        at("/helloworld.Other/SayHi", &[("x-tier", "gold")]),
+        Some(("g".into(), 3))
+    );
+    assert_eq!(at("/helloworld.Other/SayHi", &[]), None);
+    assert_eq!(at("/other.Svc/Do", &[]), None);
+    // Backends of a GRPCRoute speak h2c whatever appProtocol says.
+    let h = HeaderMap::new();
+    let Lookup::Matched { rule, .. } = c.table.lookup(
+        "web.shop",
+        &RequestView {
+            method: &Method::POST,
+            path: "/helloworld.Greeter/SayHello",
+            query: None,
+            headers: &h,
+        },
+    ) else {
+        panic!()
+    };
+    let crate::table::BackendTarget::Service(s) = &rule.backends.iter().next().unwrap().target
+    else {
+        panic!()
+    };
+    assert_eq!(s.protocol, crate::table::Protocol::H2c);
+}
+
+#[test]
+fn grpcroute_refuses_what_the_crd_refuses() {
+    for (m, want) in [
+        (
+            "{method: {type: Exact}}",
+            "one or both of service and method must be set",
+        ),
+        (
+            "{method: {service: \"hello world\"}}",
+            "is not a gRPC service name",
+        ),
+        (
+            "{method: {method: \"Say-Hello\"}}",
+            "is not a gRPC method name",
+        ),
+        (
+            "{method: {type: RegularExpression, service: \"(\"}}",
+            "is not a valid regular expression",
+        ),
+    ] {
+        let r =
+            format!("{GRPC_HEAD}  - matches: [{m}]\n    backendRefs: [{{name: a, port: 80}}]\n");
+        let items = parse_documents(Path::new("t.yaml"), &r);
+        let obj = items.into_iter().next().unwrap().unwrap().object;
+        let e = crate::compile::validate::admit(&obj).unwrap_err();
+        let text = e
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("; ");
+        assert!(
+            text.contains(want) && text.contains("spec.rules[0].matches[0].method"),
+            "{m}: {text}"
+        );
+    }
+}

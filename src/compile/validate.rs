@@ -5,13 +5,16 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use gateway_api::apis::standard::grpcroutes as gw_grpc;
 use gateway_api::apis::standard::httproutes as gw;
 use http::{HeaderName, HeaderValue, Method};
 
 use crate::model::{self, smi, LinkerdHttpRoute, Object, TrafficSplit};
 use crate::table::{
     cors::{Cors, OriginPattern},
-    matching::{Anchoring, HeaderMatch, PathMatch, Pattern, QueryMatch, RequestMatch, ValueMatch},
+    matching::{
+        Anchoring, GrpcRank, HeaderMatch, PathMatch, Pattern, QueryMatch, RequestMatch, ValueMatch,
+    },
     Filter, HeaderModifier, PathModifier, Redirect, Timeouts, UrlRewrite,
 };
 
@@ -47,12 +50,14 @@ pub enum RouteKind {
     Gateway,
     Linkerd,
     TrafficSplit,
+    /// gateway.networking.k8s.io GRPCRoute.
+    Grpc,
 }
 
 impl RouteKind {
     pub fn group(self) -> &'static str {
         match self {
-            RouteKind::Gateway => model::GATEWAY_GROUP,
+            RouteKind::Gateway | RouteKind::Grpc => model::GATEWAY_GROUP,
             RouteKind::Linkerd => model::LINKERD_GROUP,
             RouteKind::TrafficSplit => model::SPLIT_GROUP,
         }
@@ -60,6 +65,7 @@ impl RouteKind {
     pub fn kind(self) -> &'static str {
         match self {
             RouteKind::TrafficSplit => "TrafficSplit",
+            RouteKind::Grpc => "GRPCRoute",
             _ => "HTTPRoute",
         }
     }
@@ -166,6 +172,7 @@ pub fn admit(obj: &Object) -> Result<Option<AdmittedRoute>, Vec<FieldError>> {
             }
         },
         Object::TrafficSplit(t) => admit_split(base, t, &mut errors),
+        Object::GatewayGrpcRoute(r) => admit_grpcroute(base, &r.spec, &mut errors),
         _ => return Ok(None),
     };
     if errors.is_empty() {
@@ -257,6 +264,184 @@ fn admit_httproute(
     route
 }
 
+/// A GRPCRoute: its parentRefs, backendRefs and filters have the HTTPRoute shape (a subset
+/// of it), so they are admitted as such; its matches name a service and method, which become
+/// a path match on `/<service>/<method>` ranked as the GRPCRoute spec says.
+fn admit_grpcroute(
+    base: AdmittedRoute,
+    spec: &gw_grpc::GrpcRouteSpec,
+    errors: &mut Vec<FieldError>,
+) -> AdmittedRoute {
+    let raw_matches: Vec<Vec<gw_grpc::GrpcRouteRulesMatches>> = spec
+        .rules
+        .iter()
+        .flatten()
+        .map(|r| r.matches.clone().unwrap_or_default())
+        .collect();
+    let mut value = match serde_json::to_value(spec) {
+        Ok(v) => v,
+        Err(e) => {
+            errors.push(err("spec", e.to_string()));
+            return base;
+        }
+    };
+    for rule in value
+        .get_mut("rules")
+        .and_then(|r| r.as_array_mut())
+        .into_iter()
+        .flatten()
+    {
+        if let Some(r) = rule.as_object_mut() {
+            r.remove("matches");
+        }
+    }
+    let http: gw::HttpRouteSpec = match serde_json::from_value(value) {
+        Ok(h) => h,
+        Err(e) => {
+            errors.push(err("spec", format!("cannot be read: {e}")));
+            return base;
+        }
+    };
+    let before = errors.len();
+    let mut route = admit_httproute(base, RouteKind::Grpc, &http, errors);
+    if errors.len() != before {
+        return route;
+    }
+    for (i, rule) in route.rules.iter_mut().enumerate() {
+        let raw = raw_matches.get(i).map(Vec::as_slice).unwrap_or_default();
+        if raw.len() > 8 {
+            errors.push(err(
+                format!("spec.rules[{i}].matches"),
+                format!("{} items, at most 8 allowed", raw.len()),
+            ));
+        }
+        rule.matches = if raw.is_empty() {
+            // No matches: every gRPC request (still ranked among gRPC matches).
+            vec![RequestMatch {
+                grpc: Some(GrpcRank {
+                    service: 0,
+                    method: 0,
+                }),
+                ..RequestMatch::default()
+            }]
+        } else {
+            raw.iter()
+                .enumerate()
+                .filter_map(|(j, m)| {
+                    grpc_match(&format!("spec.rules[{i}].matches[{j}]"), m, errors)
+                })
+                .collect()
+        };
+    }
+    route
+}
+
+/// One GRPCRoute match: headers as in HTTPRoute; the method match as a path match.
+fn grpc_match(
+    f: &str,
+    m: &gw_grpc::GrpcRouteRulesMatches,
+    errors: &mut Vec<FieldError>,
+) -> Option<RequestMatch> {
+    let before = errors.len();
+    // Header matches have the HTTPRoute shape.
+    let headers = serde_json::json!({ "headers": m.headers });
+    let mut out = match serde_json::from_value::<gw::HttpRouteRulesMatches>(headers) {
+        Ok(hm) => admit_match(f, &hm, errors)?,
+        Err(e) => {
+            errors.push(err(format!("{f}.headers"), e.to_string()));
+            return None;
+        }
+    };
+    let mut rank = GrpcRank {
+        service: 0,
+        method: 0,
+    };
+    if let Some(mm) = &m.method {
+        let mf = format!("{f}.method");
+        let service = mm.service.as_deref().filter(|s| !s.is_empty());
+        let method = mm.method.as_deref().filter(|s| !s.is_empty());
+        rank = GrpcRank {
+            service: service.map_or(0, str::len),
+            method: method.map_or(0, str::len),
+        };
+        let regex = matches!(
+            mm.r#type,
+            Some(gw_grpc::GrpcRouteRulesMatchesMethodType::RegularExpression)
+        );
+        out.path = match (service, method) {
+            (None, None) => {
+                errors.push(err(&mf, "one or both of service and method must be set"));
+                return None;
+            }
+            _ if regex => {
+                // Each part must be a valid regex on its own; the path is both, anchored.
+                let part = |field: &str, p: Option<&str>, errors: &mut Vec<FieldError>| match p {
+                    Some(p) => compile_regex(&format!("{mf}.{field}"), p, Anchoring::Full, errors)
+                        .map(|_| format!("(?:{p})")),
+                    None => Some("[^/]+".to_string()),
+                };
+                let (s, m) = (
+                    part("service", service, errors),
+                    part("method", method, errors),
+                );
+                let (Some(s), Some(m)) = (s, m) else {
+                    return None;
+                };
+                PathMatch::Regex(compile_regex(
+                    &mf,
+                    &format!("/{s}/{m}"),
+                    Anchoring::Full,
+                    errors,
+                )?)
+            }
+            (service, method) => {
+                let service_ok = |s: &str| {
+                    let s = s.strip_prefix('.').unwrap_or(s);
+                    !s.is_empty()
+                        && s.split('.').all(|label| {
+                            label
+                                .chars()
+                                .next()
+                                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                        })
+                };
+                let method_ok = |m: &str| {
+                    m.chars()
+                        .next()
+                        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                        && m.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                };
+                if let Some(s) = service.filter(|s| !service_ok(s)) {
+                    errors.push(err(
+                        format!("{mf}.service"),
+                        format!("{s:?} is not a gRPC service name (e.g. helloworld.Greeter)"),
+                    ));
+                }
+                if let Some(m) = method.filter(|m| !method_ok(m)) {
+                    errors.push(err(
+                        format!("{mf}.method"),
+                        format!("{m:?} is not a gRPC method name"),
+                    ));
+                }
+                match (service, method) {
+                    (Some(s), Some(m)) => PathMatch::Exact(format!("/{s}/{m}")),
+                    (Some(s), None) => PathMatch::Prefix(format!("/{s}")),
+                    (None, Some(m)) => PathMatch::Regex(compile_regex(
+                        &mf,
+                        &format!("/[^/]+/{}", regex::escape(m)),
+                        Anchoring::Full,
+                        errors,
+                    )?),
+                    (None, None) => return None,
+                }
+            }
+        };
+    }
+    out.grpc = Some(rank);
+    (errors.len() == before).then_some(out)
+}
+
 fn admit_rule(
     f: &str,
     kind: RouteKind,
@@ -330,7 +515,7 @@ fn admit_rule(
             .and_then(|p| check_port(p, &format!("{bf}.port"), errors));
         let group = b.group.clone().unwrap_or_default();
         let bkind = b.kind.clone().unwrap_or_else(|| "Service".into());
-        if kind == RouteKind::Gateway
+        if matches!(kind, RouteKind::Gateway | RouteKind::Grpc)
             && port.is_none()
             && b.port.is_none()
             && is_core(&group)
@@ -609,6 +794,7 @@ fn admit_match(
         });
     }
     (errors.len() == before).then_some(RequestMatch {
+        grpc: None,
         path,
         method,
         headers,
@@ -1244,6 +1430,7 @@ pub fn group_matches(
     Ok(methods
         .into_iter()
         .map(|method| RequestMatch {
+            grpc: None,
             path: path.clone(),
             method,
             headers: headers.clone(),

@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+pub use gateway_api::apis::standard::grpcroutes::GrpcRoute as GatewayGrpcRoute;
 pub use gateway_api::apis::standard::httproutes::HttpRoute as GatewayHttpRoute;
 
 /// A policy.linkerd.io HTTPRoute of any served version.
@@ -40,6 +41,7 @@ pub struct HttpRouteGroup {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     GatewayHttpRoute(Box<GatewayHttpRoute>),
+    GatewayGrpcRoute(Box<GatewayGrpcRoute>),
     LinkerdHttpRoute(Box<LinkerdHttpRoute>),
     TrafficSplit(Box<TrafficSplit>),
     HttpRouteGroup(Box<HttpRouteGroup>),
@@ -116,6 +118,7 @@ impl Object {
     pub fn metadata(&self) -> &ObjectMeta {
         match self {
             Object::GatewayHttpRoute(r) => &r.metadata,
+            Object::GatewayGrpcRoute(r) => &r.metadata,
             Object::LinkerdHttpRoute(r) => r.metadata(),
             Object::TrafficSplit(t) => t.metadata(),
             Object::HttpRouteGroup(g) => &g.metadata,
@@ -128,6 +131,7 @@ impl Object {
     pub fn group_kind(&self) -> (&'static str, &'static str) {
         match self {
             Object::GatewayHttpRoute(_) => (GATEWAY_GROUP, "HTTPRoute"),
+            Object::GatewayGrpcRoute(_) => (GATEWAY_GROUP, "GRPCRoute"),
             Object::LinkerdHttpRoute(_) => (LINKERD_GROUP, "HTTPRoute"),
             Object::TrafficSplit(_) => (SPLIT_GROUP, "TrafficSplit"),
             Object::HttpRouteGroup(_) => (SPECS_GROUP, "HTTPRouteGroup"),
@@ -140,7 +144,9 @@ impl Object {
     /// `apiVersion` as written (`group/version` or `v1`).
     pub fn api_version(&self) -> String {
         match self {
-            Object::GatewayHttpRoute(_) => format!("{GATEWAY_GROUP}/v1"),
+            Object::GatewayHttpRoute(_) | Object::GatewayGrpcRoute(_) => {
+                format!("{GATEWAY_GROUP}/v1")
+            }
             Object::LinkerdHttpRoute(r) => format!("{LINKERD_GROUP}/{}", r.version()),
             Object::TrafficSplit(t) => format!("{SPLIT_GROUP}/{}", t.version()),
             Object::HttpRouteGroup(g) => g.api_version.clone(),
@@ -164,7 +170,10 @@ impl Object {
     pub fn is_route(&self) -> bool {
         matches!(
             self,
-            Object::GatewayHttpRoute(_) | Object::LinkerdHttpRoute(_) | Object::TrafficSplit(_)
+            Object::GatewayHttpRoute(_)
+                | Object::GatewayGrpcRoute(_)
+                | Object::LinkerdHttpRoute(_)
+                | Object::TrafficSplit(_)
         )
     }
 }

@@ -115,6 +115,66 @@ pub fn error_response(err: &ProxyError) -> Response<ResponseBody> {
     rsp
 }
 
+/// True for a gRPC request (`content-type: application/grpc[+proto|;…]`): its errors are
+/// gRPC statuses, which gRPC clients read, not HTTP ones, which they do not.
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.get(..16)
+                .is_some_and(|p| p.eq_ignore_ascii_case("application/grpc"))
+        })
+}
+
+/// The gRPC status code for a proxy error, by the meaning of the error (timeouts are
+/// DEADLINE_EXCEEDED), else by gRPC's HTTP-to-gRPC status mapping.
+pub fn grpc_status(err: &ProxyError) -> u8 {
+    const INTERNAL: u8 = 13;
+    const UNIMPLEMENTED: u8 = 12;
+    const DEADLINE_EXCEEDED: u8 = 4;
+    const UNAVAILABLE: u8 = 14;
+    use ProxyError::*;
+    match err {
+        RequestTimeout | BackendRequestTimeout | ClientBodyTimeout => DEADLINE_EXCEEDED,
+        UnknownAuthority | NoRoute | ConnectNotSupported => UNIMPLEMENTED,
+        NoReadyEndpoint(_)
+        | Connect { .. }
+        | ConnectTimeout(_)
+        | UpstreamOverflow(_)
+        | Upstream { .. } => UNAVAILABLE,
+        _ => INTERNAL,
+    }
+}
+
+/// A proxy error as a gRPC client reads it: HTTP 200, trailers-only (`grpc-status` and
+/// `grpc-message` in the head, no body), with `meshroute-error` as for every answer of ours.
+pub fn grpc_error_response(err: &ProxyError) -> Response<ResponseBody> {
+    let reason = err.reason();
+    let mut rsp = Response::new(ResponseBody::empty());
+    let h = rsp.headers_mut();
+    h.insert(ERROR_HEADER, HeaderValue::from_static(reason));
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert(
+        "grpc-status",
+        HeaderValue::from(u16::from(grpc_status(err))),
+    );
+    h.insert("grpc-message", HeaderValue::from_static(reason));
+    rsp
+}
+
+/// The answer to `err` for a request with these headers: gRPC or HTTP.
+pub fn error_response_for(err: &ProxyError, request: &http::HeaderMap) -> Response<ResponseBody> {
+    if is_grpc(request) {
+        grpc_error_response(err)
+    } else {
+        error_response(err)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

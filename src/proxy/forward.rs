@@ -95,14 +95,14 @@ async fn serve(
     if parts.method == Method::CONNECT {
         // A tunnel is not a request a route could match or an endpoint answer in origin form;
         // in h2 plain CONNECT has no :path, and extended CONNECT is never enabled.
-        return unrouted(proxy, &ProxyError::ConnectNotSupported);
+        return unrouted(proxy, &ProxyError::ConnectNotSupported, &parts.headers);
     }
     let parent_port = match parent {
         Ok(p) => p,
-        Err(e) => return unrouted(proxy, &e),
+        Err(e) => return unrouted(proxy, &e, &parts.headers),
     };
     if let Err(e) = route::host_from_target(&mut parts) {
-        return unrouted(proxy, &e);
+        return unrouted(proxy, &e, &parts.headers);
     }
     let parent: &ParentPort = &parent_port;
     let view = RequestView {
@@ -113,16 +113,23 @@ async fn serve(
     };
     let (matched, rule) = match parent.lookup(&view) {
         Lookup::Matched { matched, rule, .. } => (matched, rule),
-        Lookup::NoMatch(_) => return unrouted(proxy, &ProxyError::NoRoute),
-        Lookup::UnknownAuthority => return unrouted(proxy, &ProxyError::UnknownAuthority),
+        Lookup::NoMatch(_) => return unrouted(proxy, &ProxyError::NoRoute, &parts.headers),
+        Lookup::UnknownAuthority => {
+            return unrouted(proxy, &ProxyError::UnknownAuthority, &parts.headers)
+        }
     };
     let route_metrics = live.metrics.route(parent, rule);
+    let grpc = super::error::is_grpc(&parts.headers);
     let fail = |e: ProxyError| {
         tracing::debug!(
             parent = %parent.name, namespace = %parent.namespace, error = %e,
             "request failed"
         );
-        let rsp = error_response(&e);
+        let rsp = if grpc {
+            super::error::grpc_error_response(&e)
+        } else {
+            error_response(&e)
+        };
         if let Some(m) = route_metrics {
             m.record(rsp.status().as_u16(), Some(e.reason()), received.elapsed());
         }
@@ -319,10 +326,10 @@ fn accrual_now() -> u64 {
 }
 
 /// The answer to a request that was not bound to a rule.
-fn unrouted(proxy: &Proxy, e: &ProxyError) -> Response<ResponseBody> {
+fn unrouted(proxy: &Proxy, e: &ProxyError, request: &http::HeaderMap) -> Response<ResponseBody> {
     proxy.metrics.count_unrouted(e.reason());
     tracing::debug!(error = %e, "request not routed");
-    error_response(e)
+    super::error::error_response_for(e, request)
 }
 
 fn has_mirror(filters: &[Filter]) -> bool {

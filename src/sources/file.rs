@@ -648,6 +648,9 @@ fn decode_with(
                 typed::<model::GatewayHttpRoute>(doc, st).map_err(fail)?,
             ))
         }
+        ("gateway.networking.k8s.io/v1", "GRPCRoute") => Object::GatewayGrpcRoute(Box::new(
+            typed::<model::GatewayGrpcRoute>(doc, st).map_err(fail)?,
+        )),
         ("policy.linkerd.io/v1alpha1", "HTTPRoute") => {
             Object::LinkerdHttpRoute(Box::new(LinkerdHttpRoute::V1alpha1(
                 typed::<linkerd::v1alpha1::HttpRoute>(doc, st).map_err(fail)?,

@@ -335,7 +335,9 @@ pub async fn write(
             }
             let slot = match rs.kind {
                 RouteKind::Gateway => Slot::GatewayHttpRoute,
-                _ => Slot::LinkerdHttpRoute,
+                RouteKind::Linkerd => Slot::LinkerdHttpRoute,
+                // Not watched in Kubernetes mode (yet): never write another kind's status.
+                RouteKind::Grpc | RouteKind::TrafficSplit => continue,
             };
             let Some(ar) = plan.resource(slot) else {
                 continue;

@@ -121,6 +121,17 @@ pub struct RequestMatch {
     pub headers: Vec<HeaderMatch>,
     #[serde(rename = "queryParams")]
     pub query: Vec<QueryMatch>,
+    /// A GRPCRoute method match (compiled into `path`): its service and method lengths,
+    /// which rank it as the GRPCRoute spec says (longer service, then longer method).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcRank>,
+}
+
+/// Characters of a GRPCRoute method match's service and method (0 when absent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct GrpcRank {
+    pub service: usize,
+    pub method: usize,
 }
 
 impl Default for RequestMatch {
@@ -131,6 +142,7 @@ impl Default for RequestMatch {
             method: None,
             headers: Vec::new(),
             query: Vec::new(),
+            grpc: None,
         }
     }
 }
@@ -138,6 +150,9 @@ impl Default for RequestMatch {
 /// How specific a match is; greater is more specific.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Specificity {
+    /// GRPCRoute matches rank by service, then method length, before anything else;
+    /// HTTP matches have none (and so rank below any gRPC method match).
+    grpc: Option<GrpcRank>,
     /// 2 = exact, 1 = regex, 0 = prefix.
     path_kind: u8,
     path_len: usize,
@@ -154,6 +169,7 @@ impl RequestMatch {
             PathMatch::Prefix(p) => (0, p.len()),
         };
         Specificity {
+            grpc: self.grpc,
             path_kind,
             path_len,
             method: self.method.is_some(),

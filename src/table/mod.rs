@@ -142,6 +142,22 @@ pub struct ServiceBackend {
     pub ready: Vec<usize>,
 }
 
+impl ServiceBackend {
+    /// The same backend, spoken to with `protocol`; endpoints share their load and health.
+    pub fn with_protocol(&self, protocol: Protocol) -> ServiceBackend {
+        ServiceBackend {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            port: self.port,
+            cluster: self.cluster.clone(),
+            authority: self.authority.clone(),
+            protocol,
+            endpoints: self.endpoints.clone(),
+            ready: self.ready.clone(),
+        }
+    }
+}
+
 /// One endpoint address. `load` is shared across table generations (see
 /// [`RouteTable::inherit_load`]) so load-aware balancing survives a swap.
 #[derive(Debug, Clone, Serialize)]
