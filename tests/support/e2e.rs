@@ -510,6 +510,40 @@ impl Backends {
         Ok(me)
     }
 
+    /// The host's own address on the backends' network (`10.213.N.1`): meshroute listens and
+    /// is advertised there, so the API server accepts it in EndpointSlices.
+    pub fn host_ip(&self) -> std::net::IpAddr {
+        self.ip
+            .rsplit_once('.')
+            .map(|(net, _)| format!("{net}.1"))
+            .unwrap_or_default()
+            .parse()
+            .expect("host ip")
+    }
+
+    /// Another host address on the backends' network, `10.213.N.k` (a second replica).
+    pub fn add_host_ip(&self, k: u8) -> std::net::IpAddr {
+        let net = self.ip.rsplit_once('.').map(|(n, _)| n).unwrap_or_default();
+        let ip = format!("{net}.{k}");
+        sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            &self.host_if,
+        ])
+        .expect("add host address");
+        ip.parse().expect("ip")
+    }
+
+    /// A command run inside the backends' network namespace (the test host).
+    pub fn in_netns(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.netns, program]);
+        c
+    }
+
     pub fn port(&self, name: &str) -> u16 {
         self.ports[name]
     }
@@ -568,23 +602,139 @@ pub struct Reply {
     pub error: Option<String>,
 }
 
+/// How [`Mesh::start_with`] runs meshroute.
+#[derive(Debug, Clone)]
+pub struct MeshOptions {
+    /// IP of the proxy listener (port 0) and of the per-parent-port listeners.
+    pub listen_ip: std::net::IpAddr,
+    pub publish: meshroute::sources::kube::PublishOptions,
+    /// Lease name (replicas of one deployment share it) and this replica's identity.
+    pub lease: String,
+    pub identity: String,
+}
+
+impl MeshOptions {
+    /// Publishing on, listening and advertised on `ip`, ports from a range no other test uses.
+    pub fn advertised(ns: &str, ip: std::net::IpAddr) -> Self {
+        MeshOptions {
+            listen_ip: ip,
+            publish: meshroute::sources::kube::PublishOptions {
+                enabled: true,
+                port_range: port_range(),
+                advertise: vec![ip],
+                self_service: None,
+            },
+            lease: format!("lease-{ns}"),
+            identity: format!("test-{ns}"),
+        }
+    }
+}
+
+/// Ten listener ports of their own for one test run.
+pub fn port_range() -> std::ops::RangeInclusive<u16> {
+    let slot = (std::process::id() % 300) * 20 + NEXT.fetch_add(1, Ordering::SeqCst) % 20;
+    let first = 30000 + (slot % 3000) as u16 * 10;
+    first..=first + 9
+}
+
+/// One plain HTTP/1.1 exchange with `addr`, `Host` only when given (`connection: close`).
+pub async fn dial(addr: SocketAddr, host: Option<&str>, path: &str) -> Reply {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let mut req = format!("GET {path} HTTP/1.1\r\nconnection: close\r\n");
+        if let Some(h) = host {
+            req.push_str(&format!("host: {h}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).to_string())
+    };
+    let text = match tokio::time::timeout(Duration::from_secs(10), exchange).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            return Reply {
+                status: 0,
+                backend: None,
+                error: Some(format!("client: {e}")),
+            }
+        }
+        Err(_) => {
+            return Reply {
+                status: 0,
+                backend: None,
+                error: Some("client timeout".into()),
+            }
+        }
+    };
+    parse_reply(&text)
+}
+
+/// Status, `x-backend` and `meshroute-error` of a raw HTTP/1.1 response.
+pub fn parse_reply(text: &str) -> Reply {
+    let head = text.split("\r\n\r\n").next().unwrap_or("");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let mut r = Reply {
+        status,
+        backend: None,
+        error: None,
+    };
+    for l in lines {
+        if let Some((n, v)) = l.split_once(':') {
+            match n.trim().to_ascii_lowercase().as_str() {
+                "x-backend" => r.backend = Some(v.trim().to_string()),
+                "meshroute-error" => r.error = Some(v.trim().to_string()),
+                _ => {}
+            }
+        }
+    }
+    r
+}
+
+/// Count answers of `n` requests to `addr` by backend name (or `status:error`).
+pub async fn tally_at(addr: SocketAddr, host: Option<&str>, n: usize) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for _ in 0..n {
+        let r = dial(addr, host, "/").await;
+        let k = r
+            .backend
+            .clone()
+            .unwrap_or_else(|| format!("{}:{}", r.status, r.error.unwrap_or_default()));
+        *out.entry(k).or_default() += 1;
+    }
+    out
+}
+
 impl Mesh {
-    /// Start watching `namespace` with `kubeconfig`; waits for `/ready`.
-    pub async fn start(kubeconfig: &Path, namespace: &str) -> Mesh {
+    /// Start watching `namespace` with `kubeconfig` as one replica described by `o`; waits
+    /// for `/ready`.
+    pub async fn start_with(kubeconfig: &Path, namespace: &str, o: MeshOptions) -> Mesh {
         let cfg = RunConfig {
             kube: true,
-            listen: "127.0.0.1:0".parse().expect("addr"),
+            listen: SocketAddr::new(o.listen_ip, 0),
             admin: "127.0.0.1:0".parse().expect("addr"),
             kube_options: KubeOptions {
                 kubeconfig: Some(kubeconfig.to_path_buf()),
                 namespace: Some(namespace.to_string()),
                 lease_namespace: Some("meshroute".into()),
-                lease_name: Some(format!("lease-{namespace}")),
-                identity: Some(format!("test-{namespace}")),
+                lease_name: Some(o.lease),
+                identity: Some(o.identity),
+                publish: o.publish,
                 ..Default::default()
             },
             ..Default::default()
         };
+        Self::from_config(cfg).await
+    }
+
+    async fn from_config(cfg: RunConfig) -> Mesh {
         let running = start(cfg).await.expect("meshroute starts in kube mode");
         let mesh = Mesh {
             proxy: running.proxy_addr,
@@ -601,6 +751,30 @@ impl Mesh {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         mesh
+    }
+
+    /// Start watching `namespace` with `kubeconfig`; waits for `/ready`. Publishing is on,
+    /// with a port range of its own and meshroute's own Service (absent: no addresses).
+    pub async fn start(kubeconfig: &Path, namespace: &str) -> Mesh {
+        let cfg = RunConfig {
+            kube: true,
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            admin: "127.0.0.1:0".parse().expect("addr"),
+            kube_options: KubeOptions {
+                kubeconfig: Some(kubeconfig.to_path_buf()),
+                namespace: Some(namespace.to_string()),
+                lease_namespace: Some("meshroute".into()),
+                lease_name: Some(format!("lease-{namespace}")),
+                identity: Some(format!("test-{namespace}")),
+                publish: meshroute::sources::kube::PublishOptions {
+                    port_range: port_range(),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Self::from_config(cfg).await
     }
 
     pub fn running(&self) -> &Running {
