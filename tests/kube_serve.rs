@@ -531,7 +531,7 @@ spec: {{ports: [{{name: http, port: 80}}]}}
         .collect();
     assert_eq!(names, ["smiley-meshroute"]);
     let user = api.get("userep-1").await.expect("user slice");
-    assert_eq!(user.endpoints[0].addresses, [b.ip.clone()]);
+    assert_eq!(user.endpoints[0].addresses, std::slice::from_ref(&b.ip));
     // userep still routes (by Host) and its own endpoints resolve as before.
     let r = mesh.get(&format!("userep.{ns}"), "/").await;
     assert_eq!(r.backend.as_deref(), Some("smiley-east"), "{r:?}");
