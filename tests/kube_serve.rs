@@ -12,8 +12,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use e2e::{
-    cluster, condition, dial, our_parent, tally_at, unique, wait_object, Backends, Kubectl,
-    Latencies, Mesh, MeshOptions,
+    cluster, condition, dial, our_parent, tally_at, unique, wait_object, Backends, KubeProxy,
+    Kubectl, Latencies, Mesh, MeshOptions, Reply,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams};
@@ -590,4 +590,169 @@ async fn no_publish_endpoints_writes_no_slice_and_opens_no_parent_port() {
     let r = mesh.get(&format!("smiley.{ns}"), "/").await;
     assert_eq!(r.backend.as_deref(), Some("smiley-east"), "{r:?}");
     mesh.shutdown().await;
+}
+
+/// Tally replies by backend (or `status:error`).
+fn tally(replies: &[Reply]) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for r in replies {
+        let k = r
+            .backend
+            .clone()
+            .unwrap_or_else(|| format!("{}:{}", r.status, r.error.clone().unwrap_or_default()));
+        *out.entry(k).or_default() += 1;
+    }
+    out
+}
+
+/// From the test host, call `ip:80` with `Host: host` until one answer satisfies `done`.
+async fn follow_cluster_ip(
+    b: &Backends,
+    kp: &KubeProxy,
+    ip: &str,
+    host: &str,
+    since: Instant,
+    done: impl Fn(&Reply) -> bool,
+) -> Duration {
+    loop {
+        let r = b.call(ip, 80, 1, Some(host)).await;
+        if r.first().is_some_and(&done) {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(30),
+            "{host} at {ip}: traffic did not follow within 30s (last {r:?}); kube-proxy log:\n{}",
+            kp.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_story_through_cluster_ips_and_a_real_kube_proxy_with_unchanged_clients() {
+    let test = "seed_story_through_cluster_ips_and_a_real_kube_proxy_with_unchanged_clients";
+    let Some(c) = cluster(test) else { return };
+    let Some(b) = Backends::start(test, &["smiley-east", "color-local", "color2-west"]) else {
+        return;
+    };
+    let Some(kp) = KubeProxy::start(test, &c, &b).await else {
+        return;
+    };
+    let k = Kubectl::new(&c.admin);
+    let ns = unique("seed");
+    k.apply(&story_yaml(&b, &ns)).await;
+    let cluster_ip = |svc: &str| {
+        let k = k.clone();
+        let (svc, ns) = (svc.to_string(), ns.clone());
+        async move {
+            k.arun(
+                &[
+                    "get",
+                    "svc",
+                    &svc,
+                    "-n",
+                    &ns,
+                    "-o",
+                    "jsonpath={.spec.clusterIP}",
+                ],
+                "",
+            )
+            .await
+            .expect_ok()
+        }
+    };
+    let (smiley_ip, color_ip) = (cluster_ip("smiley").await, cluster_ip("color").await);
+    let mesh = Mesh::start_with(
+        &meshroute_kubeconfig(&c),
+        &ns,
+        MeshOptions::advertised(&ns, b.host_ip()),
+    )
+    .await;
+    let lat = Latencies::new(test);
+
+    // Sanity: kube-proxy serves the cluster — color-local's own pods through its ClusterIP.
+    let local_ip = cluster_ip("color-local").await;
+    follow_cluster_ip(&b, &kp, &local_ip, "color-local", Instant::now(), |r| {
+        r.backend.as_deref() == Some("color-local")
+    })
+    .await;
+    // smiley has no endpoints yet: the call fails, as it does in a cluster today.
+    let r = b.call(&smiley_ip, 80, 1, Some("smiley")).await;
+    assert_eq!(r[0].status, 0, "{r:?}");
+
+    // smiley → smiley-east: the unchanged client's `http://smiley/` now reaches the east cluster.
+    k.apply(&smiley_route(&ns, "smiley")).await;
+    let t = Instant::now();
+    let d = follow_cluster_ip(&b, &kp, &smiley_ip, "smiley", t, |r| {
+        r.backend.as_deref() == Some("smiley-east")
+    })
+    .await;
+    lat.record("route applied -> ClusterIP call reaches smiley-east", d);
+    let r = b
+        .call(&smiley_ip, 80, 20, Some(&format!("smiley.{ns}:80")))
+        .await;
+    assert!(
+        r.iter()
+            .all(|r| r.backend.as_deref() == Some("smiley-east")),
+        "{r:?}"
+    );
+    // A client that sends the ClusterIP itself as Host is served too (the port decides).
+    let r = b.call(&smiley_ip, 80, 5, None).await;
+    assert!(
+        r.iter()
+            .all(|r| r.backend.as_deref() == Some("smiley-east")),
+        "{r:?}"
+    );
+
+    // color 50/50 between its own pods and the west cluster, then migrate.
+    k.apply(&color_split(&ns, 50, 50)).await;
+    let t = Instant::now();
+    let d = follow_cluster_ip(&b, &kp, &color_ip, "color", t, |r| {
+        r.backend.as_deref() == Some("color2-west")
+    })
+    .await;
+    lat.record("split applied -> ClusterIP call reaches color2-west", d);
+    let got = tally(&b.call(&color_ip, 80, 200, Some("color")).await);
+    let west = got.get("color2-west").copied().unwrap_or(0);
+    let local = got.get("color-local").copied().unwrap_or(0);
+    assert_eq!(west + local, 200, "{got:?}");
+    assert!((60..=140).contains(&west), "50/50: {got:?}");
+    let before = mesh.generation();
+    k.arun(
+        &[
+            "patch",
+            GATEWAY_ROUTE,
+            "color-split",
+            "-n",
+            &ns,
+            "--type=json",
+            "-p",
+            r#"[{"op":"replace","path":"/spec/rules/0/backendRefs/0/weight","value":0},
+              {"op":"replace","path":"/spec/rules/0/backendRefs/1/weight","value":100}]"#,
+        ],
+        "",
+    )
+    .await
+    .expect_ok();
+    let t = Instant::now();
+    while mesh.generation() <= before {
+        assert!(t.elapsed() < Duration::from_secs(20), "no new table");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let got = tally(&b.call(&color_ip, 80, 100, Some("color")).await);
+    lat.record(
+        "weights 0/100 -> every ClusterIP call on the west",
+        t.elapsed(),
+    );
+    assert_eq!(got.get("color2-west"), Some(&100), "{got:?}");
+
+    // The route goes: smiley leads nowhere again (its slice is removed).
+    k.arun(&["delete", LINKERD_ROUTE, "smiley-router", "-n", &ns], "")
+        .await
+        .expect_ok();
+    let t = Instant::now();
+    follow_cluster_ip(&b, &kp, &smiley_ip, "smiley", t, |r| r.status == 0).await;
+    lat.report();
+    mesh.shutdown().await;
+    drop(kp);
 }

@@ -1022,7 +1022,13 @@ pub struct Relay {
 
 impl Relay {
     pub async fn start(target: &str) -> Relay {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        Self::start_on("127.0.0.1:0".parse().expect("addr"), target).await
+    }
+
+    /// A relay listening on `bind` (e.g. the host's address on a test network, so that a
+    /// process inside the network namespace reaches the API server on loopback).
+    pub async fn start_on(bind: SocketAddr, target: &str) -> Relay {
+        let l = tokio::net::TcpListener::bind(bind)
             .await
             .expect("bind relay");
         let addr = l.local_addr().expect("addr");
@@ -1088,5 +1094,201 @@ impl Relay {
         );
         std::fs::write(out, text).expect("write kubeconfig");
         out.to_path_buf()
+    }
+}
+
+/// A real kube-proxy (iptables mode) on the backends' network namespace, the test host: it
+/// watches the API server like a node's kube-proxy and programs that namespace's iptables, so a
+/// client there calling a Service's ClusterIP takes the path a pod takes. It reaches the API
+/// server through a relay on the host's address (the server listens on loopback), skipping TLS
+/// verification (the serving certificate names 127.0.0.1 only).
+pub struct KubeProxy {
+    child: Option<std::process::Child>,
+    pub log: PathBuf,
+    node: String,
+    admin: PathBuf,
+    _relay: Relay,
+    _dir: tempfile::TempDir,
+}
+
+const CLIENT_PY: &str = r#"
+import sys, http.client
+ip, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+host = sys.argv[4] if len(sys.argv) > 4 else None
+for _ in range(n):
+    try:
+        c = http.client.HTTPConnection(ip, port, timeout=5)
+        c.putrequest("GET", "/", skip_host=host is not None)
+        if host is not None:
+            c.putheader("Host", host)
+        c.putheader("Connection", "close")
+        c.endheaders()
+        r = c.getresponse()
+        r.read()
+        print(r.status, r.getheader("x-backend") or "-", r.getheader("meshroute-error") or "-", flush=True)
+        c.close()
+    except Exception as e:
+        print(0, "-", type(e).__name__, flush=True)
+"#;
+
+impl KubeProxy {
+    /// Build (cached) and start kube-proxy on `b`'s namespace. `None` after a skip.
+    pub async fn start(test: &str, c: &Cluster, b: &Backends) -> Option<KubeProxy> {
+        for tool in ["iptables", "conntrack"] {
+            let found = Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !found {
+                skip_or_fail(
+                    test,
+                    &format!(
+                        "kube-proxy needs {tool} (Debian package {tool}; .ci/run installs it)"
+                    ),
+                );
+                return None;
+            }
+        }
+        let script = repo().join("tests/kube-testenv/kube-proxy.sh");
+        let built = tokio::task::spawn_blocking(move || Command::new("bash").arg(script).output())
+            .await
+            .expect("build thread");
+        let bin = match built {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            Ok(o) => {
+                skip_or_fail(
+                    test,
+                    &format!(
+                        "cannot build kube-proxy: {}",
+                        String::from_utf8_lossy(&o.stderr)
+                            .lines()
+                            .last()
+                            .unwrap_or("")
+                    ),
+                );
+                return None;
+            }
+            Err(e) => {
+                skip_or_fail(test, &format!("cannot run kube-proxy.sh: {e}"));
+                return None;
+            }
+        };
+        // Cluster IPs are routed through the host like any off-link address; kube-proxy's
+        // rules rewrite them before they leave.
+        let route = b
+            .in_netns("ip")
+            .args([
+                "route",
+                "replace",
+                "default",
+                "via",
+                &b.host_ip().to_string(),
+            ])
+            .output()
+            .expect("ip route");
+        assert!(
+            route.status.success(),
+            "{}",
+            String::from_utf8_lossy(&route.stderr)
+        );
+        let relay = Relay::start_on(SocketAddr::new(b.host_ip(), 0), &c.server).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = std::fs::read_to_string(&c.admin).expect("admin kubeconfig");
+        let text: String = text
+            .lines()
+            .map(|l| {
+                if l.trim_start().starts_with("certificate-authority-data:") {
+                    let indent = &l[..l.len() - l.trim_start().len()];
+                    format!("{indent}insecure-skip-tls-verify: true")
+                } else if l.trim_start().starts_with("server:") {
+                    l.replace(&c.server, &relay.addr.to_string())
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(&kubeconfig, text).expect("write kubeconfig");
+        // kube-proxy waits for its Node before it programs anything.
+        let node = format!("node-{}", b.netns);
+        Kubectl::new(&c.admin)
+            .apply(&format!(
+                "apiVersion: v1\nkind: Node\nmetadata: {{name: {node}}}\n"
+            ))
+            .await;
+        let log = dir.path().join("kube-proxy.log");
+        let child = b
+            .in_netns(&bin)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["--hostname-override", &node, "--proxy-mode", "iptables"])
+            .args(["--bind-address", &b.ip])
+            // Leave the host-wide conntrack sysctls alone.
+            .args([
+                "--conntrack-max-per-core=0",
+                "--conntrack-tcp-timeout-established=0",
+                "--conntrack-tcp-timeout-close-wait=0",
+            ])
+            .args(["--iptables-min-sync-period=0s", "--v=2"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("kube-proxy");
+        Some(KubeProxy {
+            child: Some(child),
+            log,
+            node,
+            admin: c.admin.clone(),
+            _relay: relay,
+            _dir: dir,
+        })
+    }
+
+    /// The last lines of kube-proxy's log (for failure messages).
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.contains("FLAG:")).collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for KubeProxy {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Kubectl::new(&self.admin).run(&["delete", "node", &self.node, "--wait=false"]);
+    }
+}
+
+impl Backends {
+    /// `n` requests from inside the test host to `ip:port`, each on a new connection, with
+    /// `Host: host` when given (otherwise `Host: ip:port`, as `curl http://ip/` sends).
+    pub async fn call(&self, ip: &str, port: u16, n: usize, host: Option<&str>) -> Vec<Reply> {
+        let mut cmd = self.in_netns("python3");
+        cmd.args(["-c", CLIENT_PY, ip, &port.to_string(), &n.to_string()]);
+        if let Some(h) = host {
+            cmd.arg(h);
+        }
+        let out = tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .expect("client thread")
+            .expect("python3 client");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                let mut f = l.split_whitespace();
+                let status = f.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+                let some = |v: Option<&str>| v.filter(|v| *v != "-").map(str::to_string);
+                Reply {
+                    status,
+                    backend: some(f.next()),
+                    error: some(f.next()),
+                }
+            })
+            .collect()
     }
 }
