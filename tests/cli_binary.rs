@@ -158,3 +158,29 @@ fn head_reads_the_first_lines_of_crds() {
     assert!(err.is_empty(), "{err}");
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+#[test]
+fn transparent_serving_flags_are_checked_before_anything_starts() {
+    for (args, says) in [
+        (&["--parent-ports", "30000-20000"][..], "above the last"),
+        (&["--parent-ports", "20000"][..], "FIRST-LAST"),
+        (&["--advertise", "10.0.0.1,not-an-ip"][..], "not-an-ip"),
+        (&["--self-service", "meshroute"][..], "NAMESPACE/NAME"),
+    ] {
+        let out = meshroute()
+            .args(["run", "--kube"])
+            .args(args)
+            .output()
+            .expect("runs");
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    // They belong to Kubernetes mode.
+    let out = meshroute()
+        .args(["run", "--no-publish-endpoints"])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--kube"));
+}
