@@ -1,8 +1,10 @@
 //! `meshroute run`. File mode: initial load and publish, proxy listener, admin server,
 //! directory watcher and (with `--demo`) built-in echo backends and the live split view.
-//! Kubernetes mode (`kube: true`): proxy and admin listeners, then in the background discovery,
-//! watchers, leader election and the status writer ([`crate::sources::kube`]); `/ready` turns
-//! 200 once every watch has listed and the first table is published.
+//! Kubernetes mode (`kube: true`): proxy and admin listeners plus the per-parent-port listeners
+//! ([`crate::proxy::ports`]), then in the background discovery, watchers, leader election, the
+//! status writer ([`crate::sources::kube`]) and the EndpointSlice publisher with meshroute's own
+//! addresses ([`crate::sources::kube_endpoints`]); `/ready` turns 200 once every watch has
+//! listed and the first table is published.
 //!
 //! [`start`] binds everything and returns a [`Running`] handle (tests use it with
 //! `127.0.0.1:0`); [`run`] is `start` plus waiting for the shutdown signal.
