@@ -753,3 +753,63 @@ async fn seed_story_through_cluster_ips_and_a_real_kube_proxy_with_unchanged_cli
     mesh.shutdown().await;
     drop(kp);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_port_range_leaves_the_next_parent_unpublished_and_says_so() {
+    let test = "a_full_port_range_leaves_the_next_parent_unpublished_and_says_so";
+    let Some(c) = cluster(test) else { return };
+    let Some(b) = Backends::start(test, &["smiley-east", "color-local", "color2-west"]) else {
+        return;
+    };
+    let k = Kubectl::new(&c.admin);
+    let ns = unique("full");
+    k.apply(&story_yaml(&b, &ns)).await;
+    let ip = b.host_ip();
+    let mut o = MeshOptions::advertised(&ns, ip);
+    let first = *o.publish.port_range.start();
+    o.publish.port_range = first..=first;
+    let mesh = Mesh::start_with(&meshroute_kubeconfig(&c), &ns, o).await;
+    let api: Api<EndpointSlice> = Api::namespaced(admin_client(&c).await, &ns);
+    k.apply(&smiley_route(&ns, "smiley")).await;
+    let s = wait_slice(&api, "smiley-meshroute", "smiley's slice", |s| s.is_some())
+        .await
+        .expect("slice");
+    assert_eq!(ports(&s), [("http".to_string(), first)]);
+    k.apply(&color_split(&ns, 50, 50)).await;
+    let t0 = Instant::now();
+    loop {
+        let ev = k
+            .get_json(&[
+                "events.events.k8s.io",
+                "-n",
+                &ns,
+                "--field-selector",
+                "regarding.name=color",
+            ])
+            .await;
+        if ev["items"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|e| e["reason"] == "PortRangeFull" && e["type"] == "Warning")
+        }) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no PortRangeFull event"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(api.get_opt("color-meshroute").await.expect("get").is_none());
+    // smiley keeps its port and its traffic.
+    wait_answer(SocketAddr::new(ip, first), None, "smiley-east").await;
+    // Its route goes: the port is free once no slice names it, and color gets it.
+    k.arun(&["delete", LINKERD_ROUTE, "smiley-router", "-n", &ns], "")
+        .await
+        .expect_ok();
+    let s = wait_slice(&api, "color-meshroute", "color published", |s| s.is_some())
+        .await
+        .expect("slice");
+    assert_eq!(ports(&s), [("http".to_string(), first)]);
+    wait_answer(SocketAddr::new(ip, first), None, "color2-west").await;
+    mesh.shutdown().await;
+}

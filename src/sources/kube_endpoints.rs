@@ -177,23 +177,41 @@ pub async fn publish(
         if !snap.synced {
             continue;
         }
-        retry = match sync(&api, &p, &snap, &addrs).await {
+        let (full, result) = sync(&api, &p, &snap, &addrs).await;
+        retry = match result {
             Ok(()) => false,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot write meshroute's EndpointSlices; retrying in 1s");
                 true
             }
         };
-        for c in &snap.publish {
-            let Err(why) = &c.ports else { continue };
+        let range = format!("{}-{}", p.port_range.start(), p.port_range.end());
+        let not_published = snap.publish.iter().filter_map(|c| {
+            let why = match &c.ports {
+                Err(why) => why.clone(),
+                Ok(_) if full.contains(&(c.namespace.clone(), c.name.clone())) => format!(
+                    "no free listener port in --parent-ports {range}: endpoints not published (existing slices are left as they are)"
+                ),
+                Ok(_) => return None,
+            };
+            Some((c, why))
+        });
+        for (c, why) in not_published.collect::<Vec<_>>() {
+            let why = &why;
             let key = (c.namespace.clone(), c.name.clone());
             if told.get(&key) == Some(why) {
                 continue;
             }
             tracing::info!(service = %format!("{}/{}", c.namespace, c.name), "not publishing endpoints: {why}");
+            // A full range is a fault to fix; the other reasons are choices.
+            let (type_, reason) = if c.ports.is_ok() {
+                (EventType::Warning, "PortRangeFull")
+            } else {
+                (EventType::Normal, "EndpointsNotPublished")
+            };
             let ev = Event {
-                type_: EventType::Normal,
-                reason: "EndpointsNotPublished".into(),
+                type_,
+                reason: reason.into(),
                 note: Some(note(why)),
                 action: "PublishEndpoints".into(),
                 secondary: None,
@@ -209,9 +227,11 @@ pub async fn publish(
             }
         }
         told.retain(|(ns, name), _| {
-            snap.publish
-                .iter()
-                .any(|c| &c.namespace == ns && &c.name == name && c.ports.is_err())
+            full.contains(&(ns.clone(), name.clone()))
+                || snap
+                    .publish
+                    .iter()
+                    .any(|c| &c.namespace == ns && &c.name == name && c.ports.is_err())
         });
     }
 }
@@ -238,16 +258,20 @@ fn service_ref(c: &publish::Candidate) -> ObjectReference {
     }
 }
 
-/// One pass: list our slices, plan, write.
+/// One pass: list our slices, plan, write. Returns the parents left alone for lack of ports.
 async fn sync(
     api: &Api<EndpointSlice>,
     p: &Publisher,
     snap: &Snapshot,
     addrs: &[IpAddr],
-) -> Result<(), kube::Error> {
-    let existing = api
+) -> (Vec<(String, String)>, Result<(), kube::Error>) {
+    let existing = match api
         .list(&ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")))
-        .await?;
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => return (Vec::new(), Err(e)),
+    };
     let plan = publish::plan(&snap.publish, addrs, &existing.items, p.port_range.clone());
     for (ns, svc) in &plan.range_full {
         tracing::warn!(service = %format!("{ns}/{svc}"), range = ?p.port_range, "no free listener port in --parent-ports: this Service's endpoints are not published (its existing slices are left as they are)");
@@ -296,8 +320,9 @@ async fn sync(
             }
         }
     }
-    match first_err {
+    let result = match first_err {
         Some(e) => Err(e),
         None => Ok(()),
-    }
+    };
+    (plan.range_full, result)
 }
