@@ -1,5 +1,8 @@
 //! Compile and lookup at scale: 1,000 and 10,000 HTTPRoutes over 1,000 parent Services, and a
 //! request lookup in the result. Also prints the resident memory the 10,000-route table adds.
+//! `parent/*` compares the two ways a connection finds its parent port: by the request's
+//! authority (main listener) and by the connection's local port (per-parent-port listeners,
+//! looked up once per connection and table).
 //!
 //!     cargo bench --bench compile
 
@@ -117,6 +120,41 @@ fn bench_compile(c: &mut Criterion) {
             })
         });
     }
+    g.finish();
+
+    // Transparent serving: our own EndpointSlices name a listener port per parent port.
+    let mut idx = idx;
+    for i in 0..PARENTS {
+        let doc = format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: svc-{i}-meshroute, namespace: bench, labels: {{kubernetes.io/service-name: svc-{i}, endpointslice.kubernetes.io/managed-by: meshroute.dev}}}}\n\
+             addressType: IPv4\nports: [{{name: http, port: {}}}]\nendpoints: [{{addresses: [10.9.0.1]}}]\n",
+            20000 + i
+        );
+        for item in parse_documents(Path::new("bench.yaml"), &doc) {
+            idx.apply(item.expect("parses").object).expect("valid");
+        }
+    }
+    let table = compile(&idx, &CompileOptions::default(), None).table;
+    assert_eq!(table.local_port_numbers().len(), PARENTS);
+    let mut g = c.benchmark_group("parent");
+    g.bench_function("by_authority", |b| {
+        b.iter(|| {
+            black_box(
+                table
+                    .parent(black_box("svc-321.bench.svc.cluster.local:80"))
+                    .map(|p| p.port),
+            )
+        })
+    });
+    g.bench_function("by_local_port", |b| {
+        b.iter(|| {
+            black_box(
+                table
+                    .parent_for_local_port(black_box(20321))
+                    .map(|p| p.port),
+            )
+        })
+    });
     g.finish();
 }
 

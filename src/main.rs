@@ -81,11 +81,33 @@ enum Command {
         /// Kubernetes mode: name of the leader-election Lease.
         #[arg(long, requires = "kube", default_value = "meshroute")]
         lease_name: String,
-        /// Kubernetes mode: serve only; never write route status or Events.
+        /// Kubernetes mode: serve only; never write route status, Events or EndpointSlices.
         #[arg(long, requires = "kube")]
         read_only: bool,
         #[command(flatten)]
         limits: Limits,
+        /// Kubernetes mode: do not publish EndpointSlices for selector-less route parents and
+        /// do not listen on per-parent ports (clients must then send to meshroute's Service with
+        /// the parent as Host).
+        #[arg(long, requires = "kube")]
+        no_publish_endpoints: bool,
+        /// Kubernetes mode: listener ports allocated per parent Service port, FIRST-LAST.
+        #[arg(long, requires = "kube", default_value = "20000-29999", value_parser = parse_port_range)]
+        parent_ports: std::ops::RangeInclusive<u16>,
+        /// Kubernetes mode, outside a cluster: meshroute's own addresses for the published
+        /// EndpointSlices (every replica's, comma-separated) instead of its Service's ready
+        /// endpoints.
+        #[arg(
+            long,
+            requires = "kube",
+            value_delimiter = ',',
+            value_name = "IP[,IP...]"
+        )]
+        advertise: Vec<std::net::IpAddr>,
+        /// Kubernetes mode: meshroute's own Service, NAMESPACE/NAME, whose ready endpoints are
+        /// published (default: the pod's namespace and `meshroute`).
+        #[arg(long, requires = "kube", value_parser = parse_ns_name, value_name = "NS/NAME")]
+        self_service: Option<(String, String)>,
     },
     /// Compile manifests offline and print each route's admission and status.
     /// Exits 1 when anything is rejected or not accepted.
@@ -177,6 +199,10 @@ fn main() -> ExitCode {
             lease_name,
             read_only,
             limits,
+            no_publish_endpoints,
+            parent_ports,
+            advertise,
+            self_service,
         } => {
             let cfg = RunConfig {
                 proxy: limits.proxy_config(),
@@ -191,6 +217,12 @@ fn main() -> ExitCode {
                     lease_namespace,
                     lease_name: Some(lease_name),
                     read_only,
+                    publish: meshroute::sources::kube::PublishOptions {
+                        enabled: !no_publish_endpoints,
+                        port_range: parent_ports,
+                        advertise,
+                        self_service,
+                    },
                     ..Default::default()
                 },
                 ..Default::default()
@@ -315,6 +347,35 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("a current-thread tokio runtime starts")
+}
+
+/// `FIRST-LAST`, e.g. `20000-29999`.
+fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?}: expected FIRST-LAST, e.g. 20000-29999"))?;
+    let port = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("{p:?} is not a port (1-65535)"))
+    };
+    let (a, b) = (port(a)?, port(b)?);
+    if a > b {
+        return Err(format!("{s:?}: the first port is above the last"));
+    }
+    Ok(a..=b)
+}
+
+/// `NAMESPACE/NAME`.
+fn parse_ns_name(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => Err(format!("{s:?}: expected NAMESPACE/NAME")),
+    }
 }
 
 /// Print `text` to stdout and exit with `code`. A reader that closed the pipe early

@@ -1,8 +1,10 @@
 //! `meshroute run`. File mode: initial load and publish, proxy listener, admin server,
 //! directory watcher and (with `--demo`) built-in echo backends and the live split view.
-//! Kubernetes mode (`kube: true`): proxy and admin listeners, then in the background discovery,
-//! watchers, leader election and the status writer ([`crate::sources::kube`]); `/ready` turns
-//! 200 once every watch has listed and the first table is published.
+//! Kubernetes mode (`kube: true`): proxy and admin listeners plus the per-parent-port listeners
+//! ([`crate::proxy::ports`]), then in the background discovery, watchers, leader election, the
+//! status writer ([`crate::sources::kube`]) and the EndpointSlice publisher with meshroute's own
+//! addresses ([`crate::sources::kube_endpoints`]); `/ready` turns 200 once every watch has
+//! listed and the first table is published.
 //!
 //! [`start`] binds everything and returns a [`Running`] handle (tests use it with
 //! `127.0.0.1:0`); [`run`] is `start` plus waiting for the shutdown signal.
@@ -127,6 +129,7 @@ pub async fn start(config: RunConfig) -> anyhow::Result<Running> {
     let status = Arc::new(ReloadStatus::default());
     let opts = CompileOptions {
         cluster_domain: config.cluster_domain.clone(),
+        ..Default::default()
     };
 
     if !config.config_dir.is_dir() {
@@ -206,7 +209,7 @@ pub async fn start(config: RunConfig) -> anyhow::Result<Running> {
 /// Kubernetes mode: bind, serve an empty (not ready) table, and sync from the API server in
 /// the background.
 async fn start_kube(config: RunConfig) -> anyhow::Result<Running> {
-    use crate::sources::{kube as source, kube_status};
+    use crate::sources::{kube as source, kube_endpoints, kube_status};
 
     if config.demo {
         tracing::warn!("--demo has no effect in Kubernetes mode");
@@ -223,9 +226,17 @@ async fn start_kube(config: RunConfig) -> anyhow::Result<Running> {
     let admin_addr = admin.local_addr()?;
     tracing::info!(%proxy_addr, %admin_addr, namespace = opts.namespace.as_deref().unwrap_or("*"), "meshroute running in Kubernetes mode");
 
+    // Transparent serving: every replica listens on the ports our EndpointSlices name, on the
+    // IP of --listen; the leader writes the slices.
+    let publishing = opts.publish.enabled;
+    let (ports_tx, ports_rx) = tokio::sync::watch::channel(Arc::default());
+    let parent_listeners =
+        publishing.then(|| crate::proxy::ports::ParentListeners::new(config.listen.ip(), ports_rx));
+
     let (stop, stop_rx) = signal::channel(false);
-    let server = tokio::spawn(crate::proxy::server::serve(
+    let server = tokio::spawn(crate::proxy::server::serve_with_parent_ports(
         listener,
+        parent_listeners,
         proxy.clone(),
         stopped(stop_rx.clone()),
     ));
@@ -245,9 +256,11 @@ async fn start_kube(config: RunConfig) -> anyhow::Result<Running> {
         proxy: proxy.clone(),
         compile: CompileOptions {
             cluster_domain: config.cluster_domain.clone(),
+            publish_endpoints: publishing,
         },
         status: status.clone(),
         snapshots: snap_tx,
+        parent_ports: publishing.then_some(ports_tx),
     };
     others.push(tokio::spawn(source::run(
         client.clone(),
@@ -274,6 +287,38 @@ async fn start_kube(config: RunConfig) -> anyhow::Result<Running> {
             },
             stopped(stop_rx.clone()),
         )));
+        if publishing {
+            let (addr_tx, addr_rx) = tokio::sync::watch::channel(None);
+            if opts.publish.advertise.is_empty() {
+                let (ns, name) = opts.self_service(client.default_namespace());
+                tracing::info!(service = %format!("{ns}/{name}"), "own addresses: the ready endpoints of meshroute's Service");
+                others.push(tokio::spawn(kube_endpoints::own_addresses(
+                    client.clone(),
+                    ns,
+                    name,
+                    addr_tx,
+                    stopped(stop_rx.clone()),
+                )));
+            } else {
+                let mut addrs = opts.publish.advertise.clone();
+                addrs.sort_unstable();
+                addrs.dedup();
+                tracing::info!(addresses = ?addrs, "own addresses: --advertise");
+                addr_tx.send_replace(Some(Arc::new(addrs)));
+            }
+            others.push(tokio::spawn(kube_endpoints::publish(
+                kube_endpoints::Publisher {
+                    client: client.clone(),
+                    namespace: opts.namespace.clone(),
+                    port_range: opts.publish.port_range.clone(),
+                    identity: identity.clone(),
+                },
+                snap_rx.clone(),
+                addr_rx,
+                leader_rx.clone(),
+                stopped(stop_rx.clone()),
+            )));
+        }
         let rx = stop_rx.clone();
         others.push(tokio::spawn(async move {
             // The writer needs to know which versions are watched.

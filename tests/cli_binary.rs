@@ -181,3 +181,29 @@ fn completions_are_printed_for_each_shell_and_bash_parses_its_script() {
         }
     }
 }
+
+#[test]
+fn transparent_serving_flags_are_checked_before_anything_starts() {
+    for (args, says) in [
+        (&["--parent-ports", "30000-20000"][..], "above the last"),
+        (&["--parent-ports", "20000"][..], "FIRST-LAST"),
+        (&["--advertise", "10.0.0.1,not-an-ip"][..], "not-an-ip"),
+        (&["--self-service", "meshroute"][..], "NAMESPACE/NAME"),
+    ] {
+        let out = meshroute()
+            .args(["run", "--kube"])
+            .args(args)
+            .output()
+            .expect("runs");
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    // They belong to Kubernetes mode.
+    let out = meshroute()
+        .args(["run", "--no-publish-endpoints"])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--kube"));
+}

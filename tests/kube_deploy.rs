@@ -129,6 +129,11 @@ fn shipped_roles_grant_exactly_the_allowlist() {
             ("", "services", read),
             ("", "endpoints", read),
             ("discovery.k8s.io", "endpointslices", read),
+            (
+                "discovery.k8s.io",
+                "endpointslices",
+                &["create", "update", "delete"]
+            ),
             ("gateway.networking.k8s.io", "httproutes", read),
             ("gateway.networking.k8s.io", "httproutes/status", &["patch"]),
             ("policy.linkerd.io", "httproutes", read),

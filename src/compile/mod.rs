@@ -2,6 +2,7 @@
 //! resolves backends to endpoints, orders matches by precedence and computes each route's
 //! status. Pure and deterministic: the same objects in any order give the same table.
 
+pub mod publish;
 pub mod status;
 pub mod validate;
 
@@ -31,12 +32,16 @@ pub const REMOTE_FQ_NAME: &str = "mirror.linkerd.io/remote-svc-fq-name";
 #[derive(Debug, Clone)]
 pub struct CompileOptions {
     pub cluster_domain: String,
+    /// Kubernetes mode publishes EndpointSlices for route parents ([`publish`]): a route's
+    /// `Accepted` message then says when its parent is left alone, and why.
+    pub publish_endpoints: bool,
 }
 
 impl Default for CompileOptions {
     fn default() -> Self {
         CompileOptions {
             cluster_domain: DEFAULT_CLUSTER_DOMAIN.into(),
+            publish_endpoints: false,
         }
     }
 }
@@ -194,6 +199,14 @@ pub fn compile(index: &Index, opts: &CompileOptions, prev: Option<&RouteTable>) 
                     msg.push_str("; ");
                     msg.push_str(n);
                 }
+                if opts.publish_endpoints {
+                    if let Some(why) = index
+                        .service(&parent.namespace, &parent.name)
+                        .and_then(|svc| publish::refusal(index, svc))
+                    {
+                        let _ = write!(msg, "; meshroute does not publish endpoints for it: {why}");
+                    }
+                }
                 conds.push(condition("Accepted", true, "Accepted", msg, g));
                 rs.notes.extend(notes);
             }
@@ -283,6 +296,9 @@ pub fn compile(index: &Index, opts: &CompileOptions, prev: Option<&RouteTable>) 
                 matches,
             });
         }
+    }
+    for lp in publish::local_ports(index) {
+        table.set_local_port(lp.local, &lp.namespace, &lp.name, lp.port);
     }
     Compiled { table, statuses }
 }
@@ -501,6 +517,10 @@ struct ServiceEndpoints {
 fn endpoints_by_service(index: &Index) -> HashMap<(String, String), ServiceEndpoints> {
     let mut out: HashMap<(String, String), ServiceEndpoints> = HashMap::new();
     for ((ns, _), slice) in &index.slices {
+        if publish::is_ours(slice) {
+            // They lead to meshroute itself.
+            continue;
+        }
         let Some(svc) = slice
             .metadata
             .labels

@@ -33,12 +33,17 @@ pub fn handle(
 ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static {
     let received = Instant::now();
     let live = proxy.live();
-    let parent =
-        route::authority_of(req.headers(), req.uri(), req.version()).and_then(|authority| {
-            cache
-                .parent(&live, authority)
-                .ok_or(ProxyError::UnknownAuthority)
-        });
+    let mut req = req;
+    let parent = match cache.local_port {
+        None => {
+            route::authority_of(req.headers(), req.uri(), req.version()).and_then(|authority| {
+                cache
+                    .parent(&live, authority)
+                    .ok_or(ProxyError::UnknownAuthority)
+            })
+        }
+        Some(port) => cache.parent_by_port(&live, port, &mut req),
+    };
     // `map` rather than an async block around `serve`: hyper moves this future around, and a
     // wrapper would add one more copy of it on the first poll.
     serve(proxy.clone(), live, parent, req, received).map(Ok)
@@ -48,8 +53,14 @@ pub fn handle(
 /// the same `Host` on every request of a connection, so this skips parsing the authority and
 /// the table's hash lookup for all but the first request after each table swap. Holds only weak
 /// references: an idle connection never keeps an old table alive.
+///
+/// A connection to a per-parent-port listener ([`ParentCache::for_local_port`]) is bound by its
+/// local port instead: the parent is looked up once per table, whatever the requests' `Host`.
 #[derive(Debug, Default)]
-pub struct ParentCache(RefCell<Option<CachedParent>>);
+pub struct ParentCache {
+    last: RefCell<Option<CachedParent>>,
+    local_port: Option<u16>,
+}
 
 #[derive(Debug)]
 struct CachedParent {
@@ -59,8 +70,63 @@ struct CachedParent {
 }
 
 impl ParentCache {
+    /// The cache of a connection accepted on the listener for `port`.
+    pub fn for_local_port(port: u16) -> Self {
+        ParentCache {
+            last: RefCell::default(),
+            local_port: Some(port),
+        }
+    }
+
+    /// The parent of a connection to listener port `port`. The request needs no `Host`; one it
+    /// carries must still be a single valid authority, since it is forwarded. A request without
+    /// one gets the parent's `name.namespace[:port]`, so HTTP/1.1 endpoints see a `Host`.
+    fn parent_by_port(
+        &self,
+        live: &Arc<Live>,
+        port: u16,
+        req: &mut Request<Incoming>,
+    ) -> Result<Arc<ParentPort>, ProxyError> {
+        let missing = match route::authority_of(req.headers(), req.uri(), req.version()) {
+            Ok(_) => false,
+            Err(ProxyError::MissingHost) => true,
+            Err(e) => return Err(e),
+        };
+        let parent = {
+            let mut slot = self.last.borrow_mut();
+            match slot
+                .as_ref()
+                .filter(|c| std::ptr::eq(c.live.as_ptr(), Arc::as_ptr(live)))
+            {
+                Some(c) => c.parent.upgrade(),
+                None => None,
+            }
+            .or_else(|| {
+                let parent = live.table.parent_for_local_port(port)?.clone();
+                *slot = Some(CachedParent {
+                    live: Arc::downgrade(live),
+                    authority: Box::default(),
+                    parent: Arc::downgrade(&parent),
+                });
+                Some(parent)
+            })
+            .ok_or(ProxyError::UnknownAuthority)?
+        };
+        if missing && req.version() != Version::HTTP_2 {
+            let host = if parent.port == 80 {
+                format!("{}.{}", parent.name, parent.namespace)
+            } else {
+                format!("{}.{}:{}", parent.name, parent.namespace, parent.port)
+            };
+            if let Ok(v) = HeaderValue::from_str(&host) {
+                req.headers_mut().insert(HOST, v);
+            }
+        }
+        Ok(parent)
+    }
+
     fn parent(&self, live: &Arc<Live>, authority: &str) -> Option<Arc<ParentPort>> {
-        let mut slot = self.0.borrow_mut();
+        let mut slot = self.last.borrow_mut();
         if let Some(c) = &*slot {
             // The weak reference keeps the allocation, so an equal address is the same table.
             if std::ptr::eq(c.live.as_ptr(), Arc::as_ptr(live)) && *c.authority == *authority {

@@ -16,6 +16,7 @@ pub mod forward;
 pub mod h1;
 pub mod parse_errors;
 pub mod pool;
+pub mod ports;
 pub mod route;
 pub mod server;
 pub mod timeout;

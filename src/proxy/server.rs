@@ -1,7 +1,9 @@
 //! The listener: accept loop with a connection cap, HTTP/1.1 or h2c per connection (detected
 //! from the h2 preface, under the header-read timeout so a silent client cannot hold a slot),
 //! header limits, byte accounting and graceful shutdown (stop accepting, let in-flight requests
-//! finish, give up after the drain timeout).
+//! finish, give up after the drain timeout). With [`serve_with_parent_ports`], the same loop
+//! also accepts on the per-parent-port listeners ([`super::ports`]); such a connection is
+//! bound to its parent by its local port instead of by each request's authority.
 
 use std::future::Future;
 use std::io;
@@ -21,6 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 
 use super::parse_errors::{Exchanges, Labelled, Tracked};
+use super::ports::ParentListeners;
 use super::timer::HyperTimer;
 use super::{forward, pool, Proxy};
 
@@ -29,6 +32,16 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Serve `listener` until `shutdown` resolves, then drain.
 pub async fn serve(
     listener: TcpListener,
+    proxy: Arc<Proxy>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    serve_with_parent_ports(listener, None, proxy, shutdown).await
+}
+
+/// [`serve`], plus every per-parent-port listener of `parent_ports`.
+pub async fn serve_with_parent_ports(
+    listener: TcpListener,
+    mut parent_ports: Option<ParentListeners>,
     proxy: Arc<Proxy>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
@@ -73,9 +86,10 @@ pub async fn serve(
         let accepted = tokio::select! {
             biased;
             () = &mut shutdown => break,
-            a = listener.accept() => a,
+            a = listener.accept() => a.map(|(s, _)| (s, None)),
+            a = accept_parent(&mut parent_ports) => a.map(|(s, port)| (s, Some(port))),
         };
-        let (stream, _peer) = match accepted {
+        let (stream, local_port) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -115,7 +129,10 @@ pub async fn serve(
                 exchanges: exchanges.clone(),
                 labelled: None,
             });
-            let cache = forward::ParentCache::default();
+            let cache = match local_port {
+                None => forward::ParentCache::default(),
+                Some(port) => forward::ParentCache::for_local_port(port),
+            };
             let (h1, h2) = &*builders;
             let result = match exchanges {
                 None => {
@@ -139,6 +156,7 @@ pub async fn serve(
         });
     }
     drop(listener);
+    drop(parent_ports);
     tokio::select! {
         () = drain.start() => {}
         () = tokio::time::sleep(cfg.drain_timeout) => {
@@ -146,6 +164,13 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+async fn accept_parent(listeners: &mut Option<ParentListeners>) -> io::Result<(TcpStream, u16)> {
+    match listeners {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Graceful shutdown of client connections. Each connection registers its task's waker once

@@ -60,8 +60,36 @@ pub struct KubeOptions {
     pub lease_name: Option<String>,
     /// This replica's identity (default: `$POD_NAME`, else hostname plus a random suffix).
     pub identity: Option<String>,
-    /// Do not write status or Events (serve only).
+    /// Do not write status, Events or EndpointSlices (serve only).
     pub read_only: bool,
+    /// Transparent serving and its settings ([`PublishOptions`]).
+    pub publish: PublishOptions,
+}
+
+/// Transparent serving: EndpointSlices for route parents, listeners for their ports.
+#[derive(Debug, Clone)]
+pub struct PublishOptions {
+    /// `--no-publish-endpoints` turns the feature off: no slices written, no parent listeners.
+    pub enabled: bool,
+    /// Listener ports to allocate per parent port (`--parent-ports`, default 20000-29999).
+    pub port_range: std::ops::RangeInclusive<u16>,
+    /// meshroute's own addresses as given (`--advertise`); when empty, the ready endpoints of
+    /// [`PublishOptions::self_service`].
+    pub advertise: Vec<std::net::IpAddr>,
+    /// meshroute's own Service, `(namespace, name)` (`--self-service`; default: the pod's
+    /// namespace, as for the Lease, and `meshroute`).
+    pub self_service: Option<(String, String)>,
+}
+
+impl Default for PublishOptions {
+    fn default() -> Self {
+        PublishOptions {
+            enabled: true,
+            port_range: crate::compile::publish::DEFAULT_PORT_RANGE,
+            advertise: Vec::new(),
+            self_service: None,
+        }
+    }
 }
 
 impl KubeOptions {
@@ -79,6 +107,18 @@ impl KubeOptions {
                     .filter(|s| !s.is_empty())
             })
             .unwrap_or_else(|| client_default.to_string())
+    }
+
+    /// meshroute's own Service: `--self-service`, else `meshroute` in the Lease's default
+    /// namespace (the pod's own in a cluster).
+    pub fn self_service(&self, client_default: &str) -> (String, String) {
+        self.publish.self_service.clone().unwrap_or_else(|| {
+            let ns = std::env::var("POD_NAMESPACE")
+                .ok()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| client_default.to_string());
+            (ns, "meshroute".into())
+        })
     }
 
     pub fn lease_name(&self) -> String {
@@ -333,6 +373,11 @@ pub struct Snapshot {
     pub infos: BTreeMap<ObjectKey, RouteInfo>,
     /// Objects that could not be used (an earlier good version, if any, keeps serving).
     pub rejected: Vec<Rejected>,
+    /// Parents of accepted routes, and whether their endpoints are published (only when
+    /// publishing is on).
+    pub publish: Vec<crate::compile::publish::Candidate>,
+    /// False only for the placeholder before every watch has listed.
+    pub synced: bool,
 }
 
 /// One object as the API server returned it: decoded, or why it could not be.
@@ -710,6 +755,9 @@ pub struct Sinks {
     pub compile: CompileOptions,
     pub status: Arc<ReloadStatus>,
     pub snapshots: watch::Sender<Arc<Snapshot>>,
+    /// Listener ports named by our EndpointSlices, for the parent port listeners (only when
+    /// publishing is on).
+    pub parent_ports: Option<watch::Sender<crate::proxy::ports::PortSet>>,
 }
 
 /// Discover (retrying until the API server answers), start the watchers and keep the proxy's
@@ -780,7 +828,23 @@ fn publish(state: &State, sinks: &Sinks) {
     drop(prev);
     let route_problems = compiled.route_problems();
     let parents = compiled.table.parent_count();
+    let publish = if sinks.compile.publish_endpoints {
+        crate::compile::publish::candidates(&state.index, &compiled.table)
+    } else {
+        Vec::new()
+    };
+    let ports = compiled.table.local_port_numbers();
     let generation = sinks.proxy.publish(compiled.table);
+    // After the table: a connection to a new port must find its parent.
+    if let Some(tx) = &sinks.parent_ports {
+        tx.send_if_modified(|have| {
+            if **have == ports {
+                return false;
+            }
+            *have = Arc::new(ports);
+            true
+        });
+    }
     sinks.proxy.metrics.reloads.inc();
     if first {
         tracing::info!(
@@ -816,6 +880,8 @@ fn publish(state: &State, sinks: &Sinks) {
         statuses: compiled.statuses,
         infos: state.infos.clone(),
         rejected,
+        publish,
+        synced: true,
     }));
 }
 

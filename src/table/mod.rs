@@ -38,6 +38,11 @@ pub struct RouteTable {
     /// of equal tables are equal.
     #[serde(serialize_with = "ser_sorted")]
     services: HashMap<Box<str>, ParentService>,
+    /// Listener port → the parent port it stands for (transparent serving: the ports named in
+    /// meshroute's own EndpointSlices). A connection to one of these ports is for that parent,
+    /// whatever its `Host`.
+    #[serde(serialize_with = "ser_local_ports")]
+    local_ports: HashMap<u16, Arc<ParentPort>>,
 }
 
 /// One Service that requests can be addressed to.
@@ -289,7 +294,30 @@ impl RouteTable {
             generation: 0,
             cluster_domain: cluster_domain.to_ascii_lowercase(),
             services: HashMap::new(),
+            local_ports: HashMap::new(),
         }
+    }
+
+    /// Make listener port `local` stand for parent port `namespace/name:port` (used by
+    /// `compile`, after every parent is inserted). Ignored when no such parent port exists.
+    pub fn set_local_port(&mut self, local: u16, namespace: &str, name: &str, port: u16) {
+        let key = format!("{name}.{namespace}");
+        let Some(svc) = self.services.get(key.as_str()) else {
+            return;
+        };
+        if let Ok(i) = svc.ports.binary_search_by_key(&port, |p| p.port) {
+            self.local_ports.insert(local, svc.ports[i].clone());
+        }
+    }
+
+    /// The parent port a connection to listener port `local` is for.
+    pub fn parent_for_local_port(&self, local: u16) -> Option<&Arc<ParentPort>> {
+        self.local_ports.get(&local)
+    }
+
+    /// Every listener port named for a parent, sorted.
+    pub fn local_port_numbers(&self) -> std::collections::BTreeSet<u16> {
+        self.local_ports.keys().copied().collect()
     }
 
     /// Insert or replace a parent port (used by `compile`).
@@ -506,6 +534,17 @@ fn ser_sorted<S: serde::Serializer>(
     s: S,
 ) -> Result<S::Ok, S::Error> {
     s.collect_map(m.iter().collect::<std::collections::BTreeMap<_, _>>())
+}
+
+fn ser_local_ports<S: serde::Serializer>(
+    m: &HashMap<u16, Arc<ParentPort>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(
+        m.iter()
+            .map(|(local, p)| (*local, format!("{}/{}:{}", p.namespace, p.name, p.port)))
+            .collect::<std::collections::BTreeMap<_, _>>(),
+    )
 }
 
 mod opt_duration {

@@ -510,6 +510,40 @@ impl Backends {
         Ok(me)
     }
 
+    /// The host's own address on the backends' network (`10.213.N.1`): meshroute listens and
+    /// is advertised there, so the API server accepts it in EndpointSlices.
+    pub fn host_ip(&self) -> std::net::IpAddr {
+        self.ip
+            .rsplit_once('.')
+            .map(|(net, _)| format!("{net}.1"))
+            .unwrap_or_default()
+            .parse()
+            .expect("host ip")
+    }
+
+    /// Another host address on the backends' network, `10.213.N.k` (a second replica).
+    pub fn add_host_ip(&self, k: u8) -> std::net::IpAddr {
+        let net = self.ip.rsplit_once('.').map(|(n, _)| n).unwrap_or_default();
+        let ip = format!("{net}.{k}");
+        sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            &self.host_if,
+        ])
+        .expect("add host address");
+        ip.parse().expect("ip")
+    }
+
+    /// A command run inside the backends' network namespace (the test host).
+    pub fn in_netns(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.netns, program]);
+        c
+    }
+
     pub fn port(&self, name: &str) -> u16 {
         self.ports[name]
     }
@@ -568,23 +602,139 @@ pub struct Reply {
     pub error: Option<String>,
 }
 
+/// How [`Mesh::start_with`] runs meshroute.
+#[derive(Debug, Clone)]
+pub struct MeshOptions {
+    /// IP of the proxy listener (port 0) and of the per-parent-port listeners.
+    pub listen_ip: std::net::IpAddr,
+    pub publish: meshroute::sources::kube::PublishOptions,
+    /// Lease name (replicas of one deployment share it) and this replica's identity.
+    pub lease: String,
+    pub identity: String,
+}
+
+impl MeshOptions {
+    /// Publishing on, listening and advertised on `ip`, ports from a range no other test uses.
+    pub fn advertised(ns: &str, ip: std::net::IpAddr) -> Self {
+        MeshOptions {
+            listen_ip: ip,
+            publish: meshroute::sources::kube::PublishOptions {
+                enabled: true,
+                port_range: port_range(),
+                advertise: vec![ip],
+                self_service: None,
+            },
+            lease: format!("lease-{ns}"),
+            identity: format!("test-{ns}"),
+        }
+    }
+}
+
+/// Ten listener ports of their own for one test run.
+pub fn port_range() -> std::ops::RangeInclusive<u16> {
+    let slot = (std::process::id() % 300) * 20 + NEXT.fetch_add(1, Ordering::SeqCst) % 20;
+    let first = 30000 + (slot % 3000) as u16 * 10;
+    first..=first + 9
+}
+
+/// One plain HTTP/1.1 exchange with `addr`, `Host` only when given (`connection: close`).
+pub async fn dial(addr: SocketAddr, host: Option<&str>, path: &str) -> Reply {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let mut req = format!("GET {path} HTTP/1.1\r\nconnection: close\r\n");
+        if let Some(h) = host {
+            req.push_str(&format!("host: {h}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).to_string())
+    };
+    let text = match tokio::time::timeout(Duration::from_secs(10), exchange).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            return Reply {
+                status: 0,
+                backend: None,
+                error: Some(format!("client: {e}")),
+            }
+        }
+        Err(_) => {
+            return Reply {
+                status: 0,
+                backend: None,
+                error: Some("client timeout".into()),
+            }
+        }
+    };
+    parse_reply(&text)
+}
+
+/// Status, `x-backend` and `meshroute-error` of a raw HTTP/1.1 response.
+pub fn parse_reply(text: &str) -> Reply {
+    let head = text.split("\r\n\r\n").next().unwrap_or("");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let mut r = Reply {
+        status,
+        backend: None,
+        error: None,
+    };
+    for l in lines {
+        if let Some((n, v)) = l.split_once(':') {
+            match n.trim().to_ascii_lowercase().as_str() {
+                "x-backend" => r.backend = Some(v.trim().to_string()),
+                "meshroute-error" => r.error = Some(v.trim().to_string()),
+                _ => {}
+            }
+        }
+    }
+    r
+}
+
+/// Count answers of `n` requests to `addr` by backend name (or `status:error`).
+pub async fn tally_at(addr: SocketAddr, host: Option<&str>, n: usize) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for _ in 0..n {
+        let r = dial(addr, host, "/").await;
+        let k = r
+            .backend
+            .clone()
+            .unwrap_or_else(|| format!("{}:{}", r.status, r.error.unwrap_or_default()));
+        *out.entry(k).or_default() += 1;
+    }
+    out
+}
+
 impl Mesh {
-    /// Start watching `namespace` with `kubeconfig`; waits for `/ready`.
-    pub async fn start(kubeconfig: &Path, namespace: &str) -> Mesh {
+    /// Start watching `namespace` with `kubeconfig` as one replica described by `o`; waits
+    /// for `/ready`.
+    pub async fn start_with(kubeconfig: &Path, namespace: &str, o: MeshOptions) -> Mesh {
         let cfg = RunConfig {
             kube: true,
-            listen: "127.0.0.1:0".parse().expect("addr"),
+            listen: SocketAddr::new(o.listen_ip, 0),
             admin: "127.0.0.1:0".parse().expect("addr"),
             kube_options: KubeOptions {
                 kubeconfig: Some(kubeconfig.to_path_buf()),
                 namespace: Some(namespace.to_string()),
                 lease_namespace: Some("meshroute".into()),
-                lease_name: Some(format!("lease-{namespace}")),
-                identity: Some(format!("test-{namespace}")),
+                lease_name: Some(o.lease),
+                identity: Some(o.identity),
+                publish: o.publish,
                 ..Default::default()
             },
             ..Default::default()
         };
+        Self::from_config(cfg).await
+    }
+
+    async fn from_config(cfg: RunConfig) -> Mesh {
         let running = start(cfg).await.expect("meshroute starts in kube mode");
         let mesh = Mesh {
             proxy: running.proxy_addr,
@@ -601,6 +751,30 @@ impl Mesh {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         mesh
+    }
+
+    /// Start watching `namespace` with `kubeconfig`; waits for `/ready`. Publishing is on,
+    /// with a port range of its own and meshroute's own Service (absent: no addresses).
+    pub async fn start(kubeconfig: &Path, namespace: &str) -> Mesh {
+        let cfg = RunConfig {
+            kube: true,
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            admin: "127.0.0.1:0".parse().expect("addr"),
+            kube_options: KubeOptions {
+                kubeconfig: Some(kubeconfig.to_path_buf()),
+                namespace: Some(namespace.to_string()),
+                lease_namespace: Some("meshroute".into()),
+                lease_name: Some(format!("lease-{namespace}")),
+                identity: Some(format!("test-{namespace}")),
+                publish: meshroute::sources::kube::PublishOptions {
+                    port_range: port_range(),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Self::from_config(cfg).await
     }
 
     pub fn running(&self) -> &Running {
@@ -848,7 +1022,13 @@ pub struct Relay {
 
 impl Relay {
     pub async fn start(target: &str) -> Relay {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        Self::start_on("127.0.0.1:0".parse().expect("addr"), target).await
+    }
+
+    /// A relay listening on `bind` (e.g. the host's address on a test network, so that a
+    /// process inside the network namespace reaches the API server on loopback).
+    pub async fn start_on(bind: SocketAddr, target: &str) -> Relay {
+        let l = tokio::net::TcpListener::bind(bind)
             .await
             .expect("bind relay");
         let addr = l.local_addr().expect("addr");
@@ -914,5 +1094,201 @@ impl Relay {
         );
         std::fs::write(out, text).expect("write kubeconfig");
         out.to_path_buf()
+    }
+}
+
+/// A real kube-proxy (iptables mode) on the backends' network namespace, the test host: it
+/// watches the API server like a node's kube-proxy and programs that namespace's iptables, so a
+/// client there calling a Service's ClusterIP takes the path a pod takes. It reaches the API
+/// server through a relay on the host's address (the server listens on loopback), skipping TLS
+/// verification (the serving certificate names 127.0.0.1 only).
+pub struct KubeProxy {
+    child: Option<std::process::Child>,
+    pub log: PathBuf,
+    node: String,
+    admin: PathBuf,
+    _relay: Relay,
+    _dir: tempfile::TempDir,
+}
+
+const CLIENT_PY: &str = r#"
+import sys, http.client
+ip, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+host = sys.argv[4] if len(sys.argv) > 4 else None
+for _ in range(n):
+    try:
+        c = http.client.HTTPConnection(ip, port, timeout=5)
+        c.putrequest("GET", "/", skip_host=host is not None)
+        if host is not None:
+            c.putheader("Host", host)
+        c.putheader("Connection", "close")
+        c.endheaders()
+        r = c.getresponse()
+        r.read()
+        print(r.status, r.getheader("x-backend") or "-", r.getheader("meshroute-error") or "-", flush=True)
+        c.close()
+    except Exception as e:
+        print(0, "-", type(e).__name__, flush=True)
+"#;
+
+impl KubeProxy {
+    /// Build (cached) and start kube-proxy on `b`'s namespace. `None` after a skip.
+    pub async fn start(test: &str, c: &Cluster, b: &Backends) -> Option<KubeProxy> {
+        for tool in ["iptables", "conntrack"] {
+            let found = Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !found {
+                skip_or_fail(
+                    test,
+                    &format!(
+                        "kube-proxy needs {tool} (Debian package {tool}; .ci/run installs it)"
+                    ),
+                );
+                return None;
+            }
+        }
+        let script = repo().join("tests/kube-testenv/kube-proxy.sh");
+        let built = tokio::task::spawn_blocking(move || Command::new("bash").arg(script).output())
+            .await
+            .expect("build thread");
+        let bin = match built {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            Ok(o) => {
+                skip_or_fail(
+                    test,
+                    &format!(
+                        "cannot build kube-proxy: {}",
+                        String::from_utf8_lossy(&o.stderr)
+                            .lines()
+                            .last()
+                            .unwrap_or("")
+                    ),
+                );
+                return None;
+            }
+            Err(e) => {
+                skip_or_fail(test, &format!("cannot run kube-proxy.sh: {e}"));
+                return None;
+            }
+        };
+        // Cluster IPs are routed through the host like any off-link address; kube-proxy's
+        // rules rewrite them before they leave.
+        let route = b
+            .in_netns("ip")
+            .args([
+                "route",
+                "replace",
+                "default",
+                "via",
+                &b.host_ip().to_string(),
+            ])
+            .output()
+            .expect("ip route");
+        assert!(
+            route.status.success(),
+            "{}",
+            String::from_utf8_lossy(&route.stderr)
+        );
+        let relay = Relay::start_on(SocketAddr::new(b.host_ip(), 0), &c.server).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = std::fs::read_to_string(&c.admin).expect("admin kubeconfig");
+        let text: String = text
+            .lines()
+            .map(|l| {
+                if l.trim_start().starts_with("certificate-authority-data:") {
+                    let indent = &l[..l.len() - l.trim_start().len()];
+                    format!("{indent}insecure-skip-tls-verify: true")
+                } else if l.trim_start().starts_with("server:") {
+                    l.replace(&c.server, &relay.addr.to_string())
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(&kubeconfig, text).expect("write kubeconfig");
+        // kube-proxy waits for its Node before it programs anything.
+        let node = format!("node-{}", b.netns);
+        Kubectl::new(&c.admin)
+            .apply(&format!(
+                "apiVersion: v1\nkind: Node\nmetadata: {{name: {node}}}\n"
+            ))
+            .await;
+        let log = dir.path().join("kube-proxy.log");
+        let child = b
+            .in_netns(&bin)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["--hostname-override", &node, "--proxy-mode", "iptables"])
+            .args(["--bind-address", &b.ip])
+            // Leave the host-wide conntrack sysctls alone.
+            .args([
+                "--conntrack-max-per-core=0",
+                "--conntrack-tcp-timeout-established=0",
+                "--conntrack-tcp-timeout-close-wait=0",
+            ])
+            .args(["--iptables-min-sync-period=0s", "--v=2"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("kube-proxy");
+        Some(KubeProxy {
+            child: Some(child),
+            log,
+            node,
+            admin: c.admin.clone(),
+            _relay: relay,
+            _dir: dir,
+        })
+    }
+
+    /// The last lines of kube-proxy's log (for failure messages).
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.contains("FLAG:")).collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for KubeProxy {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Kubectl::new(&self.admin).run(&["delete", "node", &self.node, "--wait=false"]);
+    }
+}
+
+impl Backends {
+    /// `n` requests from inside the test host to `ip:port`, each on a new connection, with
+    /// `Host: host` when given (otherwise `Host: ip:port`, as `curl http://ip/` sends).
+    pub async fn call(&self, ip: &str, port: u16, n: usize, host: Option<&str>) -> Vec<Reply> {
+        let mut cmd = self.in_netns("python3");
+        cmd.args(["-c", CLIENT_PY, ip, &port.to_string(), &n.to_string()]);
+        if let Some(h) = host {
+            cmd.arg(h);
+        }
+        let out = tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .expect("client thread")
+            .expect("python3 client");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                let mut f = l.split_whitespace();
+                let status = f.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+                let some = |v: Option<&str>| v.filter(|v| *v != "-").map(str::to_string);
+                Reply {
+                    status,
+                    backend: some(f.next()),
+                    error: some(f.next()),
+                }
+            })
+            .collect()
     }
 }
