@@ -639,7 +639,10 @@ pub fn crds(
 /// HTTPRoute CRD with the approval annotation and upstream's validation.
 pub fn crds_yaml(gateway_api: bool) -> String {
     if gateway_api {
-        crate::crds::to_yaml(&[crate::crds::gateway_httproute()])
+        crate::crds::to_yaml(&[
+            crate::crds::gateway_httproute(),
+            crate::crds::gateway_grpcroute(),
+        ])
     } else {
         crate::crds::to_yaml(&crds())
     }

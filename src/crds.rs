@@ -86,6 +86,52 @@ pub fn gateway_httproute() -> CustomResourceDefinition {
     crd
 }
 
+/// The gateway.networking.k8s.io GRPCRoute CRD, ready for a real API server, with upstream's
+/// bounds on the fields meshroute acts on (lists, weights, ports, method names).
+pub fn gateway_grpcroute() -> CustomResourceDefinition {
+    let mut crd = crate::model::GatewayGrpcRoute::crd();
+    crd.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(API_APPROVED.0.into(), API_APPROVED.1.into());
+    for version in &mut crd.spec.versions {
+        let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        else {
+            continue;
+        };
+        let Ok(mut v) = serde_json::to_value(&*schema) else {
+            continue;
+        };
+        let spec = "/properties/spec/properties";
+        set(&mut v, &format!("{spec}/parentRefs"), "maxItems", json!(32));
+        let rules = format!("{spec}/rules");
+        set(&mut v, &rules, "maxItems", json!(16));
+        let backends = format!("{rules}/items/properties/backendRefs");
+        set(&mut v, &backends, "maxItems", json!(16));
+        let weight = format!("{backends}/items/properties/weight");
+        set(&mut v, &weight, "minimum", json!(0));
+        set(&mut v, &weight, "maximum", json!(1_000_000));
+        let port = format!("{backends}/items/properties/port");
+        set(&mut v, &port, "minimum", json!(1));
+        set(&mut v, &port, "maximum", json!(65535));
+        let matches = format!("{rules}/items/properties/matches");
+        set(&mut v, &matches, "maxItems", json!(8));
+        let method = format!("{matches}/items/properties/method");
+        let rule = json!([{
+            "message": "One or both of 'service' or 'method' must be specified",
+            "rule": "has(self.type) ? has(self.service) || has(self.method) : true"
+        }]);
+        set(&mut v, &method, "x-kubernetes-validations", rule);
+        if let Ok(hardened) = serde_json::from_value(v) {
+            *schema = hardened;
+        }
+    }
+    crd
+}
+
 /// Add upstream's validation of the fields meshroute acts on to every version's schema.
 fn harden_httproute(crd: &mut CustomResourceDefinition) {
     for version in &mut crd.spec.versions {

@@ -176,7 +176,7 @@ enum Command {
     /// Print the CRDs for the kinds meshroute defines (policy.linkerd.io HTTPRoute, SMI
     /// TrafficSplit and HTTPRouteGroup).
     Crds {
-        /// Print instead a gateway.networking.k8s.io HTTPRoute CRD generated from our types,
+        /// Print instead the gateway.networking.k8s.io HTTPRoute and GRPCRoute CRDs generated from our types,
         /// with upstream's approval annotation and validation (for clusters that cannot
         /// download the upstream one): `meshroute crds --gateway-api | kubectl apply --server-side -f -`.
         #[arg(long)]

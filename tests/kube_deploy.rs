@@ -136,6 +136,8 @@ fn shipped_roles_grant_exactly_the_allowlist() {
             ),
             ("gateway.networking.k8s.io", "httproutes", read),
             ("gateway.networking.k8s.io", "httproutes/status", &["patch"]),
+            ("gateway.networking.k8s.io", "grpcroutes", read),
+            ("gateway.networking.k8s.io", "grpcroutes/status", &["patch"]),
             ("policy.linkerd.io", "httproutes", read),
             ("policy.linkerd.io", "httproutes/status", &["patch"]),
             ("split.smi-spec.io", "trafficsplits", read),

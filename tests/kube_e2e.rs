@@ -635,3 +635,49 @@ async fn api_server_outage_keeps_serving_and_resyncs() {
     mesh.shutdown().await;
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn grpcroute_applied_with_kubectl_is_watched_gets_status_and_bad_ones_are_refused() {
+    let test = "grpcroute_applied_with_kubectl_is_watched_gets_status_and_bad_ones_are_refused";
+    let Some(c) = cluster(test) else { return };
+    let Some(b) = Backends::start(test, &["smiley-east", "color", "color2-west"]) else {
+        return;
+    };
+    let k = Kubectl::new(&c.admin);
+    let ns = unique("grpc");
+    setup(&k, &b, &ns).await;
+    // meshroute runs with only the shipped RBAC (the restricted user): reading GRPCRoutes and
+    // writing their status must be allowed by it.
+    let _mesh = Mesh::start(&kubeconfig_for_meshroute(&c), &ns).await;
+    let route = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: greeter, namespace: {ns}}}\nspec:\n  parentRefs: [{{group: \"\", kind: Service, name: color, port: 80}}]\n  rules:\n  - matches: [{{method: {{service: helloworld.Greeter}}}}]\n    backendRefs: [{{name: color2-west, port: 80}}]\n"
+    );
+    k.apply(&route).await;
+    let obj = wait_object(
+        &k,
+        &["grpcroutes.gateway.networking.k8s.io", "greeter", "-n", &ns],
+        "Accepted=True from meshroute",
+        |v| {
+            our_parent(v).is_some_and(|p| {
+                condition(&p, "Accepted").is_some_and(|c| c.0 == "True")
+                    && condition(&p, "ResolvedRefs").is_some_and(|c| c.0 == "True")
+            })
+        },
+    )
+    .await;
+    assert_eq!(our_parent(&obj).unwrap()["parentRef"]["name"], "color");
+    // What upstream's CRD refuses, the printed one refuses too.
+    let bad = route
+        .replace("greeter", "greeter-bad")
+        .replace("{service: helloworld.Greeter}", "{type: Exact}");
+    let out = k.arun(&["apply", "-f", "-"], &bad).await;
+    assert!(
+        !out.ok,
+        "a method match without service or method was stored"
+    );
+    assert!(
+        out.stderr.contains("service") && out.stderr.contains("method"),
+        "{}",
+        out.stderr
+    );
+}

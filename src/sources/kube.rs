@@ -184,14 +184,16 @@ pub enum Slot {
     EndpointSlice,
     Endpoints,
     GatewayHttpRoute,
+    GatewayGrpcRoute,
     LinkerdHttpRoute,
     TrafficSplit,
     HttpRouteGroup,
 }
 
 impl Slot {
-    pub const CRDS: [Slot; 4] = [
+    pub const CRDS: [Slot; 5] = [
         Slot::GatewayHttpRoute,
+        Slot::GatewayGrpcRoute,
         Slot::LinkerdHttpRoute,
         Slot::TrafficSplit,
         Slot::HttpRouteGroup,
@@ -201,7 +203,7 @@ impl Slot {
         match self {
             Slot::Service | Slot::Endpoints => "",
             Slot::EndpointSlice => DISCOVERY_GROUP,
-            Slot::GatewayHttpRoute => GATEWAY_GROUP,
+            Slot::GatewayHttpRoute | Slot::GatewayGrpcRoute => GATEWAY_GROUP,
             Slot::LinkerdHttpRoute => LINKERD_GROUP,
             Slot::TrafficSplit => SPLIT_GROUP,
             Slot::HttpRouteGroup => SPECS_GROUP,
@@ -214,6 +216,7 @@ impl Slot {
             Slot::EndpointSlice => "EndpointSlice",
             Slot::Endpoints => "Endpoints",
             Slot::GatewayHttpRoute | Slot::LinkerdHttpRoute => "HTTPRoute",
+            Slot::GatewayGrpcRoute => "GRPCRoute",
             Slot::TrafficSplit => "TrafficSplit",
             Slot::HttpRouteGroup => "HTTPRouteGroup",
         }
@@ -224,6 +227,7 @@ impl Slot {
         match self {
             Slot::Service | Slot::Endpoints | Slot::EndpointSlice => &["v1"],
             Slot::GatewayHttpRoute => &["v1", "v1beta1"],
+            Slot::GatewayGrpcRoute => &["v1"],
             Slot::LinkerdHttpRoute => &["v1beta3", "v1beta2", "v1beta1", "v1alpha1"],
             Slot::TrafficSplit | Slot::HttpRouteGroup => {
                 &["v1alpha4", "v1alpha3", "v1alpha2", "v1alpha1"]
@@ -235,6 +239,7 @@ impl Slot {
         matches!(
             self,
             Slot::GatewayHttpRoute
+                | Slot::GatewayGrpcRoute
                 | Slot::LinkerdHttpRoute
                 | Slot::TrafficSplit
                 | Slot::HttpRouteGroup
@@ -427,7 +432,10 @@ fn strip_nulls(v: &mut Value) {
 fn route_info(slot: Slot, api_version: &str, doc: &Value) -> Option<RouteInfo> {
     if !matches!(
         slot,
-        Slot::GatewayHttpRoute | Slot::LinkerdHttpRoute | Slot::TrafficSplit
+        Slot::GatewayHttpRoute
+            | Slot::GatewayGrpcRoute
+            | Slot::LinkerdHttpRoute
+            | Slot::TrafficSplit
     ) {
         return None;
     }

@@ -336,8 +336,8 @@ pub async fn write(
             let slot = match rs.kind {
                 RouteKind::Gateway => Slot::GatewayHttpRoute,
                 RouteKind::Linkerd => Slot::LinkerdHttpRoute,
-                // Not watched in Kubernetes mode (yet): never write another kind's status.
-                RouteKind::Grpc | RouteKind::TrafficSplit => continue,
+                RouteKind::Grpc => Slot::GatewayGrpcRoute,
+                RouteKind::TrafficSplit => continue,
             };
             let Some(ar) = plan.resource(slot) else {
                 continue;
