@@ -365,9 +365,11 @@ fn status_reasons() {
         (route("r", None, RULE_A).replace("port: 80}]\n  rules", "port: 81}]\n  rules"), "Accepted", "False", "NoMatchingParent"),
         (route("r", None, "  - backendRefs: [{name: a, port: 81}]\n"), "ResolvedRefs", "False", "BackendNotFound"),
         (route("r", None, "  - backendRefs: [{group: apps, kind: Deployment, name: a, port: 80}]\n"), "ResolvedRefs", "False", "InvalidKind"),
-        (route("r", None, "  - filters: [{type: CORS, cors: {}}]\n    backendRefs: [{name: a, port: 80}]\n"), "Accepted", "False", "UnsupportedValue"),
+        (route("r", None, "  - filters: [{type: ExtensionRef, extensionRef: {group: example.com, kind: F, name: f}}]\n    backendRefs: [{name: a, port: 80}]\n"), "Accepted", "False", "UnsupportedValue"),
+        // CORS is supported (it was dropped before).
+        (route("r", None, "  - filters: [{type: CORS, cors: {}}]\n    backendRefs: [{name: a, port: 80}]\n"), "Accepted", "True", "Accepted"),
         (
-            route("r", None, "  - filters: [{type: CORS, cors: {}}]\n    backendRefs: [{name: a, port: 80}]\n  - backendRefs: [{name: a, port: 80}]\n"),
+            route("r", None, "  - filters: [{type: ExtensionRef, extensionRef: {group: example.com, kind: F, name: f}}]\n    backendRefs: [{name: a, port: 80}]\n  - backendRefs: [{name: a, port: 80}]\n"),
             "PartiallyInvalid",
             "True",
             "UnsupportedValue",
