@@ -429,7 +429,7 @@ async fn discovery_watches_what_the_cluster_serves() {
         watched,
         vec![Slot::Service, Slot::EndpointSlice, Slot::Endpoints]
     );
-    assert_eq!(plan.skipped.len(), 4, "{:?}", plan.skipped);
+    assert_eq!(plan.skipped.len(), Slot::CRDS.len(), "{:?}", plan.skipped);
 
     // linkerd-smi's TrafficSplit CRD: v1alpha2 is the best served version.
     k.run_in(
