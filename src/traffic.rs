@@ -17,7 +17,8 @@ use crate::metrics::Buckets;
 use crate::proxy::Proxy;
 use crate::table::BackendTarget;
 
-/// Rates are taken over at most this long (the oldest reading not older than it).
+/// Rates are taken over about this long: since the oldest reading not older than it (or, for
+/// viewers that poll less often, since their previous reading).
 pub const WINDOW: Duration = Duration::from_secs(5);
 /// A view needs a reading at least this old to give rates.
 const MIN_SPAN: Duration = Duration::from_millis(500);
@@ -109,9 +110,13 @@ impl Sampler {
         let now = Arc::new(now);
         let earlier = {
             let mut ring = self.readings.lock().unwrap_or_else(|e| e.into_inner());
-            while ring
-                .front()
-                .is_some_and(|(t, _)| at.duration_since(*t) > WINDOW)
+            // Drop readings older than the window, but keep the newest of those when nothing
+            // younger is left: a viewer that polls more slowly than the window (the demo's
+            // view into a pipe every 5 s) still gets rates, over its own interval.
+            while ring.len() >= 2
+                && ring
+                    .get(1)
+                    .is_some_and(|(t, _)| at.duration_since(*t) > WINDOW)
             {
                 ring.pop_front();
             }
@@ -255,5 +260,34 @@ fn rates(view: &mut TrafficView, now: &Reading, before: &Reading, secs: f64) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::proxy::{Proxy, ProxyConfig};
+
+    #[test]
+    fn a_viewer_slower_than_the_window_still_gets_rates() {
+        let proxy = Proxy::new(Arc::new(Metrics::new()), ProxyConfig::default());
+        let sampler = Sampler::default();
+        assert_eq!(sampler.view(&proxy).window_secs, None);
+        // Every 6 s: each view compares with the previous one, not with nothing.
+        for _ in 0..3 {
+            let at = Instant::now();
+            // The sampler reads std time; move its readings back instead of sleeping 6 s.
+            {
+                let mut ring = sampler.readings.lock().unwrap();
+                for (t, _) in ring.iter_mut() {
+                    *t = at.checked_sub(Duration::from_secs(6)).unwrap_or(*t);
+                }
+            }
+            let w = sampler.view(&proxy).window_secs.expect("rates");
+            assert!(w >= 6.0 && w < 7.0, "{w}");
+        }
+        // And the ring does not grow with them.
+        assert!(sampler.readings.lock().unwrap().len() <= 2);
     }
 }
