@@ -285,7 +285,7 @@ mod tests {
                 }
             }
             let w = sampler.view(&proxy).window_secs.expect("rates");
-            assert!(w >= 6.0 && w < 7.0, "{w}");
+            assert!((6.0..7.0).contains(&w), "{w}");
         }
         // And the ring does not grow with them.
         assert!(sampler.readings.lock().unwrap().len() <= 2);
