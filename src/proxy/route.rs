@@ -77,11 +77,11 @@ pub fn is_authority(value: &[u8]) -> bool {
                     .iter()
                     .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
         }
-        _ => host.iter().all(|&b| {
-            b.is_ascii_alphanumeric()
-                // unreserved, pct-encoded and sub-delims of a reg-name
-                || b"-._~%!$&'()*+,;=".contains(&b)
-        }),
+        // Unreserved and sub-delims of a reg-name. Not pct-encoded: `http` refuses `%` in a
+        // host (so the authority could not be forwarded as a URI), and no Service name has one.
+        _ => host
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b)),
     }
 }
 

@@ -511,18 +511,21 @@ fn service_key<'h>(host: &'h str, cluster_domain: &str) -> Option<&'h str> {
     let first = host.find('.')?;
     let rest = &host[first + 1..];
     let (ns, tail) = match rest.find('.') {
-        Some(i) => (&rest[..i], &rest[i + 1..]),
-        None => (rest, ""),
+        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+        None => (rest, None),
     };
     if host[..first].is_empty() || ns.is_empty() {
         return None;
     }
-    let ok_tail = tail.is_empty()
-        || tail.eq_ignore_ascii_case("svc")
-        || tail
-            .strip_prefix("svc.")
-            .or_else(|| tail.strip_prefix("SVC."))
-            .is_some_and(|d| d.eq_ignore_ascii_case(cluster_domain));
+    // Case-insensitive throughout (`Svc.` too); an empty tail is an empty label (`svc.ns..`).
+    let ok_tail = match tail {
+        None => true,
+        Some(t) => {
+            t.eq_ignore_ascii_case("svc")
+                || t.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("svc."))
+                    && t[4..].eq_ignore_ascii_case(cluster_domain)
+        }
+    };
     if !ok_tail {
         return None;
     }
