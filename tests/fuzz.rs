@@ -874,7 +874,8 @@ fn to_value(o: &Object) -> serde_json::Value {
 
 fn manifest_check(raw: &[u8]) -> Result<(), String> {
     let text = String::from_utf8_lossy(raw);
-    let lines = text.split('\n').count() as u32;
+    // YAML's line breaks: `\r\n`, `\n`, and a lone `\r` (as old Mac editors write them).
+    let lines = text.replace("\r\n", "\n").split(['\n', '\r']).count() as u32;
     let file = Path::new("fuzz.yaml");
     for r in parse_documents(file, &text) {
         match r {
