@@ -48,6 +48,8 @@ enum LogFormat {
 }
 
 #[derive(Subcommand)]
+// Parsed once at startup: the size of the `run` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Serve the routing table: from a directory of manifests (hot reload) or from Kubernetes.
     Run {
@@ -108,6 +110,11 @@ enum Command {
         /// published (default: the pod's namespace and `meshroute`).
         #[arg(long, requires = "kube", value_parser = parse_ns_name, value_name = "NS/NAME")]
         self_service: Option<(String, String)>,
+        /// Kubernetes mode: link a cluster, NAME=KUBECONFIG (repeatable). Its Services labelled
+        /// `mirror.linkerd.io/exported` and their EndpointSlices are read (never written):
+        /// mirrors labelled `multicluster.linkerd.io/remote-discovery: NAME` resolve to them.
+        #[arg(long = "link", requires = "kube", value_name = "NAME=KUBECONFIG")]
+        links: Vec<meshroute::sources::kube::Link>,
     },
     /// Compile manifests offline and print each route's admission and status.
     /// Exits 1 when anything is rejected or not accepted.
@@ -203,6 +210,7 @@ fn main() -> ExitCode {
             parent_ports,
             advertise,
             self_service,
+            links,
         } => {
             let cfg = RunConfig {
                 proxy: limits.proxy_config(),
@@ -223,6 +231,7 @@ fn main() -> ExitCode {
                         advertise,
                         self_service,
                     },
+                    links,
                     ..Default::default()
                 },
                 ..Default::default()

@@ -216,6 +216,7 @@ async fn start_kube(config: RunConfig) -> anyhow::Result<Running> {
     }
     let opts = config.kube_options.clone();
     let client = source::client(&opts).await?;
+    let linked = source::linked_clients(&opts.links).await?;
     let metrics = Arc::new(Metrics::new());
     metrics.set_mode("kube");
     let proxy = Proxy::new(metrics, config.proxy.clone());
@@ -266,6 +267,7 @@ async fn start_kube(config: RunConfig) -> anyhow::Result<Running> {
         client.clone(),
         opts.clone(),
         sinks,
+        linked,
         Some(plan_tx),
         stopped(stop_rx.clone()),
     )));

@@ -28,6 +28,10 @@ use validate::{is_core, AdmittedRoute, BackendRefSpec, FilterSpec, RouteKind, Ru
 pub const MIRRORED_LABEL: &str = "mirror.linkerd.io/mirrored-service";
 pub const CLUSTER_LABEL: &str = "mirror.linkerd.io/cluster-name";
 pub const REMOTE_FQ_NAME: &str = "mirror.linkerd.io/remote-svc-fq-name";
+/// Pod-to-pod mirrors (Linkerd 2.14+): the linked cluster whose endpoints the mirror stands for.
+pub const REMOTE_DISCOVERY_LABEL: &str = "multicluster.linkerd.io/remote-discovery";
+/// Pod-to-pod mirrors: the Service's name in that cluster (same namespace).
+pub const REMOTE_SERVICE_LABEL: &str = "multicluster.linkerd.io/remote-service";
 
 #[derive(Debug, Clone)]
 pub struct CompileOptions {
@@ -79,6 +83,12 @@ pub fn compile(index: &Index, opts: &CompileOptions, prev: Option<&RouteTable>) 
         backends: HashMap::new(),
         key_buf: String::new(),
         endpoints: endpoints_by_service(index),
+        failover: false,
+        remote_endpoints: index
+            .remote
+            .iter()
+            .map(|(c, i)| (c.clone(), endpoints_by_service(i)))
+            .collect(),
     };
 
     // (parent ns, parent name, port) → matches collected from every accepted route.
@@ -102,6 +112,7 @@ pub fn compile(index: &Index, opts: &CompileOptions, prev: Option<&RouteTable>) 
             name: route.name.as_str().into(),
         };
         let rules = expand_rules(index, route);
+        cx.failover = route.failover;
         for parent in &route.parents {
             let g = route.generation;
             let mut conds = Vec::new();
@@ -603,6 +614,10 @@ struct Cx<'a> {
     /// Scratch buffer for `ns/name:port` cache keys.
     key_buf: String,
     endpoints: HashMap<(String, String), ServiceEndpoints>,
+    /// The route being compiled has linkerd-failover's annotation ([`fail_over`]).
+    failover: bool,
+    /// Per linked cluster, as `endpoints`.
+    remote_endpoints: HashMap<String, HashMap<(String, String), ServiceEndpoints>>,
 }
 
 impl Cx<'_> {
@@ -650,6 +665,11 @@ impl Cx<'_> {
                 Backend { weight: b.weight, target, filters: self.filters(&b.filters, parent_port, problems) }
             })
             .collect();
+        let backends = if self.failover {
+            fail_over(backends, excluded)
+        } else {
+            backends
+        };
         Arc::new(Rule {
             route: Some(route),
             index,
@@ -747,19 +767,54 @@ impl Cx<'_> {
             ));
         };
         let labels = svc.metadata.labels.as_ref();
-        let mirrored = labels
-            .and_then(|l| l.get(MIRRORED_LABEL))
-            .is_some_and(|v| v == "true");
-        let cluster = labels
-            .and_then(|l| l.get(CLUSTER_LABEL))
+        let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+        let mirrored = label(MIRRORED_LABEL) == Some("true");
+        let mut cluster = label(CLUSTER_LABEL)
             .filter(|_| mirrored)
-            .map(|c| Arc::<str>::from(c.as_str()));
-        let port_name = sp.name.clone().unwrap_or_default();
-        let eps = self.endpoints.get(&(ns.to_string(), name.to_string()));
+            .map(Arc::<str>::from);
+        let mut port_name = sp.name.clone().unwrap_or_default();
+        let mut single_port = service_ports(svc).len() == 1;
+        let mut eps = self.endpoints.get(&(ns.to_string(), name.to_string()));
+        if let Some(remote_cluster) = label(REMOTE_DISCOVERY_LABEL) {
+            // A pod-to-pod mirror has no endpoints here: they are those of the remote Service
+            // in the linked cluster, matched by port number (Linkerd copies the ports), else
+            // by port name.
+            let remote_name = label(REMOTE_SERVICE_LABEL).unwrap_or(name);
+            let Some(linked) = self.index.remote.get(remote_cluster) else {
+                return Err((
+                    "BackendNotFound",
+                    format!("backend Service {ns}/{name} mirrors {remote_name} in cluster {remote_cluster:?}, which is not linked (--link {remote_cluster}=KUBECONFIG)"),
+                ));
+            };
+            let Some(rsvc) = linked.service(ns, remote_name) else {
+                return Err((
+                    "BackendNotFound",
+                    format!("backend Service {ns}/{name}: Service {ns}/{remote_name} not found (or not exported) in linked cluster {remote_cluster}"),
+                ));
+            };
+            let rports = service_ports(rsvc);
+            let Some(rp) = rports
+                .iter()
+                .find(|p| p.port == i32::from(port))
+                .or_else(|| rports.iter().find(|p| p.name == sp.name))
+            else {
+                return Err((
+                    "BackendNotFound",
+                    format!("backend Service {ns}/{name}: Service {ns}/{remote_name} in linked cluster {remote_cluster} has no port {port}"),
+                ));
+            };
+            port_name = rp.name.clone().unwrap_or_default();
+            single_port = rports.len() == 1;
+            cluster = Some(Arc::from(remote_cluster));
+            eps = self
+                .remote_endpoints
+                .get(remote_cluster)
+                .and_then(|m| m.get(&(ns.to_string(), remote_name.to_string())));
+        }
         let mut endpoints: Vec<Endpoint> = Vec::new();
         for (pname, pnum, ip, ready) in eps.map(|e| e.entries.as_slice()).unwrap_or_default() {
             // A single unnamed port matches the Service's only port, named or not.
-            if *pname != port_name && !(pname.is_empty() && service_ports(svc).len() == 1) {
+            if *pname != port_name && !(pname.is_empty() && single_port) {
                 continue;
             }
             let addr = SocketAddr::new(*ip, *pnum);
@@ -802,6 +857,62 @@ impl Cx<'_> {
             endpoints,
             ready,
         }))
+    }
+}
+
+/// linkerd-failover in the data plane: a backend without ready endpoints (or invalid) gives its
+/// share to those with ready endpoints, in proportion to their weights, or evenly when their
+/// weights are all 0 (linkerd-failover's primary 1 / secondaries 0). Nothing changes when no
+/// backend has ready endpoints or none has lost any: then the rule's own semantics stand.
+/// Each backend that gave its share away is named in `notes` (the route's status message).
+fn fail_over(mut backends: Vec<Backend>, notes: &mut Vec<String>) -> Vec<Backend> {
+    let healthy = |b: &Backend| match &b.target {
+        BackendTarget::Service(s) => !s.ready.is_empty(),
+        BackendTarget::Invalid { .. } => false,
+    };
+    let total: u64 = backends.iter().map(|b| u64::from(b.weight)).sum();
+    let down: Vec<usize> = (0..backends.len())
+        .filter(|&i| backends[i].weight > 0 && !healthy(&backends[i]))
+        .collect();
+    if total == 0 || down.is_empty() || !backends.iter().any(healthy) {
+        return backends;
+    }
+    let healthy_weight: u64 = backends
+        .iter()
+        .filter(|b| healthy(b))
+        .map(|b| u64::from(b.weight))
+        .sum();
+    // Zeroing the failed shares hands them out in proportion to the remaining weights.
+    for &i in &down {
+        backends[i].weight = 0;
+    }
+    if healthy_weight == 0 {
+        for b in backends.iter_mut().filter(|b| healthy(b)) {
+            b.weight = 1;
+        }
+    }
+    let takers: Vec<String> = backends
+        .iter()
+        .filter(|b| b.weight > 0)
+        .map(backend_label)
+        .collect();
+    for &i in &down {
+        notes.push(format!(
+            "failover active: backend {} has no ready endpoints, its share goes to {}",
+            backend_label(&backends[i]),
+            takers.join(", ")
+        ));
+    }
+    backends
+}
+
+fn backend_label(b: &Backend) -> String {
+    match &b.target {
+        BackendTarget::Service(s) => match &s.cluster {
+            Some(c) => format!("{}/{}:{} (cluster {c})", s.namespace, s.name, s.port),
+            None => format!("{}/{}:{}", s.namespace, s.name, s.port),
+        },
+        BackendTarget::Invalid { reason } => format!("invalid ({reason})"),
     }
 }
 

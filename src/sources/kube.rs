@@ -64,6 +64,95 @@ pub struct KubeOptions {
     pub read_only: bool,
     /// Transparent serving and its settings ([`PublishOptions`]).
     pub publish: PublishOptions,
+    /// Linked clusters (`--link NAME=KUBECONFIG`): read-only sources of the Services they
+    /// export for remote discovery and of those Services' EndpointSlices.
+    pub links: Vec<Link>,
+}
+
+/// A linked cluster as given by `--link NAME=KUBECONFIG`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// The name mirrors use in `multicluster.linkerd.io/remote-discovery`.
+    pub name: String,
+    pub kubeconfig: PathBuf,
+}
+
+impl std::str::FromStr for Link {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('=') {
+            Some((name, path)) if !name.is_empty() && !path.is_empty() => Ok(Link {
+                name: name.to_string(),
+                kubeconfig: PathBuf::from(path),
+            }),
+            _ => Err(format!(
+                "{s:?}: expected NAME=KUBECONFIG, e.g. east=/etc/meshroute/east.kubeconfig"
+            )),
+        }
+    }
+}
+
+/// Label Linkerd puts on Services exported to linked clusters; pod-to-pod (remote discovery)
+/// exports use `remote-discovery`, `true` is accepted too.
+pub const EXPORTED_LABEL: &str = "mirror.linkerd.io/exported";
+
+/// A linked cluster's client, ready to watch.
+#[derive(Clone)]
+pub struct LinkedCluster {
+    pub name: Arc<str>,
+    pub client: Client,
+}
+
+/// Clients for `links`; fails on an unreadable kubeconfig (a wrong flag), not on an
+/// unreachable API server (that one is retried by the watchers).
+pub async fn linked_clients(links: &[Link]) -> Result<Vec<LinkedCluster>, KubeSourceError> {
+    let mut out = Vec::new();
+    for link in links {
+        let opts = KubeOptions {
+            kubeconfig: Some(link.kubeconfig.clone()),
+            ..Default::default()
+        };
+        out.push(LinkedCluster {
+            name: Arc::from(link.name.as_str()),
+            client: client(&opts).await?,
+        });
+    }
+    Ok(out)
+}
+
+/// Watch a linked cluster: its exported Services and all EndpointSlices (in `namespace` only
+/// when set: a mirror's remote Service lives in the mirror's namespace).
+fn spawn_linked(
+    linked: &LinkedCluster,
+    namespace: Option<&str>,
+    tx: &mpsc::UnboundedSender<SourceEvent>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let origin = Origin::Linked(linked.name.clone());
+    let services =
+        watcher::Config::default().labels(&format!("{EXPORTED_LABEL} in (remote-discovery,true)"));
+    vec![
+        tokio::spawn(watch_kind(
+            api_for::<Service>(&linked.client, namespace),
+            services,
+            Feed {
+                origin: origin.clone(),
+                slot: Slot::Service,
+            },
+            ApiResource::erase::<Service>(&()),
+            tx.clone(),
+        )),
+        tokio::spawn(watch_kind(
+            api_for::<EndpointSlice>(&linked.client, namespace),
+            watcher::Config::default(),
+            Feed {
+                origin,
+                slot: Slot::EndpointSlice,
+            },
+            ApiResource::erase::<EndpointSlice>(&()),
+            tx.clone(),
+        )),
+    ]
 }
 
 /// Transparent serving: EndpointSlices for route parents, listeners for their ports.
@@ -382,7 +471,7 @@ pub struct Snapshot {
 
 /// One object as the API server returned it: decoded, or why it could not be.
 #[derive(Debug)]
-struct Item {
+pub struct Item {
     key: ObjectKey,
     object: Result<Object, String>,
     info: Option<RouteInfo>,
@@ -390,13 +479,61 @@ struct Item {
     uid: Option<String>,
 }
 
+/// Where objects come from: the local API server or a linked cluster (`--link NAME=...`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Origin {
+    Local,
+    Linked(Arc<str>),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Local => f.write_str("local"),
+            Origin::Linked(c) => write!(f, "linked cluster {c}"),
+        }
+    }
+}
+
+/// One watch: a kind, from a source.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Feed {
+    pub origin: Origin,
+    pub slot: Slot,
+}
+
+impl Slot {
+    /// This kind from the local API server.
+    pub fn local(self) -> Feed {
+        Feed {
+            origin: Origin::Local,
+            slot: self,
+        }
+    }
+}
+
+impl fmt::Display for Feed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.origin {
+            Origin::Local => write!(f, "{}", self.slot),
+            Origin::Linked(c) => write!(f, "{} ({c})", self.slot),
+        }
+    }
+}
+
+/// The source seam: every watch (the local API server's kinds, each linked cluster's Services
+/// and EndpointSlices) sends these into one channel; one loop applies them to one [`Index`]
+/// and compiles, publishes and reports status.
 #[derive(Debug)]
-enum Msg {
-    Init(Slot),
-    InitApply(Slot, Item),
-    InitDone(Slot),
-    Apply(Slot, Item),
-    Delete(Slot, ObjectKey),
+pub enum SourceEvent {
+    /// A (re)list of the feed begins: what follows replaces the feed's objects atomically.
+    Reset(Feed),
+    /// One object of the list in progress.
+    ResetApply(Feed, Item),
+    /// The list is complete (the feed is synced).
+    Synced(Feed),
+    Apply(Feed, Item),
+    Delete(Feed, ObjectKey),
 }
 
 /// Strip what the status comparison ignores: timestamps, and nulls.
@@ -509,12 +646,13 @@ fn to_item(slot: Slot, ar: &ApiResource, mut doc: Value) -> Item {
 async fn watch_kind<K>(
     api: Api<K>,
     cfg: watcher::Config,
-    slot: Slot,
+    feed: Feed,
     ar: ApiResource,
-    tx: mpsc::UnboundedSender<Msg>,
+    tx: mpsc::UnboundedSender<SourceEvent>,
 ) where
     K: Resource + Clone + DeserializeOwned + serde::Serialize + fmt::Debug + Send + 'static,
 {
+    let slot = feed.slot;
     let mut stream = std::pin::pin!(watcher::watcher(api, cfg).default_backoff());
     let mut failing = false;
     let convert = |obj: &K| -> Option<Item> {
@@ -529,34 +667,35 @@ async fn watch_kind<K>(
         }
     };
     while let Some(ev) = stream.next().await {
+        let f = feed.clone();
         let msg = match ev {
             Err(e) => {
                 // One line per outage, not one per retry.
                 if !failing {
-                    tracing::warn!(kind = %slot, error = %e, "watch failed; retrying with backoff, the last table keeps serving");
+                    tracing::warn!(kind = %slot, source = %feed.origin, error = %e, "watch failed; retrying with backoff, the last table keeps serving");
                 }
                 failing = true;
                 continue;
             }
             Ok(ev) => {
                 if failing {
-                    tracing::info!(kind = %slot, "watch resumed");
+                    tracing::info!(kind = %slot, source = %feed.origin, "watch resumed");
                     failing = false;
                 }
                 match ev {
-                    Event::Init => Msg::Init(slot),
-                    Event::InitDone => Msg::InitDone(slot),
+                    Event::Init => SourceEvent::Reset(f),
+                    Event::InitDone => SourceEvent::Synced(f),
                     Event::InitApply(o) => match convert(&o) {
-                        Some(item) => Msg::InitApply(slot, item),
+                        Some(item) => SourceEvent::ResetApply(f, item),
                         None => continue,
                     },
                     Event::Apply(o) => match convert(&o) {
-                        Some(item) => Msg::Apply(slot, item),
+                        Some(item) => SourceEvent::Apply(f, item),
                         None => continue,
                     },
                     Event::Delete(o) => {
                         let m = o.meta();
-                        Msg::Delete(slot, slot.key(m.namespace.as_deref(), m.name.as_deref()))
+                        SourceEvent::Delete(f, slot.key(m.namespace.as_deref(), m.name.as_deref()))
                     }
                 }
             }
@@ -582,7 +721,7 @@ fn spawn_watchers(
     client: &Client,
     plan: &Plan,
     opts: &KubeOptions,
-    tx: &mpsc::UnboundedSender<Msg>,
+    tx: &mpsc::UnboundedSender<SourceEvent>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let ns = opts.namespace.as_deref();
     let mut tasks = Vec::new();
@@ -594,25 +733,26 @@ fn spawn_watchers(
             }
         }
         let (slot, ar, tx) = (*slot, ar.clone(), tx.clone());
+        let feed = slot.local();
         let task = match slot {
             Slot::Service => tokio::spawn(watch_kind(
                 api_for::<Service>(client, ns),
                 cfg,
-                slot,
+                feed,
                 ar,
                 tx,
             )),
             Slot::EndpointSlice => tokio::spawn(watch_kind(
                 api_for::<EndpointSlice>(client, ns),
                 cfg,
-                slot,
+                feed,
                 ar,
                 tx,
             )),
             Slot::Endpoints => tokio::spawn(watch_kind(
                 api_for::<Endpoints>(client, ns),
                 cfg,
-                slot,
+                feed,
                 ar,
                 tx,
             )),
@@ -621,7 +761,7 @@ fn spawn_watchers(
                     Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
                     None => Api::all_with(client.clone(), &ar),
                 };
-                tokio::spawn(watch_kind(api, cfg, slot, ar, tx))
+                tokio::spawn(watch_kind(api, cfg, feed, ar, tx))
             }
         };
         tasks.push(task);
@@ -632,19 +772,21 @@ fn spawn_watchers(
 /// The source's view of the cluster.
 struct State {
     index: Index,
-    /// Keys present per kind, to find what a relist dropped.
-    known: BTreeMap<Slot, BTreeSet<ObjectKey>>,
+    /// Keys present per feed, to find what a relist dropped.
+    known: BTreeMap<Feed, BTreeSet<ObjectKey>>,
     /// Objects of a relist in progress.
-    buffers: BTreeMap<Slot, Vec<Item>>,
-    synced: BTreeSet<Slot>,
-    expected: BTreeSet<Slot>,
+    buffers: BTreeMap<Feed, Vec<Item>>,
+    synced: BTreeSet<Feed>,
+    /// Feeds that must have listed before the first table (the local ones: a linked cluster
+    /// that cannot be reached must not keep the local routes from serving).
+    expected: BTreeSet<Feed>,
     infos: BTreeMap<ObjectKey, RouteInfo>,
     rejected: BTreeMap<ObjectKey, Rejected>,
     dirty: bool,
 }
 
 impl State {
-    fn new(expected: BTreeSet<Slot>) -> Self {
+    fn new(expected: BTreeSet<Feed>) -> Self {
         State {
             index: Index::new(),
             known: BTreeMap::new(),
@@ -657,8 +799,27 @@ impl State {
         }
     }
 
-    fn upsert(&mut self, slot: Slot, item: Item) {
-        self.known.entry(slot).or_default().insert(item.key.clone());
+    fn upsert(&mut self, feed: &Feed, item: Item) {
+        self.known
+            .entry(feed.clone())
+            .or_default()
+            .insert(item.key.clone());
+        if let Origin::Linked(cluster) = &feed.origin {
+            // Services and EndpointSlices only: no status, no Events in a linked cluster.
+            let result = match item.object {
+                Ok(object) => self.index.linked(cluster).apply(object).map_err(|errs| {
+                    errs.iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                }),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                tracing::warn!(cluster = %cluster, object = %item.key, "{}: cannot be read from linked cluster {cluster}: {e}", item.key);
+            }
+            return;
+        }
         match item.info {
             Some(info) => {
                 self.infos.insert(item.key.clone(), info);
@@ -698,46 +859,51 @@ impl State {
         }
     }
 
-    fn remove(&mut self, slot: Slot, key: &ObjectKey) {
-        if let Some(k) = self.known.get_mut(&slot) {
+    fn remove(&mut self, feed: &Feed, key: &ObjectKey) {
+        if let Some(k) = self.known.get_mut(feed) {
             k.remove(key);
+        }
+        if let Origin::Linked(cluster) = &feed.origin {
+            self.index.linked(cluster).delete(key);
+            return;
         }
         self.infos.remove(key);
         self.rejected.remove(key);
         self.index.delete(key);
     }
 
-    fn handle(&mut self, msg: Msg) {
-        match msg {
-            Msg::Init(slot) => {
-                self.buffers.insert(slot, Vec::new());
+    fn handle(&mut self, ev: SourceEvent) {
+        match ev {
+            SourceEvent::Reset(feed) => {
+                self.buffers.insert(feed, Vec::new());
             }
-            Msg::InitApply(slot, item) => self.buffers.entry(slot).or_default().push(item),
-            Msg::InitDone(slot) => {
-                let items = self.buffers.remove(&slot).unwrap_or_default();
+            SourceEvent::ResetApply(feed, item) => self.buffers.entry(feed).or_default().push(item),
+            SourceEvent::Synced(feed) => {
+                let items = self.buffers.remove(&feed).unwrap_or_default();
                 let listed: BTreeSet<ObjectKey> = items.iter().map(|i| i.key.clone()).collect();
                 let gone: Vec<ObjectKey> = self
                     .known
-                    .get(&slot)
+                    .get(&feed)
                     .map(|k| k.difference(&listed).cloned().collect())
                     .unwrap_or_default();
                 for key in &gone {
-                    self.remove(slot, key);
+                    self.remove(&feed, key);
                 }
                 for item in items {
-                    self.upsert(slot, item);
+                    self.upsert(&feed, item);
                 }
-                if self.synced.insert(slot) {
-                    tracing::info!(kind = %slot, objects = listed.len(), "initial list complete");
+                if !self.synced.contains(&feed) {
+                    tracing::info!(kind = %feed.slot, source = %feed.origin, objects = listed.len(), "initial list complete");
+                    self.synced.insert(feed);
                 }
                 self.dirty = true;
             }
-            Msg::Apply(slot, item) => {
-                self.upsert(slot, item);
+            SourceEvent::Apply(feed, item) => {
+                self.upsert(&feed, item);
                 self.dirty = true;
             }
-            Msg::Delete(slot, key) => {
-                self.remove(slot, &key);
+            SourceEvent::Delete(feed, key) => {
+                self.remove(&feed, &key);
                 self.dirty = true;
             }
         }
@@ -766,20 +932,29 @@ pub async fn run(
     client: Client,
     opts: KubeOptions,
     sinks: Sinks,
+    linked: Vec<LinkedCluster>,
     plan_tx: Option<tokio::sync::oneshot::Sender<Plan>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    // Linked clusters are watched from the start: they need no discovery, and their endpoints
+    // are then ready when the local routes first publish.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut tasks = Vec::new();
+    for l in &linked {
+        tracing::info!(cluster = %l.name, namespace = opts.namespace.as_deref().unwrap_or("*"), "watching linked cluster: exported Services and EndpointSlices");
+        tasks.extend(spawn_linked(l, opts.namespace.as_deref(), &tx));
+    }
     let mut delay = Duration::from_millis(200);
     let plan = loop {
         tokio::select! {
-            () = &mut shutdown => return,
+            () = &mut shutdown => { tasks.iter().for_each(|t| t.abort()); return },
             r = discover(&client) => match r {
                 Ok(plan) => break plan,
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?delay, "cannot reach the API server");
                     tokio::select! {
-                        () = &mut shutdown => return,
+                        () = &mut shutdown => { tasks.iter().for_each(|t| t.abort()); return },
                         () = tokio::time::sleep(delay) => {}
                     }
                     delay = (delay * 2).min(Duration::from_secs(30));
@@ -796,10 +971,12 @@ pub async fn run(
     if let Some(tx) = plan_tx {
         let _ = tx.send(plan.clone());
     }
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let tasks = spawn_watchers(&client, &plan, &opts, &tx);
+    tasks.extend(spawn_watchers(&client, &plan, &opts, &tx));
     drop(tx);
-    let mut state = State::new(plan.watched.iter().map(|(s, _)| *s).collect());
+    let mut state = State::new(plan.watched.iter().map(|(s, _)| s.local()).collect());
+    for l in &linked {
+        state.index.linked(&l.name);
+    }
     loop {
         let msg = tokio::select! {
             () = &mut shutdown => break,
@@ -940,27 +1117,27 @@ mod tests {
 
     #[test]
     fn relist_replaces_a_kind_atomically_and_drops_what_is_gone() {
-        let mut st = State::new([Slot::Service, Slot::Endpoints].into());
-        st.handle(Msg::Init(Slot::Service));
-        st.handle(Msg::InitApply(Slot::Service, item("a")));
-        st.handle(Msg::InitApply(Slot::Service, item("b")));
+        let mut st = State::new([Slot::Service.local(), Slot::Endpoints.local()].into());
+        st.handle(SourceEvent::Reset(Slot::Service.local()));
+        st.handle(SourceEvent::ResetApply(Slot::Service.local(), item("a")));
+        st.handle(SourceEvent::ResetApply(Slot::Service.local(), item("b")));
         // Nothing is visible before the list is complete.
         assert!(st.index.services.is_empty());
-        st.handle(Msg::InitDone(Slot::Service));
+        st.handle(SourceEvent::Synced(Slot::Service.local()));
         assert_eq!(st.index.services.len(), 2);
         assert!(!st.all_synced(), "Endpoints have not listed yet");
-        st.handle(Msg::Init(Slot::Endpoints));
-        st.handle(Msg::InitDone(Slot::Endpoints));
+        st.handle(SourceEvent::Reset(Slot::Endpoints.local()));
+        st.handle(SourceEvent::Synced(Slot::Endpoints.local()));
         assert!(st.all_synced());
         // A relist (after a watch desync) without `a`: `a` goes, `b` stays throughout.
-        st.handle(Msg::Init(Slot::Service));
-        st.handle(Msg::InitApply(Slot::Service, item("b")));
+        st.handle(SourceEvent::Reset(Slot::Service.local()));
+        st.handle(SourceEvent::ResetApply(Slot::Service.local(), item("b")));
         assert_eq!(
             st.index.services.len(),
             2,
             "old state serves until InitDone"
         );
-        st.handle(Msg::InitDone(Slot::Service));
+        st.handle(SourceEvent::Synced(Slot::Service.local()));
         let names: Vec<_> = st.index.services.keys().map(|(_, n)| n.clone()).collect();
         assert_eq!(names, vec!["b".to_string()]);
     }
@@ -1011,17 +1188,17 @@ mod tests {
         let item = to_item(Slot::TrafficSplit, &split_resource("v1alpha4"), bad);
         assert!(item.object.is_err());
         let key = item.key.clone();
-        let mut st = State::new([Slot::TrafficSplit].into());
-        st.handle(Msg::Init(Slot::TrafficSplit));
-        st.handle(Msg::InitApply(Slot::TrafficSplit, item));
-        st.handle(Msg::InitDone(Slot::TrafficSplit));
+        let mut st = State::new([Slot::TrafficSplit.local()].into());
+        st.handle(SourceEvent::Reset(Slot::TrafficSplit.local()));
+        st.handle(SourceEvent::ResetApply(Slot::TrafficSplit.local(), item));
+        st.handle(SourceEvent::Synced(Slot::TrafficSplit.local()));
         let r = st.rejected.get(&key).expect("reported");
         assert_eq!(r.reason, "Unreadable");
         assert_eq!(r.uid.as_deref(), Some("u-1"));
         assert!(r.message.contains("spec.backends"), "{}", r.message);
         // Once it reads again the report goes away.
-        st.handle(Msg::Apply(
-            Slot::TrafficSplit,
+        st.handle(SourceEvent::Apply(
+            Slot::TrafficSplit.local(),
             to_item(
                 Slot::TrafficSplit,
                 &split_resource("v1alpha4"),
