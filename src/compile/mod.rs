@@ -860,6 +860,9 @@ impl Cx<'_> {
     }
 }
 
+/// How a route's status message and Events start when failover moved a backend's share.
+pub const FAILOVER_NOTE: &str = "failover active";
+
 /// linkerd-failover in the data plane: a backend without ready endpoints (or invalid) gives its
 /// share to those with ready endpoints, in proportion to their weights, or evenly when their
 /// weights are all 0 (linkerd-failover's primary 1 / secondaries 0). Nothing changes when no
@@ -898,7 +901,7 @@ fn fail_over(mut backends: Vec<Backend>, notes: &mut Vec<String>) -> Vec<Backend
         .collect();
     for &i in &down {
         notes.push(format!(
-            "failover active: backend {} has no ready endpoints, its share goes to {}",
+            "{FAILOVER_NOTE}: backend {} has no ready endpoints, its share goes to {}",
             backend_label(&backends[i]),
             takers.join(", ")
         ));

@@ -1048,3 +1048,18 @@ fn failover_math() {
     };
     assert_eq!(run(vec![invalid, b(1, true)]), [0, 1]);
 }
+
+#[test]
+fn failover_annotation_works_on_trafficsplits_too() {
+    let split = |annotations: &str| {
+        format!(
+            "apiVersion: split.smi-spec.io/v1alpha2\nkind: TrafficSplit\nmetadata: {{name: s, namespace: shop{annotations}}}\nspec:\n  service: web\n  backends: [{{service: smiley-east, weight: 1}}, {{service: a, weight: 0}}]\n"
+        )
+    };
+    let weights = |doc: String| {
+        let index = with_east(index_of(&[SERVICES, POD_TO_POD_MIRROR, &doc]), EAST_DOWN);
+        weights_of(&compile(&index, &CompileOptions::default(), None))
+    };
+    assert_eq!(weights(split(FAILOVER)), [0, 1]);
+    assert_eq!(weights(split("")), [1, 0]);
+}
