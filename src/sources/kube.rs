@@ -1,6 +1,11 @@
 //! Kubernetes source: kube-rs watchers for Services, EndpointSlices, Endpoints and every route
 //! kind the cluster serves, feeding the same [`Index`] and [`compile`] as file mode.
 //!
+//! - **One seam.** Every watch is a [`Feed`] (a kind from an [`Origin`]: the local API server or
+//!   a linked cluster) sending [`SourceEvent`]s into one channel; one loop applies them to one
+//!   index, compiles and publishes. Linked clusters (`--link`) contribute exported Services and
+//!   EndpointSlices to [`Index::remote`] and never gate the first table.
+//!
 //! - **Versions by discovery.** For each CRD group the best version the cluster serves is
 //!   watched (e.g. linkerd-smi clusters serve only TrafficSplit v1alpha1/v1alpha2). A kind the
 //!   cluster does not serve at all is not watched; one log line says so.
