@@ -110,9 +110,9 @@ enum Command {
         /// published (default: the pod's namespace and `meshroute`).
         #[arg(long, requires = "kube", value_parser = parse_ns_name, value_name = "NS/NAME")]
         self_service: Option<(String, String)>,
-        /// Kubernetes mode: link a cluster, NAME=KUBECONFIG (repeatable). Its Services labelled
-        /// `mirror.linkerd.io/exported` and their EndpointSlices are read (never written):
-        /// mirrors labelled `multicluster.linkerd.io/remote-discovery: NAME` resolve to them.
+        /// Kubernetes mode: link a cluster, NAME=KUBECONFIG (repeatable). Its Services and
+        /// EndpointSlices are read (never written): mirrors labelled
+        /// `multicluster.linkerd.io/remote-discovery: NAME` resolve to its exported Services.
         #[arg(long = "link", requires = "kube", value_name = "NAME=KUBECONFIG")]
         links: Vec<meshroute::sources::kube::Link>,
     },

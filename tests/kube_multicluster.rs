@@ -34,6 +34,9 @@ fn north_yaml(b: &Backends, ns: &str) -> String {
     y.push_str("---\n");
     y.push_str(&b.service_yaml(ns, "smiley2", None, Some("smiley2")));
     y.push_str(&format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: smiley-federated\n  namespace: {ns}\n  annotations: {{multicluster.linkerd.io/remote-discovery: smiley@east, multicluster.linkerd.io/local-discovery: smiley2}}\nspec:\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n"
+    ));
+    y.push_str(&format!(
         "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: smiley-east\n  namespace: {ns}\n  labels: {{multicluster.linkerd.io/remote-discovery: east, multicluster.linkerd.io/remote-service: smiley}}\nspec:\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n"
     ));
     y
@@ -106,13 +109,17 @@ async fn mesh_linked(north: &Path, ns: &str, east: PathBuf) -> Mesh {
 }
 
 async fn set_ready(east: &Kubectl, ns: &str, ready: bool) {
+    set_slice_ready(east, ns, "smiley-1", ready).await;
+}
+
+async fn set_slice_ready(k: &Kubectl, ns: &str, slice: &str, ready: bool) {
     let patch =
         format!(r#"[{{"op":"replace","path":"/endpoints/0/conditions/ready","value":{ready}}}]"#);
-    east.arun(
+    k.arun(
         &[
             "patch",
             "endpointslice",
-            "smiley-1",
+            slice,
             "-n",
             ns,
             "--type=json",
@@ -134,8 +141,9 @@ fn explain(admin: SocketAddr, host: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pod_to_pod_mirror_reaches_east_and_fails_over_within_one_swap() {
-    let test = "pod_to_pod_mirror_reaches_east_and_fails_over_within_one_swap";
+async fn pod_to_pod_mirror_reaches_east_fails_over_within_one_swap_and_federates_local_first() {
+    let test =
+        "pod_to_pod_mirror_reaches_east_fails_over_within_one_swap_and_federates_local_first";
     let Some(north) = cluster(test) else { return };
     let Some(east) = own_cluster(test, "east") else {
         return;
@@ -226,6 +234,27 @@ async fn pod_to_pod_mirror_reaches_east_and_fails_over_within_one_swap() {
         let r = mesh.get(&nf, "/").await;
         assert_eq!(r.backend.as_deref(), Some("smiley"), "{r:?}");
     }
+
+    // A federated Service: local first (smiley2 in north), spilling to east when the local
+    // endpoint is not ready, and back.
+    let fed = format!("smiley-federated.{ns}.svc.cluster.local");
+    let tally = mesh.tally(&fed, 10).await;
+    assert_eq!(tally.get("smiley2"), Some(&10), "local first: {tally:?}");
+    set_slice_ready(&kn, &ns, "smiley2-1", false).await;
+    let t = Instant::now();
+    while mesh.get(&fed, "/").await.backend.as_deref() != Some("smiley") {
+        assert!(t.elapsed() < Duration::from_secs(20), "no spill to east");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let tally = mesh.tally(&fed, 10).await;
+    assert_eq!(tally.get("smiley"), Some(&10), "spilled to east: {tally:?}");
+    set_slice_ready(&kn, &ns, "smiley2-1", true).await;
+    let t = Instant::now();
+    while mesh.get(&fed, "/").await.backend.as_deref() != Some("smiley2") {
+        assert!(t.elapsed() < Duration::from_secs(20), "not back to local");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+
     lat_route.report();
     lat.report();
     mesh.shutdown().await;

@@ -1063,3 +1063,58 @@ fn failover_annotation_works_on_trafficsplits_too() {
     assert_eq!(weights(split(FAILOVER)), [0, 1]);
     assert_eq!(weights(split("")), [1, 0]);
 }
+
+fn federated_index(local_ready: bool) -> Index {
+    let local = format!("apiVersion: v1\nkind: Service\nmetadata: {{name: smiley, namespace: shop}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: smiley-1, namespace: shop, labels: {{kubernetes.io/service-name: smiley}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n- addresses: [10.1.0.1]\n  conditions: {{ready: {local_ready}}}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: smiley-federated, namespace: shop, annotations: {{multicluster.linkerd.io/remote-discovery: \"smiley@east,smiley@west\", multicluster.linkerd.io/local-discovery: smiley}}}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n");
+    let r = route(
+        "r",
+        None,
+        "  - backendRefs: [{name: smiley-federated, port: 80}]\n",
+    );
+    // East's member is labelled as a federated member rather than exported.
+    let east = EAST.replace(
+        "mirror.linkerd.io/exported: remote-discovery",
+        "mirror.linkerd.io/federated: member",
+    );
+    with_east(index_of(&[SERVICES, &local, &r]), &east)
+}
+
+#[test]
+fn federated_service_is_the_union_local_first_then_spills_to_linked_clusters() {
+    // Local ready: only the local endpoint takes traffic; every member's endpoint is listed.
+    let c = compile(&federated_index(true), &CompileOptions::default(), None);
+    let b = &first_backends(&c, "web.shop")[0];
+    assert_eq!(
+        b.1,
+        ["10.1.0.1:8080", "10.2.0.1:8080", "10.2.0.2:8080"],
+        "{b:?}"
+    );
+    assert_eq!((b.0.as_deref(), b.2), (None, 1), "{b:?}");
+    // West is not linked: not a member, and no problem while others resolve.
+    assert!(c.route_problems().is_empty(), "{:?}", c.route_problems());
+    // Local not ready: spill to east's ready endpoint.
+    let c = compile(&federated_index(false), &CompileOptions::default(), None);
+    let b = &first_backends(&c, "web.shop")[0];
+    assert_eq!((b.0.as_deref(), b.2), (Some("east"), 1), "{b:?}");
+    let h = HeaderMap::new();
+    let Lookup::Matched { rule, .. } = c.table.lookup(
+        "web.shop",
+        &RequestView {
+            method: &Method::GET,
+            path: "/",
+            query: None,
+            headers: &h,
+        },
+    ) else {
+        panic!()
+    };
+    let BackendTarget::Service(s) = &rule.backends.iter().next().unwrap().target else {
+        panic!()
+    };
+    let used: Vec<String> = s
+        .ready
+        .iter()
+        .map(|&i| s.endpoints[i].addr.to_string())
+        .collect();
+    assert_eq!(used, ["10.2.0.1:8080"]);
+}

@@ -69,8 +69,8 @@ pub struct KubeOptions {
     pub read_only: bool,
     /// Transparent serving and its settings ([`PublishOptions`]).
     pub publish: PublishOptions,
-    /// Linked clusters (`--link NAME=KUBECONFIG`): read-only sources of the Services they
-    /// export for remote discovery and of those Services' EndpointSlices.
+    /// Linked clusters (`--link NAME=KUBECONFIG`): read-only sources of Services and
+    /// EndpointSlices; only those exported (or federated members) are resolved.
     pub links: Vec<Link>,
 }
 
@@ -98,10 +98,6 @@ impl std::str::FromStr for Link {
     }
 }
 
-/// Label Linkerd puts on Services exported to linked clusters; pod-to-pod (remote discovery)
-/// exports use `remote-discovery`, `true` is accepted too.
-pub const EXPORTED_LABEL: &str = "mirror.linkerd.io/exported";
-
 /// A linked cluster's client, ready to watch.
 #[derive(Clone)]
 pub struct LinkedCluster {
@@ -126,16 +122,17 @@ pub async fn linked_clients(links: &[Link]) -> Result<Vec<LinkedCluster>, KubeSo
     Ok(out)
 }
 
-/// Watch a linked cluster: its exported Services and all EndpointSlices (in `namespace` only
-/// when set: a mirror's remote Service lives in the mirror's namespace).
+/// Watch a linked cluster: its Services and EndpointSlices (in `namespace` only when set: a
+/// mirror's remote Service lives in the mirror's namespace). Which Services count (exported
+/// for remote discovery, or federated members) is decided when resolving: one label selector
+/// cannot ask for both, and two watches of one kind could disagree about an object.
 fn spawn_linked(
     linked: &LinkedCluster,
     namespace: Option<&str>,
     tx: &mpsc::UnboundedSender<SourceEvent>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let origin = Origin::Linked(linked.name.clone());
-    let services =
-        watcher::Config::default().labels(&format!("{EXPORTED_LABEL} in (remote-discovery,true)"));
+    let services = watcher::Config::default();
     vec![
         tokio::spawn(watch_kind(
             api_for::<Service>(&linked.client, namespace),
@@ -947,7 +944,7 @@ pub async fn run(
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut tasks = Vec::new();
     for l in &linked {
-        tracing::info!(cluster = %l.name, namespace = opts.namespace.as_deref().unwrap_or("*"), "watching linked cluster: exported Services and EndpointSlices");
+        tracing::info!(cluster = %l.name, namespace = opts.namespace.as_deref().unwrap_or("*"), "watching linked cluster: Services and EndpointSlices");
         tasks.extend(spawn_linked(l, opts.namespace.as_deref(), &tx));
     }
     let mut delay = Duration::from_millis(200);
