@@ -115,6 +115,10 @@ enum Command {
         /// `multicluster.linkerd.io/remote-discovery: NAME` resolve to its exported Services.
         #[arg(long = "link", requires = "kube", value_name = "NAME=KUBECONFIG")]
         links: Vec<meshroute::sources::kube::Link>,
+        /// Kubernetes mode: namespace of Linkerd's Link objects and their credentials Secrets
+        /// (each Link links its cluster without a restart); "" turns Link discovery off.
+        #[arg(long, requires = "kube", default_value = "linkerd-multicluster")]
+        link_namespace: String,
     },
     /// Compile manifests offline and print each route's admission and status.
     /// Exits 1 when anything is rejected or not accepted.
@@ -211,6 +215,7 @@ fn main() -> ExitCode {
             advertise,
             self_service,
             links,
+            link_namespace,
         } => {
             let cfg = RunConfig {
                 proxy: limits.proxy_config(),
@@ -232,6 +237,7 @@ fn main() -> ExitCode {
                         self_service,
                     },
                     links,
+                    link_namespace: Some(link_namespace),
                     ..Default::default()
                 },
                 ..Default::default()

@@ -72,6 +72,9 @@ pub struct KubeOptions {
     /// Linked clusters (`--link NAME=KUBECONFIG`): read-only sources of Services and
     /// EndpointSlices; only those exported (or federated members) are resolved.
     pub links: Vec<Link>,
+    /// Namespace of Linkerd's `Link` objects and their credentials Secrets (`--link-namespace`,
+    /// default `linkerd-multicluster`); `Some("")` turns Link discovery off.
+    pub link_namespace: Option<String>,
 }
 
 /// A linked cluster as given by `--link NAME=KUBECONFIG`.
@@ -126,7 +129,7 @@ pub async fn linked_clients(links: &[Link]) -> Result<Vec<LinkedCluster>, KubeSo
 /// mirror's remote Service lives in the mirror's namespace). Which Services count (exported
 /// for remote discovery, or federated members) is decided when resolving: one label selector
 /// cannot ask for both, and two watches of one kind could disagree about an object.
-fn spawn_linked(
+pub(crate) fn spawn_linked(
     linked: &LinkedCluster,
     namespace: Option<&str>,
     tx: &mpsc::UnboundedSender<SourceEvent>,
@@ -536,6 +539,11 @@ pub enum SourceEvent {
     Synced(Feed),
     Apply(Feed, Item),
     Delete(Feed, ObjectKey),
+    /// A linked cluster joins (a `Link` appeared): mirrors of it now resolve, to nothing until
+    /// its feeds have listed.
+    Linked(Arc<str>),
+    /// A linked cluster leaves (its `Link` was deleted): its objects go.
+    Unlinked(Arc<str>),
 }
 
 /// Strip what the status comparison ignores: timestamps, and nulls.
@@ -875,6 +883,24 @@ impl State {
     }
 
     fn handle(&mut self, ev: SourceEvent) {
+        let feed = match &ev {
+            SourceEvent::Reset(f)
+            | SourceEvent::ResetApply(f, _)
+            | SourceEvent::Synced(f)
+            | SourceEvent::Apply(f, _)
+            | SourceEvent::Delete(f, _) => Some(f),
+            SourceEvent::Linked(_) | SourceEvent::Unlinked(_) => None,
+        };
+        if let Some(Feed {
+            origin: Origin::Linked(cluster),
+            ..
+        }) = feed
+        {
+            if !self.index.remote.contains_key(&**cluster) {
+                // Sent by the watch of a Link deleted since.
+                return;
+            }
+        }
         match ev {
             SourceEvent::Reset(feed) => {
                 self.buffers.insert(feed, Vec::new());
@@ -906,6 +932,18 @@ impl State {
             }
             SourceEvent::Delete(feed, key) => {
                 self.remove(&feed, &key);
+                self.dirty = true;
+            }
+            SourceEvent::Linked(cluster) => {
+                self.index.linked(&cluster);
+                self.dirty = true;
+            }
+            SourceEvent::Unlinked(cluster) => {
+                let origin = Origin::Linked(cluster.clone());
+                self.known.retain(|f, _| f.origin != origin);
+                self.buffers.retain(|f, _| f.origin != origin);
+                self.synced.retain(|f| f.origin != origin);
+                self.index.remote.remove(&*cluster);
                 self.dirty = true;
             }
         }
@@ -974,6 +1012,28 @@ pub async fn run(
         let _ = tx.send(plan.clone());
     }
     tasks.extend(spawn_watchers(&client, &plan, &opts, &tx));
+    let link_ns = opts
+        .link_namespace
+        .clone()
+        .unwrap_or_else(|| super::kube_links::DEFAULT_LINK_NAMESPACE.into());
+    if !link_ns.is_empty() {
+        match super::kube_links::discover_links(&client).await {
+            Ok(Some(ar)) => {
+                tracing::info!(namespace = %link_ns, api_version = %ar.api_version, "watching Links (multicluster.linkerd.io)");
+                tasks.push(tokio::spawn(super::kube_links::run(
+                    client.clone(),
+                    ar,
+                    link_ns,
+                    opts.namespace.clone(),
+                    tx.clone(),
+                )));
+            }
+            Ok(None) => tracing::info!(
+                "not watching Links: API group multicluster.linkerd.io is not served"
+            ),
+            Err(e) => tracing::warn!(error = %e, "not watching Links: discovery failed"),
+        }
+    }
     drop(tx);
     let mut state = State::new(plan.watched.iter().map(|(s, _)| s.local()).collect());
     for l in &linked {
@@ -1142,6 +1202,44 @@ mod tests {
         st.handle(SourceEvent::Synced(Slot::Service.local()));
         let names: Vec<_> = st.index.services.keys().map(|(_, n)| n.clone()).collect();
         assert_eq!(names, vec!["b".to_string()]);
+    }
+
+    #[test]
+    fn a_cluster_unlinked_takes_its_objects_and_late_events_of_its_watch_are_ignored() {
+        let east = Feed {
+            origin: Origin::Linked(Arc::from("east")),
+            slot: Slot::Service,
+        };
+        let mut st = State::new([Slot::Service.local()].into());
+        // Not linked (yet): its events are dropped.
+        st.handle(SourceEvent::Apply(east.clone(), item("smiley")));
+        assert!(st.index.remote.is_empty());
+        st.handle(SourceEvent::Linked(Arc::from("east")));
+        st.handle(SourceEvent::Reset(east.clone()));
+        st.handle(SourceEvent::ResetApply(east.clone(), item("smiley")));
+        st.handle(SourceEvent::Synced(east.clone()));
+        assert!(st.index.remote["east"].service("ns", "smiley").is_some());
+        assert!(
+            st.index.services.is_empty(),
+            "linked objects stay out of the local index"
+        );
+        assert!(
+            !st.all_synced(),
+            "a linked cluster listing does not make the local source synced"
+        );
+        st.handle(SourceEvent::Unlinked(Arc::from("east")));
+        assert!(st.index.remote.is_empty());
+        st.handle(SourceEvent::Apply(east, item("late")));
+        assert!(st.index.remote.is_empty());
+    }
+
+    #[test]
+    fn link_flag_is_name_equals_kubeconfig() {
+        let l: Link = "east=/etc/east.kubeconfig".parse().expect("parses");
+        assert_eq!(l.name, "east");
+        assert_eq!(l.kubeconfig, PathBuf::from("/etc/east.kubeconfig"));
+        assert!("east".parse::<Link>().is_err());
+        assert!("=x".parse::<Link>().is_err());
     }
 
     fn split_resource(version: &str) -> ApiResource {
