@@ -346,6 +346,151 @@ async fn linked_api_server_gone_keeps_last_endpoints_and_resyncs() {
     relay.stop().await;
 }
 
+/// A minimal stand-in for Linkerd's Link CRD (Linkerd is not installed in the test cluster):
+/// the group, kind and names Linkerd serves, any spec.
+const LINK_CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: links.multicluster.linkerd.io}
+spec:
+  group: multicluster.linkerd.io
+  scope: Namespaced
+  names: {plural: links, singular: link, kind: Link}
+  versions:
+  - name: v1alpha3
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        x-kubernetes-preserve-unknown-fields: true
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linkerd_link_objects_link_and_unlink_a_cluster_without_a_restart() {
+    let test = "linkerd_link_objects_link_and_unlink_a_cluster_without_a_restart";
+    let Some(north) = cluster(test) else { return };
+    let Some(east) = own_cluster(test, "east") else {
+        return;
+    };
+    let Some(b) = Backends::start(test, &["smiley", "smiley2"]) else {
+        return;
+    };
+    let (kn, ke) = (Kubectl::new(&north.admin), Kubectl::new(&east.0.admin));
+    grant_remote_rbac(&ke);
+    kn.run_in(&["apply", "-f", "-"], LINK_CRD).expect_ok();
+    kn.run(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/links.multicluster.linkerd.io",
+    ])
+    .expect_ok();
+    let ns = unique("mc-link");
+    let links_ns = unique("mc-links");
+    kn.apply(&north_yaml(&b, &ns)).await;
+    ke.apply(&east_yaml(&b, &ns, true)).await;
+    // The shipped Links RBAC, in the Links' namespace, bound to the test's User too.
+    kn.apply(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {links_ns}}}\n"
+    ))
+    .await;
+    let rbac = std::fs::read_to_string(repo().join("deploy/links/rbac.yaml")).expect("rbac");
+    kn.arun(&["apply", "-n", &links_ns, "-f", "-"], &rbac)
+        .await
+        .expect_ok();
+    kn.apply(&format!("apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: meshroute-links-test-user, namespace: {links_ns}}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: meshroute-links}}\nsubjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: meshroute}}]\n")).await;
+
+    let north_kc = north.restricted.clone().unwrap_or(north.admin.clone());
+    let mesh = Mesh::from_config(RunConfig {
+        kube: true,
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        admin: "127.0.0.1:0".parse().expect("addr"),
+        kube_options: KubeOptions {
+            kubeconfig: Some(north_kc),
+            namespace: Some(ns.clone()),
+            lease_namespace: Some("meshroute".into()),
+            lease_name: Some(format!("lease-{ns}")),
+            identity: Some(format!("test-{ns}")),
+            publish: PublishOptions {
+                port_range: port_range(),
+                ..Default::default()
+            },
+            link_namespace: Some(links_ns.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let smiley = format!("smiley.{ns}.svc.cluster.local");
+    kn.apply(&route(&ns, "smiley-router", "smiley", false))
+        .await;
+    // East is not linked yet: the mirror does not resolve, and says why.
+    wait_object(
+        &kn,
+        &[GATEWAY_ROUTE, "smiley-router", "-n", &ns],
+        "not linked",
+        |v| {
+            our_parent(v).is_some_and(|p| {
+                condition(&p, "ResolvedRefs").is_some_and(|c| c.2.contains("not linked"))
+            })
+        },
+    )
+    .await;
+    // An unresolved backendRef fails its share with 500 (Gateway API).
+    assert_eq!(mesh.get(&smiley, "/").await.status, 500);
+
+    // Link + credentials Secret, as `linkerd multicluster link` writes them.
+    let east_kc = east.0.restricted.clone().expect("east user kubeconfig");
+    kn.arun(
+        &[
+            "create",
+            "secret",
+            "generic",
+            "cluster-credentials-east",
+            "-n",
+            &links_ns,
+            "--type=mirror.linkerd.io/remote-kubeconfig",
+            &format!("--from-file=kubeconfig={}", east_kc.display()),
+        ],
+        "",
+    )
+    .await
+    .expect_ok();
+    kn.apply(&format!("apiVersion: multicluster.linkerd.io/v1alpha3\nkind: Link\nmetadata: {{name: east, namespace: {links_ns}}}\nspec: {{targetClusterName: east, clusterCredentialsSecret: cluster-credentials-east, targetClusterDomain: cluster.local}}\n")).await;
+    let t = Instant::now();
+    while mesh.get(&smiley, "/").await.backend.as_deref() != Some("smiley") {
+        assert!(t.elapsed() < Duration::from_secs(30), "Link not followed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "{test}: Link applied → traffic to east: {} ms",
+        t.elapsed().as_millis()
+    );
+
+    // Deleting the Link unlinks east: its endpoints go.
+    kn.arun(
+        &[
+            "delete",
+            "links.multicluster.linkerd.io",
+            "east",
+            "-n",
+            &links_ns,
+        ],
+        "",
+    )
+    .await
+    .expect_ok();
+    let t = Instant::now();
+    while mesh.get(&smiley, "/").await.status != 500 {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "Link deletion not followed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    mesh.shutdown().await;
+}
+
 /// GET from the admin port.
 async fn reqwest_get(admin: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
