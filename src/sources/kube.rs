@@ -19,7 +19,7 @@
 //! Route status and TrafficSplit Events are written by [`super::kube_status`] from the
 //! [`Snapshot`] published after every compile.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,17 +35,16 @@ use kube::runtime::WatchStreamExt;
 use kube::{Client, Config, Resource};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::compile::status::{RouteStatus, CONTROLLER_NAME};
-use crate::compile::{compile, CompileOptions};
-use crate::index::Index;
 use crate::model::{
-    Object, ObjectKey, DISCOVERY_GROUP, GATEWAY_GROUP, LINKERD_GROUP, SPECS_GROUP, SPLIT_GROUP,
+    ObjectKey, DISCOVERY_GROUP, GATEWAY_GROUP, LINKERD_GROUP, SPECS_GROUP, SPLIT_GROUP,
 };
-use crate::proxy::Proxy;
 use crate::sources::file::{decode, Location};
-use crate::sources::watch::ReloadStatus;
+
+use super::seam::{run_loop, State};
+pub use super::seam::{Feed, Item, Origin, Sinks, SourceEvent};
 
 /// Scope and identity of Kubernetes mode.
 #[derive(Debug, Clone, Default)]
@@ -281,6 +280,8 @@ pub enum Slot {
     LinkerdHttpRoute,
     TrafficSplit,
     HttpRouteGroup,
+    /// Every kind at once, from a directory of manifests (file mode's one feed).
+    Manifests,
 }
 
 impl Slot {
@@ -299,6 +300,7 @@ impl Slot {
             Slot::LinkerdHttpRoute => LINKERD_GROUP,
             Slot::TrafficSplit => SPLIT_GROUP,
             Slot::HttpRouteGroup => SPECS_GROUP,
+            Slot::Manifests => "",
         }
     }
 
@@ -310,6 +312,7 @@ impl Slot {
             Slot::GatewayHttpRoute | Slot::LinkerdHttpRoute => "HTTPRoute",
             Slot::TrafficSplit => "TrafficSplit",
             Slot::HttpRouteGroup => "HTTPRouteGroup",
+            Slot::Manifests => "manifests",
         }
     }
 
@@ -322,6 +325,7 @@ impl Slot {
             Slot::TrafficSplit | Slot::HttpRouteGroup => {
                 &["v1alpha4", "v1alpha3", "v1alpha2", "v1alpha1"]
             }
+            Slot::Manifests => &[],
         }
     }
 
@@ -472,78 +476,6 @@ pub struct Snapshot {
     pub publish: Vec<crate::compile::publish::Candidate>,
     /// False only for the placeholder before every watch has listed.
     pub synced: bool,
-}
-
-/// One object as the API server returned it: decoded, or why it could not be.
-#[derive(Debug)]
-pub struct Item {
-    key: ObjectKey,
-    object: Result<Object, String>,
-    info: Option<RouteInfo>,
-    api_version: String,
-    uid: Option<String>,
-}
-
-/// Where objects come from: the local API server or a linked cluster (`--link NAME=...`).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Origin {
-    Local,
-    Linked(Arc<str>),
-}
-
-impl fmt::Display for Origin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Origin::Local => f.write_str("local"),
-            Origin::Linked(c) => write!(f, "linked cluster {c}"),
-        }
-    }
-}
-
-/// One watch: a kind, from a source.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Feed {
-    pub origin: Origin,
-    pub slot: Slot,
-}
-
-impl Slot {
-    /// This kind from the local API server.
-    pub fn local(self) -> Feed {
-        Feed {
-            origin: Origin::Local,
-            slot: self,
-        }
-    }
-}
-
-impl fmt::Display for Feed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.origin {
-            Origin::Local => write!(f, "{}", self.slot),
-            Origin::Linked(c) => write!(f, "{} ({c})", self.slot),
-        }
-    }
-}
-
-/// The source seam: every watch (the local API server's kinds, each linked cluster's Services
-/// and EndpointSlices) sends these into one channel; one loop applies them to one [`Index`]
-/// and compiles, publishes and reports status.
-#[derive(Debug)]
-pub enum SourceEvent {
-    /// A (re)list of the feed begins: what follows replaces the feed's objects atomically.
-    Reset(Feed),
-    /// One object of the list in progress.
-    ResetApply(Feed, Item),
-    /// The list is complete (the feed is synced).
-    Synced(Feed),
-    Apply(Feed, Item),
-    Delete(Feed, ObjectKey),
-    /// A linked cluster joins (a `Link` appeared): mirrors of it now resolve, to nothing until
-    /// its feeds have listed.
-    Linked(Arc<str>),
-    /// A linked cluster leaves (its `Link` was deleted): its objects go.
-    Unlinked(Arc<str>),
 }
 
 /// Strip what the status comparison ignores: timestamps, and nulls.
@@ -779,193 +711,6 @@ fn spawn_watchers(
     tasks
 }
 
-/// The source's view of the cluster.
-struct State {
-    index: Index,
-    /// Keys present per feed, to find what a relist dropped.
-    known: BTreeMap<Feed, BTreeSet<ObjectKey>>,
-    /// Objects of a relist in progress.
-    buffers: BTreeMap<Feed, Vec<Item>>,
-    synced: BTreeSet<Feed>,
-    /// Feeds that must have listed before the first table (the local ones: a linked cluster
-    /// that cannot be reached must not keep the local routes from serving).
-    expected: BTreeSet<Feed>,
-    infos: BTreeMap<ObjectKey, RouteInfo>,
-    rejected: BTreeMap<ObjectKey, Rejected>,
-    dirty: bool,
-}
-
-impl State {
-    fn new(expected: BTreeSet<Feed>) -> Self {
-        State {
-            index: Index::new(),
-            known: BTreeMap::new(),
-            buffers: BTreeMap::new(),
-            synced: BTreeSet::new(),
-            expected,
-            infos: BTreeMap::new(),
-            rejected: BTreeMap::new(),
-            dirty: false,
-        }
-    }
-
-    fn upsert(&mut self, feed: &Feed, item: Item) {
-        self.known
-            .entry(feed.clone())
-            .or_default()
-            .insert(item.key.clone());
-        if let Origin::Linked(cluster) = &feed.origin {
-            // Services and EndpointSlices only: no status, no Events in a linked cluster.
-            let result = match item.object {
-                Ok(object) => self.index.linked(cluster).apply(object).map_err(|errs| {
-                    errs.iter()
-                        .map(|e| e.to_string())
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                }),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = result {
-                tracing::warn!(cluster = %cluster, object = %item.key, "{}: cannot be read from linked cluster {cluster}: {e}", item.key);
-            }
-            return;
-        }
-        match item.info {
-            Some(info) => {
-                self.infos.insert(item.key.clone(), info);
-            }
-            None => {
-                self.infos.remove(&item.key);
-            }
-        }
-        let refused = match item.object {
-            Ok(object) => match self.index.apply(object) {
-                Ok(()) => None,
-                Err(errs) => {
-                    let errs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-                    Some(("Invalid", errs.join("; ")))
-                }
-            },
-            Err(e) => Some(("Unreadable", e)),
-        };
-        match refused {
-            None => {
-                self.rejected.remove(&item.key);
-            }
-            Some((reason, message)) => {
-                // Like an edit the API server refuses: an earlier good version keeps serving.
-                tracing::warn!(object = %item.key, api_version = %item.api_version, "{}: {}: {message}", item.key, if reason == "Unreadable" { "cannot be read" } else { "refused" });
-                self.rejected.insert(
-                    item.key.clone(),
-                    Rejected {
-                        key: item.key,
-                        api_version: item.api_version,
-                        uid: item.uid,
-                        reason,
-                        message,
-                    },
-                );
-            }
-        }
-    }
-
-    fn remove(&mut self, feed: &Feed, key: &ObjectKey) {
-        if let Some(k) = self.known.get_mut(feed) {
-            k.remove(key);
-        }
-        if let Origin::Linked(cluster) = &feed.origin {
-            self.index.linked(cluster).delete(key);
-            return;
-        }
-        self.infos.remove(key);
-        self.rejected.remove(key);
-        self.index.delete(key);
-    }
-
-    fn handle(&mut self, ev: SourceEvent) {
-        let feed = match &ev {
-            SourceEvent::Reset(f)
-            | SourceEvent::ResetApply(f, _)
-            | SourceEvent::Synced(f)
-            | SourceEvent::Apply(f, _)
-            | SourceEvent::Delete(f, _) => Some(f),
-            SourceEvent::Linked(_) | SourceEvent::Unlinked(_) => None,
-        };
-        if let Some(Feed {
-            origin: Origin::Linked(cluster),
-            ..
-        }) = feed
-        {
-            if !self.index.remote.contains_key(&**cluster) {
-                // Sent by the watch of a Link deleted since.
-                return;
-            }
-        }
-        match ev {
-            SourceEvent::Reset(feed) => {
-                self.buffers.insert(feed, Vec::new());
-            }
-            SourceEvent::ResetApply(feed, item) => self.buffers.entry(feed).or_default().push(item),
-            SourceEvent::Synced(feed) => {
-                let items = self.buffers.remove(&feed).unwrap_or_default();
-                let listed: BTreeSet<ObjectKey> = items.iter().map(|i| i.key.clone()).collect();
-                let gone: Vec<ObjectKey> = self
-                    .known
-                    .get(&feed)
-                    .map(|k| k.difference(&listed).cloned().collect())
-                    .unwrap_or_default();
-                for key in &gone {
-                    self.remove(&feed, key);
-                }
-                for item in items {
-                    self.upsert(&feed, item);
-                }
-                if !self.synced.contains(&feed) {
-                    tracing::info!(kind = %feed.slot, source = %feed.origin, objects = listed.len(), "initial list complete");
-                    self.synced.insert(feed);
-                }
-                self.dirty = true;
-            }
-            SourceEvent::Apply(feed, item) => {
-                self.upsert(&feed, item);
-                self.dirty = true;
-            }
-            SourceEvent::Delete(feed, key) => {
-                self.remove(&feed, &key);
-                self.dirty = true;
-            }
-            SourceEvent::Linked(cluster) => {
-                self.index.linked(&cluster);
-                self.dirty = true;
-            }
-            SourceEvent::Unlinked(cluster) => {
-                let origin = Origin::Linked(cluster.clone());
-                self.known.retain(|f, _| f.origin != origin);
-                self.buffers.retain(|f, _| f.origin != origin);
-                self.synced.retain(|f| f.origin != origin);
-                self.index.remote.remove(&*cluster);
-                self.dirty = true;
-            }
-        }
-    }
-
-    fn all_synced(&self) -> bool {
-        self.expected.is_subset(&self.synced)
-    }
-}
-
-/// Where the source publishes.
-#[derive(Clone)]
-pub struct Sinks {
-    pub proxy: Arc<Proxy>,
-    pub compile: CompileOptions,
-    pub status: Arc<ReloadStatus>,
-    pub snapshots: watch::Sender<Arc<Snapshot>>,
-    /// Listener ports named by our EndpointSlices, for the parent port listeners (only when
-    /// publishing is on).
-    pub parent_ports: Option<watch::Sender<crate::proxy::ports::PortSet>>,
-}
-
 /// Discover (retrying until the API server answers), start the watchers and keep the proxy's
 /// table in step with the cluster until `shutdown` resolves.
 pub async fn run(
@@ -979,7 +724,7 @@ pub async fn run(
     tokio::pin!(shutdown);
     // Linked clusters are watched from the start: they need no discovery, and their endpoints
     // are then ready when the local routes first publish.
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::unbounded_channel();
     let mut tasks = Vec::new();
     for l in &linked {
         tracing::info!(cluster = %l.name, namespace = opts.namespace.as_deref().unwrap_or("*"), "watching linked cluster: Services and EndpointSlices");
@@ -1039,94 +784,16 @@ pub async fn run(
     for l in &linked {
         state.index.linked(&l.name);
     }
-    loop {
-        let msg = tokio::select! {
-            () = &mut shutdown => break,
-            m = rx.recv() => m,
-        };
-        let Some(msg) = msg else { break };
-        state.handle(msg);
-        // Apply everything already queued, then compile once.
-        while let Ok(m) = rx.try_recv() {
-            state.handle(m);
-        }
-        if state.dirty && state.all_synced() {
-            state.dirty = false;
-            publish(&state, &sinks);
-        }
-    }
+    run_loop(rx, &mut state, &sinks, &mut shutdown).await;
     for t in tasks {
         t.abort();
     }
 }
 
-fn publish(state: &State, sinks: &Sinks) {
-    let first = !sinks.proxy.is_ready();
-    let prev = sinks.proxy.table();
-    let compiled = compile(&state.index, &sinks.compile, Some(&prev));
-    drop(prev);
-    let route_problems = compiled.route_problems();
-    let parents = compiled.table.parent_count();
-    let publish = if sinks.compile.publish_endpoints {
-        crate::compile::publish::candidates(&state.index, &compiled.table)
-    } else {
-        Vec::new()
-    };
-    let ports = compiled.table.local_port_numbers();
-    let generation = sinks.proxy.publish(compiled.table);
-    // After the table: a connection to a new port must find its parent.
-    if let Some(tx) = &sinks.parent_ports {
-        tx.send_if_modified(|have| {
-            if **have == ports {
-                return false;
-            }
-            *have = Arc::new(ports);
-            true
-        });
-    }
-    sinks.proxy.metrics.reloads.inc();
-    if first {
-        tracing::info!(
-            generation,
-            parents,
-            "every watch has listed; first routing table published"
-        );
-    } else {
-        tracing::debug!(generation, parents, "routing table published");
-    }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let rejected: Vec<Rejected> = state.rejected.values().cloned().collect();
-    sinks
-        .proxy
-        .metrics
-        .config_ok
-        .set(i64::from(rejected.is_empty()));
-    sinks.status.update(|s| {
-        s.generation = generation;
-        s.config_ok = rejected.is_empty();
-        s.errors = rejected
-            .iter()
-            .map(|r| format!("{}: {}", r.key, r.message))
-            .collect();
-        s.route_problems = route_problems;
-        s.reloads += 1;
-        s.last_reload_unix = now;
-    });
-    sinks.snapshots.send_replace(Arc::new(Snapshot {
-        statuses: compiled.statuses,
-        infos: state.infos.clone(),
-        rejected,
-        publish,
-        synced: true,
-    }));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Object;
 
     #[test]
     fn best_served_version_is_picked() {

@@ -8,4 +8,5 @@ pub mod kube_endpoints;
 pub mod kube_links;
 pub mod kube_status;
 pub mod positions;
+pub mod seam;
 pub mod watch;
