@@ -1,5 +1,6 @@
-//! `meshroute run`. File mode: initial load and publish, proxy listener, admin server,
-//! directory watcher and (with `--demo`) built-in echo backends and the live split view.
+//! `meshroute run`. File mode: the source seam's loop ([`crate::sources::seam`]) fed by the
+//! directory watcher, waiting for the first table, then proxy listener, admin server and (with
+//! `--demo`) built-in echo backends and the live split view.
 //! Kubernetes mode (`kube: true`): proxy and admin listeners plus the per-parent-port listeners
 //! ([`crate::proxy::ports`]), then in the background discovery, watchers, leader election, the
 //! status writer ([`crate::sources::kube`]) and the EndpointSlice publisher with meshroute's own

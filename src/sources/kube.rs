@@ -1,20 +1,17 @@
 //! Kubernetes source: kube-rs watchers for Services, EndpointSlices, Endpoints and every route
-//! kind the cluster serves, feeding the same [`Index`] and [`compile`] as file mode.
+//! kind the cluster serves, plus each linked cluster's Services and EndpointSlices, all sending
+//! into the source seam ([`super::seam`]) that file mode's directory feeds too.
 //!
-//! - **One seam.** Every watch is a [`Feed`] (a kind from an [`Origin`]: the local API server or
-//!   a linked cluster) sending [`SourceEvent`]s into one channel; one loop applies them to one
-//!   index, compiles and publishes. Linked clusters (`--link`) contribute exported Services and
-//!   EndpointSlices to [`Index::remote`] and never gate the first table.
-//!
+//! - **Feeds.** Every watch is a [`Feed`] (a kind from an [`Origin`]: the local API server or
+//!   a linked cluster). Linked clusters (`--link`, or Linkerd `Link` objects through
+//!   [`super::kube_links`]) contribute to [`crate::index::Index::remote`] and never gate the
+//!   first table.
 //! - **Versions by discovery.** For each CRD group the best version the cluster serves is
 //!   watched (e.g. linkerd-smi clusters serve only TrafficSplit v1alpha1/v1alpha2). A kind the
 //!   cluster does not serve at all is not watched; one log line says so.
-//! - **Nothing is published before every watch has finished its initial list.**
-//! - **A relist replaces a kind atomically**: `Init`/`InitApply` are buffered and swapped in on
-//!   `InitDone`, so the table never sees a half-listed kind.
+//! - **Nothing is published before every local watch has finished its initial list**, and a
+//!   relist replaces its kind atomically (the seam buffers `Reset`..`Synced`).
 //! - **API server gone**: the watchers back off and resume; the last table keeps serving.
-//! - **Fast**: every event is applied as it arrives; events already queued are applied together
-//!   and compiled once (no timer-based debounce).
 //!
 //! Route status and TrafficSplit Events are written by [`super::kube_status`] from the
 //! [`Snapshot`] published after every compile.

@@ -471,3 +471,49 @@ fn publish(state: &State, sinks: &Sinks) {
         synced: true,
     }));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::file::parse_documents;
+
+    fn items(yaml: &str) -> Vec<Item> {
+        parse_documents(std::path::Path::new("t.yaml"), yaml)
+            .into_iter()
+            .map(|l| Item::from_manifest(l.expect("parses").object))
+            .collect()
+    }
+
+    fn relist(st: &mut State, yaml: &str) {
+        st.handle(SourceEvent::Reset(Feed::files()));
+        for i in items(yaml) {
+            st.handle(SourceEvent::ResetApply(Feed::files(), i));
+        }
+        st.handle(SourceEvent::Problems(Feed::files(), vec![]));
+        st.handle(SourceEvent::Synced(Feed::files()));
+    }
+
+    #[test]
+    fn the_directory_is_one_feed_relisted_whole_and_a_refusal_leaves_the_index_alone() {
+        let svc = |n: &str| {
+            format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {n}, namespace: ns}}\n---\n")
+        };
+        let mut st = State::new([Feed::files()].into());
+        assert!(!st.all_synced());
+        relist(&mut st, &format!("{}{}", svc("a"), svc("b")));
+        assert!(st.all_synced());
+        assert_eq!(st.index.services.len(), 2);
+        // A reload without `a`: it goes.
+        relist(&mut st, &svc("b"));
+        let names: Vec<_> = st.index.services.keys().map(|(_, n)| n.clone()).collect();
+        assert_eq!(names, ["b"]);
+        // A refused directory: the index (hence the live table) is untouched, the errors wait
+        // to be reported.
+        st.handle(SourceEvent::Refused(
+            Feed::files(),
+            vec!["t.yaml:1: bad".into()],
+        ));
+        assert_eq!(st.index.services.len(), 1);
+        assert_eq!(st.refused, ["t.yaml:1: bad"]);
+    }
+}
