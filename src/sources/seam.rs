@@ -1,7 +1,7 @@
 //! The source seam: every source — the config directory (file mode), the local API server's
 //! watches, each linked cluster's — is a set of [`Feed`]s sending [`SourceEvent`]s (reset /
 //! apply / delete / synced, plus cluster link changes and a directory's refusal) into one
-//! channel. One loop ([`run_loop`]) applies them to one [`Index`], and once every expected feed
+//! channel. One loop (`run_loop`) applies them to one [`Index`], and once every expected feed
 //! has synced compiles, publishes the table and reports status (admin `/status`, metrics, and
 //! in Kubernetes mode the [`Snapshot`] the status writer works from).
 //!
