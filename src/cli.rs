@@ -50,6 +50,7 @@ pub fn check_paths(paths: &[std::path::PathBuf]) -> CheckReport {
     let LoadOutcome {
         index,
         routes: _,
+        objects: _,
         errors,
     } = load_paths(paths);
     let Compiled { statuses, .. } = compile(&index, &CompileOptions::default(), None);

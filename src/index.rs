@@ -21,6 +21,9 @@ pub struct Index {
     pub endpoints: BTreeMap<NsName, Endpoints>,
     pub groups: BTreeMap<NsName, HttpRouteGroup>,
     pub routes: BTreeMap<ObjectKey, AdmittedRoute>,
+    /// Linked clusters by name: their exported Services and EndpointSlices (nothing else is
+    /// read from them). A cluster is present once linked, even before it has listed.
+    pub remote: BTreeMap<String, Index>,
 }
 
 impl Index {
@@ -78,6 +81,11 @@ impl Index {
                 self.routes.remove(key);
             }
         }
+    }
+
+    /// The index of linked cluster `name`, created empty on first use.
+    pub fn linked(&mut self, name: &str) -> &mut Index {
+        self.remote.entry(name.to_string()).or_default()
     }
 
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! sources ──SourceEvent──▶ index ──▶ compile() ──▶ Arc<RouteTable> ──arc-swap──▶ proxy
-//!  (file dir | kube watch)  (pure)    (pure)        (immutable)                    (hyper)
+//!  (file dir | kube watch    (pure)    (pure)        (immutable)                    (hyper)
+//!   + linked clusters)
 //!                                       └──▶ statuses ──▶ status writer (kube) / `check` (file)
 //! ```
 //!

@@ -48,6 +48,8 @@ enum LogFormat {
 }
 
 #[derive(Subcommand)]
+// Parsed once at startup: the size of the `run` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Serve the routing table: from a directory of manifests (hot reload) or from Kubernetes.
     Run {
@@ -108,6 +110,15 @@ enum Command {
         /// published (default: the pod's namespace and `meshroute`).
         #[arg(long, requires = "kube", value_parser = parse_ns_name, value_name = "NS/NAME")]
         self_service: Option<(String, String)>,
+        /// Kubernetes mode: link a cluster, NAME=KUBECONFIG (repeatable). Its Services and
+        /// EndpointSlices are read (never written): mirrors labelled
+        /// `multicluster.linkerd.io/remote-discovery: NAME` resolve to its exported Services.
+        #[arg(long = "link", requires = "kube", value_name = "NAME=KUBECONFIG")]
+        links: Vec<meshroute::sources::kube::Link>,
+        /// Kubernetes mode: namespace of Linkerd's Link objects and their credentials Secrets
+        /// (each Link links its cluster without a restart); "" turns Link discovery off.
+        #[arg(long, requires = "kube", default_value = "linkerd-multicluster")]
+        link_namespace: String,
     },
     /// Compile manifests offline and print each route's admission and status.
     /// Exits 1 when anything is rejected or not accepted.
@@ -203,6 +214,8 @@ fn main() -> ExitCode {
             parent_ports,
             advertise,
             self_service,
+            links,
+            link_namespace,
         } => {
             let cfg = RunConfig {
                 proxy: limits.proxy_config(),
@@ -223,6 +236,8 @@ fn main() -> ExitCode {
                         advertise,
                         self_service,
                     },
+                    links,
+                    link_namespace: Some(link_namespace),
                     ..Default::default()
                 },
                 ..Default::default()

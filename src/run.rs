@@ -1,5 +1,6 @@
-//! `meshroute run`. File mode: initial load and publish, proxy listener, admin server,
-//! directory watcher and (with `--demo`) built-in echo backends and the live split view.
+//! `meshroute run`. File mode: the source seam's loop ([`crate::sources::seam`]) fed by the
+//! directory watcher, waiting for the first table, then proxy listener, admin server and (with
+//! `--demo`) built-in echo backends and the live split view.
 //! Kubernetes mode (`kube: true`): proxy and admin listeners plus the per-parent-port listeners
 //! ([`crate::proxy::ports`]), then in the background discovery, watchers, leader election, the
 //! status writer ([`crate::sources::kube`]) and the EndpointSlice publisher with meshroute's own
@@ -21,12 +22,12 @@ use tokio::sync::watch as signal;
 use tokio::task::JoinHandle;
 
 use crate::sources::kube::KubeOptions;
-use crate::sources::watch;
+use crate::sources::{seam, watch};
 
 use crate::compile::CompileOptions;
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, ProxyConfig};
-use watch::{reload_once, ReloadStatus};
+use watch::ReloadStatus;
 
 /// Everything `meshroute run` needs.
 #[derive(Debug, Clone)]
@@ -138,22 +139,42 @@ pub async fn start(config: RunConfig) -> anyhow::Result<Running> {
             config.config_dir.display()
         );
     }
-    // Watch before the initial load so no edit can fall between the two.
+    // Watch before the initial read so no edit can fall between the two.
     let dir_watch = watch::DirWatch::new(config.config_dir.clone())?;
-    {
-        let (d, p, o, s) = (
-            config.config_dir.clone(),
-            proxy.clone(),
-            opts.clone(),
-            status.clone(),
-        );
-        tokio::task::spawn_blocking(move || reload_once(&d, &p, &o, &s))
-            .await
-            .context("initial load failed")?;
-    }
-
     let (stop, stop_rx) = signal::channel(false);
     let mut others = Vec::new();
+    // The seam: the directory is one feed; one loop compiles and publishes.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (snap_tx, mut snap_rx) =
+        tokio::sync::watch::channel(Arc::new(crate::sources::kube::Snapshot::default()));
+    {
+        let sinks = seam::Sinks {
+            proxy: proxy.clone(),
+            compile: opts,
+            status: status.clone(),
+            snapshots: snap_tx,
+            parent_ports: None,
+        };
+        let rx_stop = stop_rx.clone();
+        others.push(tokio::spawn(async move {
+            let mut state = seam::State::new([seam::Feed::files()].into());
+            let shutdown = stopped(rx_stop);
+            tokio::pin!(shutdown);
+            seam::run_loop(rx, &mut state, &sinks, &mut shutdown).await;
+        }));
+    }
+    others.push(tokio::spawn(watch::feed(
+        dir_watch,
+        tx,
+        config.resync,
+        stopped(stop_rx.clone()),
+    )));
+    // Serve once the first table is live.
+    snap_rx
+        .wait_for(|s| s.synced)
+        .await
+        .map_err(|_| anyhow::anyhow!("initial load failed"))?;
+
     if config.demo {
         others.extend(crate::demo::start_backends(proxy.clone(), stopped(stop_rx.clone())).await);
     }
@@ -176,14 +197,6 @@ pub async fn start(config: RunConfig) -> anyhow::Result<Running> {
             }
         }));
     }
-    others.push(tokio::spawn(watch::watch(
-        dir_watch,
-        proxy.clone(),
-        opts,
-        status.clone(),
-        config.resync,
-        stopped(stop_rx.clone()),
-    )));
     let finishing = Vec::new();
     if config.demo {
         others.push(tokio::spawn(crate::demo::show(
@@ -216,6 +229,7 @@ async fn start_kube(config: RunConfig) -> anyhow::Result<Running> {
     }
     let opts = config.kube_options.clone();
     let client = source::client(&opts).await?;
+    let linked = source::linked_clients(&opts.links).await?;
     let metrics = Arc::new(Metrics::new());
     metrics.set_mode("kube");
     let proxy = Proxy::new(metrics, config.proxy.clone());
@@ -266,6 +280,7 @@ async fn start_kube(config: RunConfig) -> anyhow::Result<Running> {
         client.clone(),
         opts.clone(),
         sinks,
+        linked,
         Some(plan_tx),
         stopped(stop_rx.clone()),
     )));

@@ -28,6 +28,17 @@ use validate::{is_core, AdmittedRoute, BackendRefSpec, FilterSpec, RouteKind, Ru
 pub const MIRRORED_LABEL: &str = "mirror.linkerd.io/mirrored-service";
 pub const CLUSTER_LABEL: &str = "mirror.linkerd.io/cluster-name";
 pub const REMOTE_FQ_NAME: &str = "mirror.linkerd.io/remote-svc-fq-name";
+/// Pod-to-pod mirrors (Linkerd 2.14+): the linked cluster whose endpoints the mirror stands for.
+pub const REMOTE_DISCOVERY_LABEL: &str = "multicluster.linkerd.io/remote-discovery";
+/// Pod-to-pod mirrors: the Service's name in that cluster (same namespace).
+pub const REMOTE_SERVICE_LABEL: &str = "multicluster.linkerd.io/remote-service";
+/// Federated Services: the local member's name (the remote members are in the
+/// `multicluster.linkerd.io/remote-discovery` annotation, `name@cluster,...`).
+pub const LOCAL_DISCOVERY_ANNOTATION: &str = "multicluster.linkerd.io/local-discovery";
+/// Label of a Service exported for remote discovery (`remote-discovery` or `true`).
+pub const EXPORTED_LABEL: &str = "mirror.linkerd.io/exported";
+/// Label of a Service that is a member of a federated Service (`member`).
+pub const FEDERATED_LABEL: &str = "mirror.linkerd.io/federated";
 
 #[derive(Debug, Clone)]
 pub struct CompileOptions {
@@ -79,6 +90,12 @@ pub fn compile(index: &Index, opts: &CompileOptions, prev: Option<&RouteTable>) 
         backends: HashMap::new(),
         key_buf: String::new(),
         endpoints: endpoints_by_service(index),
+        failover: false,
+        remote_endpoints: index
+            .remote
+            .iter()
+            .map(|(c, i)| (c.clone(), endpoints_by_service(i)))
+            .collect(),
     };
 
     // (parent ns, parent name, port) → matches collected from every accepted route.
@@ -102,6 +119,7 @@ pub fn compile(index: &Index, opts: &CompileOptions, prev: Option<&RouteTable>) 
             name: route.name.as_str().into(),
         };
         let rules = expand_rules(index, route);
+        cx.failover = route.failover;
         for parent in &route.parents {
             let g = route.generation;
             let mut conds = Vec::new();
@@ -603,6 +621,10 @@ struct Cx<'a> {
     /// Scratch buffer for `ns/name:port` cache keys.
     key_buf: String,
     endpoints: HashMap<(String, String), ServiceEndpoints>,
+    /// The route being compiled has linkerd-failover's annotation ([`fail_over`]).
+    failover: bool,
+    /// Per linked cluster, as `endpoints`.
+    remote_endpoints: HashMap<String, HashMap<(String, String), ServiceEndpoints>>,
 }
 
 impl Cx<'_> {
@@ -650,6 +672,11 @@ impl Cx<'_> {
                 Backend { weight: b.weight, target, filters: self.filters(&b.filters, parent_port, problems) }
             })
             .collect();
+        let backends = if self.failover {
+            fail_over(backends, excluded)
+        } else {
+            backends
+        };
         Arc::new(Rule {
             route: Some(route),
             index,
@@ -722,6 +749,39 @@ impl Cx<'_> {
         }
     }
 
+    /// Port name and single-port flag of Service `ns/name` in linked cluster `cluster` for
+    /// local port `port` (`sp`), if the cluster is linked and exports it (for federation:
+    /// `mirror.linkerd.io/federated: member` also counts); else why not.
+    fn remote_member(
+        &self,
+        cluster: &str,
+        ns: &str,
+        name: &str,
+        port: u16,
+        sp: &ServicePort,
+        federation: bool,
+    ) -> Result<(String, bool), String> {
+        let Some(linked) = self.index.remote.get(cluster) else {
+            return Err(format!(
+                "{ns}/{name} in cluster {cluster:?}, which is not linked (--link {cluster}=KUBECONFIG)"
+            ));
+        };
+        let exported = |s: &Service| {
+            let l = s.metadata.labels.as_ref();
+            let v = |k: &str| l.and_then(|l| l.get(k)).map(String::as_str);
+            matches!(v(EXPORTED_LABEL), Some("remote-discovery" | "true"))
+                || (federation && v(FEDERATED_LABEL) == Some("member"))
+        };
+        let Some(rsvc) = linked.service(ns, name).filter(|s| exported(s)) else {
+            return Err(format!(
+                "{ns}/{name}, which is not found (or not exported) in linked cluster {cluster}"
+            ));
+        };
+        member_port(rsvc, port, sp).ok_or_else(|| {
+            format!("{ns}/{name} in linked cluster {cluster}, which has no port {port}")
+        })
+    }
+
     fn resolve(
         &mut self,
         ns: &str,
@@ -747,39 +807,139 @@ impl Cx<'_> {
             ));
         };
         let labels = svc.metadata.labels.as_ref();
-        let mirrored = labels
-            .and_then(|l| l.get(MIRRORED_LABEL))
-            .is_some_and(|v| v == "true");
-        let cluster = labels
-            .and_then(|l| l.get(CLUSTER_LABEL))
+        let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+        let annotation = |k: &str| {
+            svc.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(k))
+                .map(String::as_str)
+        };
+        let mirrored = label(MIRRORED_LABEL) == Some("true");
+        let mut cluster = label(CLUSTER_LABEL)
             .filter(|_| mirrored)
-            .map(|c| Arc::<str>::from(c.as_str()));
-        let port_name = sp.name.clone().unwrap_or_default();
-        let eps = self.endpoints.get(&(ns.to_string(), name.to_string()));
-        let mut endpoints: Vec<Endpoint> = Vec::new();
-        for (pname, pnum, ip, ready) in eps.map(|e| e.entries.as_slice()).unwrap_or_default() {
-            // A single unnamed port matches the Service's only port, named or not.
-            if *pname != port_name && !(pname.is_empty() && service_ports(svc).len() == 1) {
-                continue;
+            .map(Arc::<str>::from);
+        let local_eps = self.endpoints.get(&(ns.to_string(), name.to_string()));
+        // Where the endpoints come from: (linked cluster or local, endpoints, port name, the
+        // Service has a single port).
+        let mut members: Vec<(Option<&str>, Option<&ServiceEndpoints>, String, bool)> = Vec::new();
+        let federated_remote = annotation(REMOTE_DISCOVERY_LABEL);
+        let federated_local = annotation(LOCAL_DISCOVERY_ANNOTATION);
+        if federated_remote.is_some() || federated_local.is_some() {
+            // A federated Service: the union of its members' endpoints, local ones first.
+            let mut missing = Vec::new();
+            if let Some(local) = federated_local.filter(|l| !l.is_empty()) {
+                match self
+                    .index
+                    .service(ns, local)
+                    .map(|s| member_port(s, port, sp))
+                {
+                    Some(Some((pn, single))) => members.push((
+                        None,
+                        self.endpoints.get(&(ns.to_string(), local.to_string())),
+                        pn,
+                        single,
+                    )),
+                    _ => missing.push(format!("{ns}/{local} (local): not found or no port {port}")),
+                }
             }
-            let addr = SocketAddr::new(*ip, *pnum);
-            if endpoints.iter().any(|e| e.addr == addr) {
-                continue;
+            for m in federated_remote.into_iter().flat_map(|r| r.split(',')) {
+                let Some((rname, rcluster)) = m.trim().split_once('@') else {
+                    continue;
+                };
+                match self.remote_member(rcluster, ns, rname, port, sp, true) {
+                    Ok((pn, single)) => members.push((
+                        Some(rcluster),
+                        self.remote_endpoints
+                            .get(rcluster)
+                            .and_then(|e| e.get(&(ns.to_string(), rname.to_string()))),
+                        pn,
+                        single,
+                    )),
+                    Err(e) => missing.push(e),
+                }
             }
-            let load = self.loads.entry(addr).or_default().clone();
-            endpoints.push(Endpoint {
-                addr,
-                ready: *ready,
-                load,
-            });
+            if members.is_empty() {
+                return Err((
+                    "BackendNotFound",
+                    format!(
+                        "federated backend Service {ns}/{name} has no member: {}",
+                        missing.join("; ")
+                    ),
+                ));
+            }
+        } else if let Some(remote_cluster) = label(REMOTE_DISCOVERY_LABEL) {
+            // A pod-to-pod mirror has no endpoints here: they are those of the remote Service
+            // in the linked cluster, matched by port number (Linkerd copies the ports), else
+            // by port name.
+            let remote_name = label(REMOTE_SERVICE_LABEL).unwrap_or(name);
+            let (pn, single) = self
+                .remote_member(remote_cluster, ns, remote_name, port, sp, false)
+                .map_err(|e| {
+                    (
+                        "BackendNotFound",
+                        format!("backend Service {ns}/{name} mirrors {e}"),
+                    )
+                })?;
+            cluster = Some(Arc::from(remote_cluster));
+            members.push((
+                Some(remote_cluster),
+                self.remote_endpoints
+                    .get(remote_cluster)
+                    .and_then(|m| m.get(&(ns.to_string(), remote_name.to_string()))),
+                pn,
+                single,
+            ));
+        } else {
+            members.push((
+                None,
+                local_eps,
+                sp.name.clone().unwrap_or_default(),
+                service_ports(svc).len() == 1,
+            ));
         }
-        endpoints.sort_by_key(|e| e.addr);
-        let ready = endpoints
+        let federated = federated_remote.is_some() || federated_local.is_some();
+        // (endpoint, member cluster) in member order.
+        let mut found: Vec<(Endpoint, Option<&str>)> = Vec::new();
+        for (member_cluster, eps, port_name, single_port) in &members {
+            for (pname, pnum, ip, ready) in eps.map(|e| e.entries.as_slice()).unwrap_or_default() {
+                // A single unnamed port matches the Service's only port, named or not.
+                if pname != port_name && !(pname.is_empty() && *single_port) {
+                    continue;
+                }
+                let addr = SocketAddr::new(*ip, *pnum);
+                if found.iter().any(|(e, _)| e.addr == addr) {
+                    continue;
+                }
+                let load = self.loads.entry(addr).or_default().clone();
+                found.push((
+                    Endpoint {
+                        addr,
+                        ready: *ready,
+                        load,
+                    },
+                    *member_cluster,
+                ));
+            }
+        }
+        found.sort_by_key(|(e, _)| e.addr);
+        // Local first: a federated Service uses its local ready endpoints while there are
+        // any, and spills to the linked clusters' ready ones when there are none.
+        let local_ready = found.iter().any(|(e, c)| e.ready && c.is_none());
+        let ready: Vec<usize> = found
             .iter()
             .enumerate()
-            .filter(|(_, e)| e.ready)
+            .filter(|(_, (e, c))| e.ready && !(federated && local_ready && c.is_some()))
             .map(|(i, _)| i)
             .collect();
+        if federated {
+            let mut used: Vec<&str> = ready.iter().filter_map(|&i| found[i].1).collect();
+            used.sort_unstable();
+            used.dedup();
+            cluster = (!used.is_empty()).then(|| Arc::from(used.join(",")));
+        }
+        let endpoints: Vec<Endpoint> = found.into_iter().map(|(e, _)| e).collect();
+        let eps = local_eps;
         let remote = eps.and_then(|e| e.remote_fq_name.clone()).or_else(|| {
             svc.metadata
                 .annotations
@@ -802,6 +962,77 @@ impl Cx<'_> {
             endpoints,
             ready,
         }))
+    }
+}
+
+/// The port of `svc` standing for port `port` (`sp`) of a mirror or federated Service: the same
+/// number (Linkerd copies the ports), else the same name; with its name and whether it is the
+/// Service's only port.
+fn member_port(svc: &Service, port: u16, sp: &ServicePort) -> Option<(String, bool)> {
+    let ports = service_ports(svc);
+    ports
+        .iter()
+        .find(|p| p.port == i32::from(port))
+        .or_else(|| ports.iter().find(|p| p.name == sp.name))
+        .map(|p| (p.name.clone().unwrap_or_default(), ports.len() == 1))
+}
+
+/// How a route's status message and Events start when failover moved a backend's share.
+pub const FAILOVER_NOTE: &str = "failover active";
+
+/// linkerd-failover in the data plane: a backend without ready endpoints (or invalid) gives its
+/// share to those with ready endpoints, in proportion to their weights, or evenly when their
+/// weights are all 0 (linkerd-failover's primary 1 / secondaries 0). Nothing changes when no
+/// backend has ready endpoints or none has lost any: then the rule's own semantics stand.
+/// Each backend that gave its share away is named in `notes` (the route's status message).
+fn fail_over(mut backends: Vec<Backend>, notes: &mut Vec<String>) -> Vec<Backend> {
+    let healthy = |b: &Backend| match &b.target {
+        BackendTarget::Service(s) => !s.ready.is_empty(),
+        BackendTarget::Invalid { .. } => false,
+    };
+    let total: u64 = backends.iter().map(|b| u64::from(b.weight)).sum();
+    let down: Vec<usize> = (0..backends.len())
+        .filter(|&i| backends[i].weight > 0 && !healthy(&backends[i]))
+        .collect();
+    if total == 0 || down.is_empty() || !backends.iter().any(healthy) {
+        return backends;
+    }
+    let healthy_weight: u64 = backends
+        .iter()
+        .filter(|b| healthy(b))
+        .map(|b| u64::from(b.weight))
+        .sum();
+    // Zeroing the failed shares hands them out in proportion to the remaining weights.
+    for &i in &down {
+        backends[i].weight = 0;
+    }
+    if healthy_weight == 0 {
+        for b in backends.iter_mut().filter(|b| healthy(b)) {
+            b.weight = 1;
+        }
+    }
+    let takers: Vec<String> = backends
+        .iter()
+        .filter(|b| b.weight > 0)
+        .map(backend_label)
+        .collect();
+    for &i in &down {
+        notes.push(format!(
+            "{FAILOVER_NOTE}: backend {} has no ready endpoints, its share goes to {}",
+            backend_label(&backends[i]),
+            takers.join(", ")
+        ));
+    }
+    backends
+}
+
+fn backend_label(b: &Backend) -> String {
+    match &b.target {
+        BackendTarget::Service(s) => match &s.cluster {
+            Some(c) => format!("{}/{}:{} (cluster {c})", s.namespace, s.name, s.port),
+            None => format!("{}/{}:{}", s.namespace, s.name, s.port),
+        },
+        BackendTarget::Invalid { reason } => format!("invalid ({reason})"),
     }
 }
 

@@ -94,6 +94,13 @@ pub fn refusal(index: &Index, svc: &Service) -> Option<String> {
             "{id} is a multicluster mirror; its endpoints belong to the mirror controller"
         ));
     }
+    if annotation(meta, REMOTE_DISCOVERY_LABEL).is_some()
+        || annotation(meta, super::LOCAL_DISCOVERY_ANNOTATION).is_some()
+    {
+        return Some(format!(
+            "{id} is a federated Service; its endpoints are its members'"
+        ));
+    }
     if svc
         .spec
         .as_ref()
@@ -606,6 +613,10 @@ spec:
             (
                 "metadata: {name: smiley, namespace: faces, labels: {multicluster.linkerd.io/remote-discovery: east}}",
                 "multicluster mirror",
+            ),
+            (
+                "metadata: {name: smiley, namespace: faces, annotations: {multicluster.linkerd.io/local-discovery: smiley-local}}",
+                "federated Service",
             ),
         ];
         for (meta, why) in cases {

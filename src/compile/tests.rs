@@ -887,3 +887,236 @@ fn grpcroute_refuses_what_the_crd_refuses() {
         );
     }
 }
+
+/// `smiley-east` in shop is a pod-to-pod mirror of `smiley` in linked cluster east, whose
+/// EndpointSlice has one ready and one not-ready endpoint.
+const POD_TO_POD_MIRROR: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: smiley-east, namespace: shop, labels: {multicluster.linkerd.io/remote-discovery: east, multicluster.linkerd.io/remote-service: smiley}}\nspec: {ports: [{name: http, port: 80}]}\n";
+const EAST: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: smiley, namespace: shop, labels: {mirror.linkerd.io/exported: remote-discovery}}\nspec: {ports: [{name: http, port: 80, targetPort: 8080}]}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: smiley-1, namespace: shop, labels: {kubernetes.io/service-name: smiley}}\naddressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints:\n- addresses: [10.2.0.1]\n- addresses: [10.2.0.2]\n  conditions: {ready: false}\n";
+
+fn with_east(mut index: Index, east: &str) -> Index {
+    *index.linked("east") = index_of(&[east]);
+    index
+}
+
+fn first_backends(c: &Compiled, host: &str) -> Vec<(Option<String>, Vec<String>, usize, u32)> {
+    let h = HeaderMap::new();
+    let Lookup::Matched { rule, .. } = c.table.lookup(
+        host,
+        &RequestView {
+            method: &Method::GET,
+            path: "/",
+            query: None,
+            headers: &h,
+        },
+    ) else {
+        panic!("no match for {host}")
+    };
+    rule.backends
+        .iter()
+        .map(|b| match &b.target {
+            BackendTarget::Service(s) => (
+                s.cluster.as_deref().map(str::to_string),
+                s.endpoints.iter().map(|e| e.addr.to_string()).collect(),
+                s.ready.len(),
+                b.weight,
+            ),
+            BackendTarget::Invalid { reason } => (None, vec![reason.clone()], 0, b.weight),
+        })
+        .collect()
+}
+
+#[test]
+fn pod_to_pod_mirror_resolves_to_the_linked_clusters_endpoints_with_their_readiness() {
+    let r = route(
+        "r",
+        None,
+        "  - backendRefs: [{name: smiley-east, port: 80}]\n",
+    );
+    let index = with_east(index_of(&[SERVICES, POD_TO_POD_MIRROR, &r]), EAST);
+    let c = compile(&index, &CompileOptions::default(), None);
+    assert_eq!(
+        first_backends(&c, "web.shop"),
+        vec![(
+            Some("east".into()),
+            vec!["10.2.0.1:8080".into(), "10.2.0.2:8080".into()],
+            1,
+            1
+        )]
+    );
+    assert!(c.route_problems().is_empty(), "{:?}", c.route_problems());
+    // The mirror itself (a parent without routes) passes through to the same endpoints.
+    assert_eq!(first_backends(&c, "smiley-east.shop")[0].2, 1);
+}
+
+#[test]
+fn pod_to_pod_mirror_of_an_unlinked_cluster_or_unexported_service_is_a_backend_problem() {
+    let r = route(
+        "r",
+        None,
+        "  - backendRefs: [{name: smiley-east, port: 80}]\n",
+    );
+    let c = compile_docs(&[SERVICES, POD_TO_POD_MIRROR, &r]);
+    let p = c.route_problems().join("\n");
+    assert!(p.contains("\"east\", which is not linked"), "{p}");
+    let index = with_east(index_of(&[SERVICES, POD_TO_POD_MIRROR, &r]), "");
+    let c = compile(&index, &CompileOptions::default(), None);
+    let p = c.route_problems().join("\n");
+    assert!(
+        p.contains("not found (or not exported) in linked cluster east"),
+        "{p}"
+    );
+}
+
+fn split_route(annotations: &str, weights: (u32, u32)) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: shop{annotations}}}\nspec:\n  parentRefs: [{{kind: Service, group: \"\", name: web, port: 80}}]\n  rules:\n  - backendRefs: [{{name: smiley-east, port: 80, weight: {}}}, {{name: a, port: 80, weight: {}}}]\n",
+        weights.0, weights.1
+    )
+}
+
+const FAILOVER: &str = ", annotations: {failover.linkerd.io/primary-service: smiley-east}, labels: {failover.linkerd.io/controlled-by: linkerd-failover}";
+const EAST_DOWN: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: smiley, namespace: shop, labels: {mirror.linkerd.io/exported: remote-discovery}}\nspec: {ports: [{name: http, port: 80}]}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: smiley-1, namespace: shop, labels: {kubernetes.io/service-name: smiley}}\naddressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints:\n- addresses: [10.2.0.1]\n  conditions: {ready: false}\n";
+
+fn weights_of(c: &Compiled) -> Vec<u32> {
+    first_backends(c, "web.shop").iter().map(|b| b.3).collect()
+}
+
+#[test]
+fn failover_moves_the_share_of_a_backend_without_ready_endpoints_and_gives_it_back() {
+    let compile_with = |east: &str, annotations: &str, w: (u32, u32)| {
+        let r = split_route(annotations, w);
+        let index = with_east(index_of(&[SERVICES, POD_TO_POD_MIRROR, &r]), east);
+        compile(&index, &CompileOptions::default(), None)
+    };
+    // Healthy: weights as written.
+    assert_eq!(weights_of(&compile_with(EAST, FAILOVER, (3, 1))), [3, 1]);
+    // East has no ready endpoint: all of it goes to `a`.
+    let c = compile_with(EAST_DOWN, FAILOVER, (3, 1));
+    assert_eq!(weights_of(&c), [0, 1]);
+    let status = format!("{:?}", c.statuses);
+    assert!(status.contains("failover active: backend shop/smiley-east:80 (cluster east) has no ready endpoints, its share goes to shop/a:80"), "{status}");
+    // linkerd-failover's pattern: primary 1, secondary 0 → the secondary takes everything.
+    assert_eq!(
+        weights_of(&compile_with(EAST_DOWN, FAILOVER, (1, 0))),
+        [0, 1]
+    );
+    assert_eq!(weights_of(&compile_with(EAST, FAILOVER, (1, 0))), [1, 0]);
+    // Without the annotation Gateway API semantics stay: east keeps its (failing) share.
+    let c = compile_with(EAST_DOWN, "", (3, 1));
+    assert_eq!(weights_of(&c), [3, 1]);
+    assert!(!format!("{:?}", c.statuses).contains("failover"));
+}
+
+#[test]
+fn failover_math() {
+    fn b(weight: u32, ready: bool) -> Backend {
+        let addr: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        Backend {
+            weight,
+            target: BackendTarget::Service(Arc::new(ServiceBackend {
+                namespace: "ns".into(),
+                name: "s".into(),
+                port: 80,
+                cluster: None,
+                authority: None,
+                protocol: Protocol::Http1,
+                endpoints: vec![Endpoint {
+                    addr,
+                    ready,
+                    load: Default::default(),
+                }],
+                ready: if ready { vec![0] } else { vec![] },
+            })),
+            filters: vec![],
+        }
+    }
+    let run = |bs: Vec<Backend>| -> Vec<u32> {
+        let mut notes = Vec::new();
+        fail_over(bs, &mut notes).iter().map(|b| b.weight).collect()
+    };
+    // Proportional to the remaining weights: zeroing the failed one does exactly that.
+    assert_eq!(run(vec![b(2, false), b(1, true), b(3, true)]), [0, 1, 3]);
+    // Evenly when the healthy ones all weigh 0.
+    assert_eq!(run(vec![b(1, false), b(0, true), b(0, true)]), [0, 1, 1]);
+    // Nobody healthy, or nobody down, or nothing to give: unchanged.
+    assert_eq!(run(vec![b(1, false), b(2, false)]), [1, 2]);
+    assert_eq!(run(vec![b(1, true), b(0, false)]), [1, 0]);
+    assert_eq!(run(vec![b(0, false), b(0, true)]), [0, 0]);
+    // An invalid backend (e.g. an unlinked cluster) has no ready endpoints either.
+    let invalid = Backend {
+        weight: 5,
+        target: BackendTarget::Invalid { reason: "x".into() },
+        filters: vec![],
+    };
+    assert_eq!(run(vec![invalid, b(1, true)]), [0, 1]);
+}
+
+#[test]
+fn failover_annotation_works_on_trafficsplits_too() {
+    let split = |annotations: &str| {
+        format!(
+            "apiVersion: split.smi-spec.io/v1alpha2\nkind: TrafficSplit\nmetadata: {{name: s, namespace: shop{annotations}}}\nspec:\n  service: web\n  backends: [{{service: smiley-east, weight: 1}}, {{service: a, weight: 0}}]\n"
+        )
+    };
+    let weights = |doc: String| {
+        let index = with_east(index_of(&[SERVICES, POD_TO_POD_MIRROR, &doc]), EAST_DOWN);
+        weights_of(&compile(&index, &CompileOptions::default(), None))
+    };
+    assert_eq!(weights(split(FAILOVER)), [0, 1]);
+    assert_eq!(weights(split("")), [1, 0]);
+}
+
+fn federated_index(local_ready: bool) -> Index {
+    let local = format!("apiVersion: v1\nkind: Service\nmetadata: {{name: smiley, namespace: shop}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: smiley-1, namespace: shop, labels: {{kubernetes.io/service-name: smiley}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n- addresses: [10.1.0.1]\n  conditions: {{ready: {local_ready}}}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: smiley-federated, namespace: shop, annotations: {{multicluster.linkerd.io/remote-discovery: \"smiley@east,smiley@west\", multicluster.linkerd.io/local-discovery: smiley}}}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n");
+    let r = route(
+        "r",
+        None,
+        "  - backendRefs: [{name: smiley-federated, port: 80}]\n",
+    );
+    // East's member is labelled as a federated member rather than exported.
+    let east = EAST.replace(
+        "mirror.linkerd.io/exported: remote-discovery",
+        "mirror.linkerd.io/federated: member",
+    );
+    with_east(index_of(&[SERVICES, &local, &r]), &east)
+}
+
+#[test]
+fn federated_service_is_the_union_local_first_then_spills_to_linked_clusters() {
+    // Local ready: only the local endpoint takes traffic; every member's endpoint is listed.
+    let c = compile(&federated_index(true), &CompileOptions::default(), None);
+    let b = &first_backends(&c, "web.shop")[0];
+    assert_eq!(
+        b.1,
+        ["10.1.0.1:8080", "10.2.0.1:8080", "10.2.0.2:8080"],
+        "{b:?}"
+    );
+    assert_eq!((b.0.as_deref(), b.2), (None, 1), "{b:?}");
+    // West is not linked: not a member, and no problem while others resolve.
+    assert!(c.route_problems().is_empty(), "{:?}", c.route_problems());
+    // Local not ready: spill to east's ready endpoint.
+    let c = compile(&federated_index(false), &CompileOptions::default(), None);
+    let b = &first_backends(&c, "web.shop")[0];
+    assert_eq!((b.0.as_deref(), b.2), (Some("east"), 1), "{b:?}");
+    let h = HeaderMap::new();
+    let Lookup::Matched { rule, .. } = c.table.lookup(
+        "web.shop",
+        &RequestView {
+            method: &Method::GET,
+            path: "/",
+            query: None,
+            headers: &h,
+        },
+    ) else {
+        panic!()
+    };
+    let BackendTarget::Service(s) = &rule.backends.iter().next().unwrap().target else {
+        panic!()
+    };
+    let used: Vec<String> = s
+        .ready
+        .iter()
+        .map(|&i| s.endpoints[i].addr.to_string())
+        .collect();
+    assert_eq!(used, ["10.2.0.1:8080"]);
+}

@@ -134,7 +134,13 @@ pub struct AdmittedRoute {
     pub rules: Vec<RuleSpec>,
     /// TrafficSplit v1alpha3+: HTTPRouteGroups whose matches select the split's traffic.
     pub smi_groups: Vec<String>,
+    /// linkerd-failover's `failover.linkerd.io/primary-service` annotation is set: a backend
+    /// without ready endpoints gives its share to those that have some.
+    pub failover: bool,
 }
+
+/// linkerd-failover's annotation naming the primary backend; its presence turns failover on.
+pub const FAILOVER_ANNOTATION: &str = "failover.linkerd.io/primary-service";
 
 /// Admit a route-like object. `Ok(None)` for objects that are not routes.
 pub fn admit(obj: &Object) -> Result<Option<AdmittedRoute>, Vec<FieldError>> {
@@ -159,6 +165,10 @@ pub fn admit(obj: &Object) -> Result<Option<AdmittedRoute>, Vec<FieldError>> {
         parents: vec![],
         rules: vec![],
         smi_groups: vec![],
+        failover: meta
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(FAILOVER_ANNOTATION)),
     };
     let route = match obj {
         Object::GatewayHttpRoute(r) => {

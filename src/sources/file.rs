@@ -136,6 +136,9 @@ pub struct LoadOutcome {
     /// Route-like objects admitted, with where they came from (for `check`).
     pub routes: Vec<(Location, ObjectKey)>,
     pub errors: Vec<LoadError>,
+    /// The objects `index` was built from, in reading order (what file mode sends to the
+    /// source seam).
+    pub objects: Vec<Object>,
 }
 
 /// Read a directory into an index. Never panics on bad input; every problem is an error entry
@@ -189,8 +192,9 @@ pub fn load_paths(paths: &[PathBuf]) -> LoadOutcome {
                         object,
                         positions,
                     } = loaded;
-                    match out.index.apply(object) {
+                    match out.index.apply(object.clone()) {
                         Ok(()) => {
+                            out.objects.push(object);
                             if is_route {
                                 out.routes.push((location, key));
                             }

@@ -1,20 +1,22 @@
 //! Kubernetes source: kube-rs watchers for Services, EndpointSlices, Endpoints and every route
-//! kind the cluster serves, feeding the same [`Index`] and [`compile`] as file mode.
+//! kind the cluster serves, plus each linked cluster's Services and EndpointSlices, all sending
+//! into the source seam ([`super::seam`]) that file mode's directory feeds too.
 //!
+//! - **Feeds.** Every watch is a [`Feed`] (a kind from an [`Origin`]: the local API server or
+//!   a linked cluster). Linked clusters (`--link`, or Linkerd `Link` objects through
+//!   [`super::kube_links`]) contribute to [`crate::index::Index::remote`] and never gate the
+//!   first table.
 //! - **Versions by discovery.** For each CRD group the best version the cluster serves is
 //!   watched (e.g. linkerd-smi clusters serve only TrafficSplit v1alpha1/v1alpha2). A kind the
 //!   cluster does not serve at all is not watched; one log line says so.
-//! - **Nothing is published before every watch has finished its initial list.**
-//! - **A relist replaces a kind atomically**: `Init`/`InitApply` are buffered and swapped in on
-//!   `InitDone`, so the table never sees a half-listed kind.
+//! - **Nothing is published before every local watch has finished its initial list**, and a
+//!   relist replaces its kind atomically (the seam buffers `Reset`..`Synced`).
 //! - **API server gone**: the watchers back off and resume; the last table keeps serving.
-//! - **Fast**: every event is applied as it arrives; events already queued are applied together
-//!   and compiled once (no timer-based debounce).
 //!
 //! Route status and TrafficSplit Events are written by [`super::kube_status`] from the
 //! [`Snapshot`] published after every compile.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,17 +32,16 @@ use kube::runtime::WatchStreamExt;
 use kube::{Client, Config, Resource};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::compile::status::{RouteStatus, CONTROLLER_NAME};
-use crate::compile::{compile, CompileOptions};
-use crate::index::Index;
 use crate::model::{
-    Object, ObjectKey, DISCOVERY_GROUP, GATEWAY_GROUP, LINKERD_GROUP, SPECS_GROUP, SPLIT_GROUP,
+    ObjectKey, DISCOVERY_GROUP, GATEWAY_GROUP, LINKERD_GROUP, SPECS_GROUP, SPLIT_GROUP,
 };
-use crate::proxy::Proxy;
 use crate::sources::file::{decode, Location};
-use crate::sources::watch::ReloadStatus;
+
+use super::seam::{run_loop, State};
+pub use super::seam::{Feed, Item, Origin, Sinks, SourceEvent};
 
 /// Scope and identity of Kubernetes mode.
 #[derive(Debug, Clone, Default)]
@@ -64,6 +65,95 @@ pub struct KubeOptions {
     pub read_only: bool,
     /// Transparent serving and its settings ([`PublishOptions`]).
     pub publish: PublishOptions,
+    /// Linked clusters (`--link NAME=KUBECONFIG`): read-only sources of Services and
+    /// EndpointSlices; only those exported (or federated members) are resolved.
+    pub links: Vec<Link>,
+    /// Namespace of Linkerd's `Link` objects and their credentials Secrets (`--link-namespace`,
+    /// default `linkerd-multicluster`); `Some("")` turns Link discovery off.
+    pub link_namespace: Option<String>,
+}
+
+/// A linked cluster as given by `--link NAME=KUBECONFIG`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// The name mirrors use in `multicluster.linkerd.io/remote-discovery`.
+    pub name: String,
+    pub kubeconfig: PathBuf,
+}
+
+impl std::str::FromStr for Link {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('=') {
+            Some((name, path)) if !name.is_empty() && !path.is_empty() => Ok(Link {
+                name: name.to_string(),
+                kubeconfig: PathBuf::from(path),
+            }),
+            _ => Err(format!(
+                "{s:?}: expected NAME=KUBECONFIG, e.g. east=/etc/meshroute/east.kubeconfig"
+            )),
+        }
+    }
+}
+
+/// A linked cluster's client, ready to watch.
+#[derive(Clone)]
+pub struct LinkedCluster {
+    pub name: Arc<str>,
+    pub client: Client,
+}
+
+/// Clients for `links`; fails on an unreadable kubeconfig (a wrong flag), not on an
+/// unreachable API server (that one is retried by the watchers).
+pub async fn linked_clients(links: &[Link]) -> Result<Vec<LinkedCluster>, KubeSourceError> {
+    let mut out = Vec::new();
+    for link in links {
+        let opts = KubeOptions {
+            kubeconfig: Some(link.kubeconfig.clone()),
+            ..Default::default()
+        };
+        out.push(LinkedCluster {
+            name: Arc::from(link.name.as_str()),
+            client: client(&opts).await?,
+        });
+    }
+    Ok(out)
+}
+
+/// Watch a linked cluster: its Services and EndpointSlices (in `namespace` only when set: a
+/// mirror's remote Service lives in the mirror's namespace). Which Services count (exported
+/// for remote discovery, or federated members) is decided when resolving: one label selector
+/// cannot ask for both, and two watches of one kind could disagree about an object.
+pub(crate) fn spawn_linked(
+    linked: &LinkedCluster,
+    namespace: Option<&str>,
+    tx: &mpsc::UnboundedSender<SourceEvent>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let origin = Origin::Linked(linked.name.clone());
+    let services = watcher::Config::default();
+    vec![
+        tokio::spawn(watch_kind(
+            api_for::<Service>(&linked.client, namespace),
+            services,
+            Feed {
+                origin: origin.clone(),
+                slot: Slot::Service,
+            },
+            ApiResource::erase::<Service>(&()),
+            tx.clone(),
+        )),
+        tokio::spawn(watch_kind(
+            api_for::<EndpointSlice>(&linked.client, namespace),
+            watcher::Config::default(),
+            Feed {
+                origin,
+                slot: Slot::EndpointSlice,
+            },
+            ApiResource::erase::<EndpointSlice>(&()),
+            tx.clone(),
+        )),
+    ]
 }
 
 /// Transparent serving: EndpointSlices for route parents, listeners for their ports.
@@ -188,6 +278,8 @@ pub enum Slot {
     LinkerdHttpRoute,
     TrafficSplit,
     HttpRouteGroup,
+    /// Every kind at once, from a directory of manifests (file mode's one feed).
+    Manifests,
 }
 
 impl Slot {
@@ -207,6 +299,7 @@ impl Slot {
             Slot::LinkerdHttpRoute => LINKERD_GROUP,
             Slot::TrafficSplit => SPLIT_GROUP,
             Slot::HttpRouteGroup => SPECS_GROUP,
+            Slot::Manifests => "",
         }
     }
 
@@ -219,6 +312,7 @@ impl Slot {
             Slot::GatewayGrpcRoute => "GRPCRoute",
             Slot::TrafficSplit => "TrafficSplit",
             Slot::HttpRouteGroup => "HTTPRouteGroup",
+            Slot::Manifests => "manifests",
         }
     }
 
@@ -232,6 +326,7 @@ impl Slot {
             Slot::TrafficSplit | Slot::HttpRouteGroup => {
                 &["v1alpha4", "v1alpha3", "v1alpha2", "v1alpha1"]
             }
+            Slot::Manifests => &[],
         }
     }
 
@@ -385,25 +480,6 @@ pub struct Snapshot {
     pub synced: bool,
 }
 
-/// One object as the API server returned it: decoded, or why it could not be.
-#[derive(Debug)]
-struct Item {
-    key: ObjectKey,
-    object: Result<Object, String>,
-    info: Option<RouteInfo>,
-    api_version: String,
-    uid: Option<String>,
-}
-
-#[derive(Debug)]
-enum Msg {
-    Init(Slot),
-    InitApply(Slot, Item),
-    InitDone(Slot),
-    Apply(Slot, Item),
-    Delete(Slot, ObjectKey),
-}
-
 /// Strip what the status comparison ignores: timestamps, and nulls.
 pub fn normalize_parent(entry: &Value) -> Value {
     let mut v = entry.clone();
@@ -517,12 +593,13 @@ fn to_item(slot: Slot, ar: &ApiResource, mut doc: Value) -> Item {
 async fn watch_kind<K>(
     api: Api<K>,
     cfg: watcher::Config,
-    slot: Slot,
+    feed: Feed,
     ar: ApiResource,
-    tx: mpsc::UnboundedSender<Msg>,
+    tx: mpsc::UnboundedSender<SourceEvent>,
 ) where
     K: Resource + Clone + DeserializeOwned + serde::Serialize + fmt::Debug + Send + 'static,
 {
+    let slot = feed.slot;
     let mut stream = std::pin::pin!(watcher::watcher(api, cfg).default_backoff());
     let mut failing = false;
     let convert = |obj: &K| -> Option<Item> {
@@ -537,34 +614,35 @@ async fn watch_kind<K>(
         }
     };
     while let Some(ev) = stream.next().await {
+        let f = feed.clone();
         let msg = match ev {
             Err(e) => {
                 // One line per outage, not one per retry.
                 if !failing {
-                    tracing::warn!(kind = %slot, error = %e, "watch failed; retrying with backoff, the last table keeps serving");
+                    tracing::warn!(kind = %slot, source = %feed.origin, error = %e, "watch failed; retrying with backoff, the last table keeps serving");
                 }
                 failing = true;
                 continue;
             }
             Ok(ev) => {
                 if failing {
-                    tracing::info!(kind = %slot, "watch resumed");
+                    tracing::info!(kind = %slot, source = %feed.origin, "watch resumed");
                     failing = false;
                 }
                 match ev {
-                    Event::Init => Msg::Init(slot),
-                    Event::InitDone => Msg::InitDone(slot),
+                    Event::Init => SourceEvent::Reset(f),
+                    Event::InitDone => SourceEvent::Synced(f),
                     Event::InitApply(o) => match convert(&o) {
-                        Some(item) => Msg::InitApply(slot, item),
+                        Some(item) => SourceEvent::ResetApply(f, item),
                         None => continue,
                     },
                     Event::Apply(o) => match convert(&o) {
-                        Some(item) => Msg::Apply(slot, item),
+                        Some(item) => SourceEvent::Apply(f, item),
                         None => continue,
                     },
                     Event::Delete(o) => {
                         let m = o.meta();
-                        Msg::Delete(slot, slot.key(m.namespace.as_deref(), m.name.as_deref()))
+                        SourceEvent::Delete(f, slot.key(m.namespace.as_deref(), m.name.as_deref()))
                     }
                 }
             }
@@ -590,7 +668,7 @@ fn spawn_watchers(
     client: &Client,
     plan: &Plan,
     opts: &KubeOptions,
-    tx: &mpsc::UnboundedSender<Msg>,
+    tx: &mpsc::UnboundedSender<SourceEvent>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let ns = opts.namespace.as_deref();
     let mut tasks = Vec::new();
@@ -602,25 +680,26 @@ fn spawn_watchers(
             }
         }
         let (slot, ar, tx) = (*slot, ar.clone(), tx.clone());
+        let feed = slot.local();
         let task = match slot {
             Slot::Service => tokio::spawn(watch_kind(
                 api_for::<Service>(client, ns),
                 cfg,
-                slot,
+                feed,
                 ar,
                 tx,
             )),
             Slot::EndpointSlice => tokio::spawn(watch_kind(
                 api_for::<EndpointSlice>(client, ns),
                 cfg,
-                slot,
+                feed,
                 ar,
                 tx,
             )),
             Slot::Endpoints => tokio::spawn(watch_kind(
                 api_for::<Endpoints>(client, ns),
                 cfg,
-                slot,
+                feed,
                 ar,
                 tx,
             )),
@@ -629,143 +708,12 @@ fn spawn_watchers(
                     Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
                     None => Api::all_with(client.clone(), &ar),
                 };
-                tokio::spawn(watch_kind(api, cfg, slot, ar, tx))
+                tokio::spawn(watch_kind(api, cfg, feed, ar, tx))
             }
         };
         tasks.push(task);
     }
     tasks
-}
-
-/// The source's view of the cluster.
-struct State {
-    index: Index,
-    /// Keys present per kind, to find what a relist dropped.
-    known: BTreeMap<Slot, BTreeSet<ObjectKey>>,
-    /// Objects of a relist in progress.
-    buffers: BTreeMap<Slot, Vec<Item>>,
-    synced: BTreeSet<Slot>,
-    expected: BTreeSet<Slot>,
-    infos: BTreeMap<ObjectKey, RouteInfo>,
-    rejected: BTreeMap<ObjectKey, Rejected>,
-    dirty: bool,
-}
-
-impl State {
-    fn new(expected: BTreeSet<Slot>) -> Self {
-        State {
-            index: Index::new(),
-            known: BTreeMap::new(),
-            buffers: BTreeMap::new(),
-            synced: BTreeSet::new(),
-            expected,
-            infos: BTreeMap::new(),
-            rejected: BTreeMap::new(),
-            dirty: false,
-        }
-    }
-
-    fn upsert(&mut self, slot: Slot, item: Item) {
-        self.known.entry(slot).or_default().insert(item.key.clone());
-        match item.info {
-            Some(info) => {
-                self.infos.insert(item.key.clone(), info);
-            }
-            None => {
-                self.infos.remove(&item.key);
-            }
-        }
-        let refused = match item.object {
-            Ok(object) => match self.index.apply(object) {
-                Ok(()) => None,
-                Err(errs) => {
-                    let errs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-                    Some(("Invalid", errs.join("; ")))
-                }
-            },
-            Err(e) => Some(("Unreadable", e)),
-        };
-        match refused {
-            None => {
-                self.rejected.remove(&item.key);
-            }
-            Some((reason, message)) => {
-                // Like an edit the API server refuses: an earlier good version keeps serving.
-                tracing::warn!(object = %item.key, api_version = %item.api_version, "{}: {}: {message}", item.key, if reason == "Unreadable" { "cannot be read" } else { "refused" });
-                self.rejected.insert(
-                    item.key.clone(),
-                    Rejected {
-                        key: item.key,
-                        api_version: item.api_version,
-                        uid: item.uid,
-                        reason,
-                        message,
-                    },
-                );
-            }
-        }
-    }
-
-    fn remove(&mut self, slot: Slot, key: &ObjectKey) {
-        if let Some(k) = self.known.get_mut(&slot) {
-            k.remove(key);
-        }
-        self.infos.remove(key);
-        self.rejected.remove(key);
-        self.index.delete(key);
-    }
-
-    fn handle(&mut self, msg: Msg) {
-        match msg {
-            Msg::Init(slot) => {
-                self.buffers.insert(slot, Vec::new());
-            }
-            Msg::InitApply(slot, item) => self.buffers.entry(slot).or_default().push(item),
-            Msg::InitDone(slot) => {
-                let items = self.buffers.remove(&slot).unwrap_or_default();
-                let listed: BTreeSet<ObjectKey> = items.iter().map(|i| i.key.clone()).collect();
-                let gone: Vec<ObjectKey> = self
-                    .known
-                    .get(&slot)
-                    .map(|k| k.difference(&listed).cloned().collect())
-                    .unwrap_or_default();
-                for key in &gone {
-                    self.remove(slot, key);
-                }
-                for item in items {
-                    self.upsert(slot, item);
-                }
-                if self.synced.insert(slot) {
-                    tracing::info!(kind = %slot, objects = listed.len(), "initial list complete");
-                }
-                self.dirty = true;
-            }
-            Msg::Apply(slot, item) => {
-                self.upsert(slot, item);
-                self.dirty = true;
-            }
-            Msg::Delete(slot, key) => {
-                self.remove(slot, &key);
-                self.dirty = true;
-            }
-        }
-    }
-
-    fn all_synced(&self) -> bool {
-        self.expected.is_subset(&self.synced)
-    }
-}
-
-/// Where the source publishes.
-#[derive(Clone)]
-pub struct Sinks {
-    pub proxy: Arc<Proxy>,
-    pub compile: CompileOptions,
-    pub status: Arc<ReloadStatus>,
-    pub snapshots: watch::Sender<Arc<Snapshot>>,
-    /// Listener ports named by our EndpointSlices, for the parent port listeners (only when
-    /// publishing is on).
-    pub parent_ports: Option<watch::Sender<crate::proxy::ports::PortSet>>,
 }
 
 /// Discover (retrying until the API server answers), start the watchers and keep the proxy's
@@ -774,20 +722,29 @@ pub async fn run(
     client: Client,
     opts: KubeOptions,
     sinks: Sinks,
+    linked: Vec<LinkedCluster>,
     plan_tx: Option<tokio::sync::oneshot::Sender<Plan>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    // Linked clusters are watched from the start: they need no discovery, and their endpoints
+    // are then ready when the local routes first publish.
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut tasks = Vec::new();
+    for l in &linked {
+        tracing::info!(cluster = %l.name, namespace = opts.namespace.as_deref().unwrap_or("*"), "watching linked cluster: Services and EndpointSlices");
+        tasks.extend(spawn_linked(l, opts.namespace.as_deref(), &tx));
+    }
     let mut delay = Duration::from_millis(200);
     let plan = loop {
         tokio::select! {
-            () = &mut shutdown => return,
+            () = &mut shutdown => { tasks.iter().for_each(|t| t.abort()); return },
             r = discover(&client) => match r {
                 Ok(plan) => break plan,
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?delay, "cannot reach the API server");
                     tokio::select! {
-                        () = &mut shutdown => return,
+                        () = &mut shutdown => { tasks.iter().for_each(|t| t.abort()); return },
                         () = tokio::time::sleep(delay) => {}
                     }
                     delay = (delay * 2).min(Duration::from_secs(30));
@@ -804,98 +761,44 @@ pub async fn run(
     if let Some(tx) = plan_tx {
         let _ = tx.send(plan.clone());
     }
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let tasks = spawn_watchers(&client, &plan, &opts, &tx);
-    drop(tx);
-    let mut state = State::new(plan.watched.iter().map(|(s, _)| *s).collect());
-    loop {
-        let msg = tokio::select! {
-            () = &mut shutdown => break,
-            m = rx.recv() => m,
-        };
-        let Some(msg) = msg else { break };
-        state.handle(msg);
-        // Apply everything already queued, then compile once.
-        while let Ok(m) = rx.try_recv() {
-            state.handle(m);
-        }
-        if state.dirty && state.all_synced() {
-            state.dirty = false;
-            publish(&state, &sinks);
+    tasks.extend(spawn_watchers(&client, &plan, &opts, &tx));
+    let link_ns = opts
+        .link_namespace
+        .clone()
+        .unwrap_or_else(|| super::kube_links::DEFAULT_LINK_NAMESPACE.into());
+    if !link_ns.is_empty() {
+        match super::kube_links::discover_links(&client).await {
+            Ok(Some(ar)) => {
+                tracing::info!(namespace = %link_ns, api_version = %ar.api_version, "watching Links (multicluster.linkerd.io)");
+                tasks.push(tokio::spawn(super::kube_links::run(
+                    client.clone(),
+                    ar,
+                    link_ns,
+                    opts.namespace.clone(),
+                    tx.clone(),
+                )));
+            }
+            Ok(None) => tracing::info!(
+                "not watching Links: API group multicluster.linkerd.io is not served"
+            ),
+            Err(e) => tracing::warn!(error = %e, "not watching Links: discovery failed"),
         }
     }
+    drop(tx);
+    let mut state = State::new(plan.watched.iter().map(|(s, _)| s.local()).collect());
+    for l in &linked {
+        state.index.linked(&l.name);
+    }
+    run_loop(rx, &mut state, &sinks, &mut shutdown).await;
     for t in tasks {
         t.abort();
     }
 }
 
-fn publish(state: &State, sinks: &Sinks) {
-    let first = !sinks.proxy.is_ready();
-    let prev = sinks.proxy.table();
-    let compiled = compile(&state.index, &sinks.compile, Some(&prev));
-    drop(prev);
-    let route_problems = compiled.route_problems();
-    let parents = compiled.table.parent_count();
-    let publish = if sinks.compile.publish_endpoints {
-        crate::compile::publish::candidates(&state.index, &compiled.table)
-    } else {
-        Vec::new()
-    };
-    let ports = compiled.table.local_port_numbers();
-    let generation = sinks.proxy.publish(compiled.table);
-    // After the table: a connection to a new port must find its parent.
-    if let Some(tx) = &sinks.parent_ports {
-        tx.send_if_modified(|have| {
-            if **have == ports {
-                return false;
-            }
-            *have = Arc::new(ports);
-            true
-        });
-    }
-    sinks.proxy.metrics.reloads.inc();
-    if first {
-        tracing::info!(
-            generation,
-            parents,
-            "every watch has listed; first routing table published"
-        );
-    } else {
-        tracing::debug!(generation, parents, "routing table published");
-    }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let rejected: Vec<Rejected> = state.rejected.values().cloned().collect();
-    sinks
-        .proxy
-        .metrics
-        .config_ok
-        .set(i64::from(rejected.is_empty()));
-    sinks.status.update(|s| {
-        s.generation = generation;
-        s.config_ok = rejected.is_empty();
-        s.errors = rejected
-            .iter()
-            .map(|r| format!("{}: {}", r.key, r.message))
-            .collect();
-        s.route_problems = route_problems;
-        s.reloads += 1;
-        s.last_reload_unix = now;
-    });
-    sinks.snapshots.send_replace(Arc::new(Snapshot {
-        statuses: compiled.statuses,
-        infos: state.infos.clone(),
-        rejected,
-        publish,
-        synced: true,
-    }));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Object;
 
     #[test]
     fn best_served_version_is_picked() {
@@ -948,29 +851,67 @@ mod tests {
 
     #[test]
     fn relist_replaces_a_kind_atomically_and_drops_what_is_gone() {
-        let mut st = State::new([Slot::Service, Slot::Endpoints].into());
-        st.handle(Msg::Init(Slot::Service));
-        st.handle(Msg::InitApply(Slot::Service, item("a")));
-        st.handle(Msg::InitApply(Slot::Service, item("b")));
+        let mut st = State::new([Slot::Service.local(), Slot::Endpoints.local()].into());
+        st.handle(SourceEvent::Reset(Slot::Service.local()));
+        st.handle(SourceEvent::ResetApply(Slot::Service.local(), item("a")));
+        st.handle(SourceEvent::ResetApply(Slot::Service.local(), item("b")));
         // Nothing is visible before the list is complete.
         assert!(st.index.services.is_empty());
-        st.handle(Msg::InitDone(Slot::Service));
+        st.handle(SourceEvent::Synced(Slot::Service.local()));
         assert_eq!(st.index.services.len(), 2);
         assert!(!st.all_synced(), "Endpoints have not listed yet");
-        st.handle(Msg::Init(Slot::Endpoints));
-        st.handle(Msg::InitDone(Slot::Endpoints));
+        st.handle(SourceEvent::Reset(Slot::Endpoints.local()));
+        st.handle(SourceEvent::Synced(Slot::Endpoints.local()));
         assert!(st.all_synced());
         // A relist (after a watch desync) without `a`: `a` goes, `b` stays throughout.
-        st.handle(Msg::Init(Slot::Service));
-        st.handle(Msg::InitApply(Slot::Service, item("b")));
+        st.handle(SourceEvent::Reset(Slot::Service.local()));
+        st.handle(SourceEvent::ResetApply(Slot::Service.local(), item("b")));
         assert_eq!(
             st.index.services.len(),
             2,
             "old state serves until InitDone"
         );
-        st.handle(Msg::InitDone(Slot::Service));
+        st.handle(SourceEvent::Synced(Slot::Service.local()));
         let names: Vec<_> = st.index.services.keys().map(|(_, n)| n.clone()).collect();
         assert_eq!(names, vec!["b".to_string()]);
+    }
+
+    #[test]
+    fn a_cluster_unlinked_takes_its_objects_and_late_events_of_its_watch_are_ignored() {
+        let east = Feed {
+            origin: Origin::Linked(Arc::from("east")),
+            slot: Slot::Service,
+        };
+        let mut st = State::new([Slot::Service.local()].into());
+        // Not linked (yet): its events are dropped.
+        st.handle(SourceEvent::Apply(east.clone(), item("smiley")));
+        assert!(st.index.remote.is_empty());
+        st.handle(SourceEvent::Linked(Arc::from("east")));
+        st.handle(SourceEvent::Reset(east.clone()));
+        st.handle(SourceEvent::ResetApply(east.clone(), item("smiley")));
+        st.handle(SourceEvent::Synced(east.clone()));
+        assert!(st.index.remote["east"].service("ns", "smiley").is_some());
+        assert!(
+            st.index.services.is_empty(),
+            "linked objects stay out of the local index"
+        );
+        assert!(
+            !st.all_synced(),
+            "a linked cluster listing does not make the local source synced"
+        );
+        st.handle(SourceEvent::Unlinked(Arc::from("east")));
+        assert!(st.index.remote.is_empty());
+        st.handle(SourceEvent::Apply(east, item("late")));
+        assert!(st.index.remote.is_empty());
+    }
+
+    #[test]
+    fn link_flag_is_name_equals_kubeconfig() {
+        let l: Link = "east=/etc/east.kubeconfig".parse().expect("parses");
+        assert_eq!(l.name, "east");
+        assert_eq!(l.kubeconfig, PathBuf::from("/etc/east.kubeconfig"));
+        assert!("east".parse::<Link>().is_err());
+        assert!("=x".parse::<Link>().is_err());
     }
 
     fn split_resource(version: &str) -> ApiResource {
@@ -1019,17 +960,17 @@ mod tests {
         let item = to_item(Slot::TrafficSplit, &split_resource("v1alpha4"), bad);
         assert!(item.object.is_err());
         let key = item.key.clone();
-        let mut st = State::new([Slot::TrafficSplit].into());
-        st.handle(Msg::Init(Slot::TrafficSplit));
-        st.handle(Msg::InitApply(Slot::TrafficSplit, item));
-        st.handle(Msg::InitDone(Slot::TrafficSplit));
+        let mut st = State::new([Slot::TrafficSplit.local()].into());
+        st.handle(SourceEvent::Reset(Slot::TrafficSplit.local()));
+        st.handle(SourceEvent::ResetApply(Slot::TrafficSplit.local(), item));
+        st.handle(SourceEvent::Synced(Slot::TrafficSplit.local()));
         let r = st.rejected.get(&key).expect("reported");
         assert_eq!(r.reason, "Unreadable");
         assert_eq!(r.uid.as_deref(), Some("u-1"));
         assert!(r.message.contains("spec.backends"), "{}", r.message);
         // Once it reads again the report goes away.
-        st.handle(Msg::Apply(
-            Slot::TrafficSplit,
+        st.handle(SourceEvent::Apply(
+            Slot::TrafficSplit.local(),
             to_item(
                 Slot::TrafficSplit,
                 &split_resource("v1alpha4"),

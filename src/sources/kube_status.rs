@@ -37,6 +37,7 @@ use tokio::time::Instant;
 use super::kube::{normalize_parent, Plan, Rejected, RouteInfo, Slot, Snapshot};
 use crate::compile::status::{RouteStatus, CONTROLLER_NAME};
 use crate::compile::validate::RouteKind;
+use crate::compile::FAILOVER_NOTE;
 use crate::metrics::Metrics;
 use crate::model::ObjectKey;
 use crate::sources::watch::{ReloadStatus, StatusWriterState};
@@ -572,12 +573,28 @@ fn split_events(
     }
     // What the spec made of the split (e.g. a backend left out on a port it lacks): said once
     // per change, as a Normal Event, since it is the specified behaviour, not a fault.
+    // Failover (linkerd-failover's annotation) says when it starts and when it ends.
+    let failing_over = |notes: &[String]| notes.iter().any(|n| n.starts_with(FAILOVER_NOTE));
     let before = reported.notes.insert(key.clone(), rs.notes.clone());
     if !rs.notes.is_empty() && before.as_ref() != Some(&rs.notes) {
         out.push(Event {
             type_: EventType::Normal,
-            reason: "BackendExcluded".into(),
+            reason: if failing_over(&rs.notes) {
+                "FailoverActive"
+            } else {
+                "BackendExcluded"
+            }
+            .into(),
             note: Some(note(rs.notes.join("; "))),
+            action: "Route".into(),
+            secondary: None,
+        });
+    }
+    if !failing_over(&rs.notes) && before.is_some_and(|b| failing_over(&b)) {
+        out.push(Event {
+            type_: EventType::Normal,
+            reason: "FailoverEnded".into(),
+            note: Some("every backend has ready endpoints again; weights as written".into()),
             action: "Route".into(),
             secondary: None,
         });
@@ -628,5 +645,44 @@ mod tests {
         let merged = merge_parents(&[], &want, "now");
         assert_eq!(merged.len(), 1);
         assert_eq!(merged[0]["conditions"][0]["lastTransitionTime"], "now");
+    }
+
+    #[test]
+    fn trafficsplit_failover_is_told_in_events_when_it_starts_and_ends() {
+        let key = ObjectKey {
+            group: "split.smi-spec.io",
+            kind: "TrafficSplit",
+            namespace: "ns".into(),
+            name: "s".into(),
+        };
+        let info = RouteInfo {
+            api_version: "split.smi-spec.io/v1alpha2".into(),
+            uid: None,
+            ours: vec![],
+            split_weights: Some("a=1, b=0".into()),
+        };
+        let status = |notes: Vec<String>| RouteStatus {
+            kind: RouteKind::TrafficSplit,
+            api_version: info.api_version.clone(),
+            namespace: "ns".into(),
+            name: "s".into(),
+            generation: None,
+            parents: vec![],
+            notes,
+        };
+        let reasons = |reported: &mut Reported, notes: Vec<String>| -> Vec<String> {
+            split_events(reported, &key, &status(notes), &info)
+                .into_iter()
+                .map(|e| e.reason)
+                .collect()
+        };
+        let mut reported = Reported::default();
+        assert!(reasons(&mut reported, vec![]).is_empty());
+        let active = vec![format!(
+            "{FAILOVER_NOTE}: backend ns/a:80 has no ready endpoints"
+        )];
+        assert_eq!(reasons(&mut reported, active.clone()), ["FailoverActive"]);
+        assert!(reasons(&mut reported, active).is_empty(), "said once");
+        assert_eq!(reasons(&mut reported, vec![]), ["FailoverEnded"]);
     }
 }

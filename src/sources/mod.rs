@@ -5,6 +5,8 @@
 pub mod file;
 pub mod kube;
 pub mod kube_endpoints;
+pub mod kube_links;
 pub mod kube_status;
 pub mod positions;
+pub mod seam;
 pub mod watch;

@@ -1,6 +1,7 @@
 //! File-mode hot reload: watch the config directory (the directory, not the files, so
 //! symlink-swapped ConfigMap volumes and editors that replace files are seen), debounce bursts
-//! of events, reload, compile against the live table and publish.
+//! of events, read it and send it through the source seam ([`crate::sources::seam`]) as one
+//! relisted feed; the seam's loop compiles against the live table and publishes.
 //!
 //! Reload rule: when the directory has errors and a table is already live, the live table keeps
 //! serving and the errors are reported (one log line per error naming file:line:column, object and
@@ -10,18 +11,16 @@
 //! one that differs logs which routes were added, removed or edited.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use notify::{EventKind, RecursiveMode, Watcher};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::compile::{compile, CompileOptions};
-use crate::proxy::Proxy;
 use crate::sources::file::load_dir;
-use crate::table::diff::TableDigest;
+use crate::sources::seam::{Feed, Item, SourceEvent};
 
 /// Quiet time after the last event before reloading.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -83,110 +82,50 @@ impl ReloadStatus {
     }
 }
 
-/// What one reload did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reloaded {
-    /// A new table was published with this generation.
-    Published(u64),
-    /// The directory compiles to the live table (this generation): nothing was published.
-    Unchanged(u64),
-    /// The directory had errors; the live table (this generation) keeps serving. `settling`:
-    /// some file was caught being written, so another reload is due soon.
-    Kept { generation: u64, settling: bool },
-}
-
 /// How soon a directory with a file caught mid-write is read again.
 const SETTLE_RETRY: Duration = Duration::from_millis(250);
 
-/// Load the directory, compile and publish (or keep the live table, per the reload rule).
-/// Blocking: run it on a blocking thread.
-pub fn reload_once(
+/// Read the directory and send it to the seam as one relist of [`Feed::files`] (reload rule:
+/// once a list went through, a directory with errors is refused as a whole and the live table
+/// keeps serving). Returns how soon to read again unprompted: soon when a file was caught
+/// mid-write, else `resync`.
+async fn send_dir(
     dir: &Path,
-    proxy: &Proxy,
-    opts: &CompileOptions,
-    status: &ReloadStatus,
-) -> Reloaded {
-    let outcome = load_dir(dir);
-    let metrics = &proxy.metrics;
-    metrics.reloads.inc();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    tx: &mpsc::UnboundedSender<SourceEvent>,
+    listed: &mut bool,
+    resync: Duration,
+) -> Duration {
+    let d = dir.to_path_buf();
+    let outcome = match tokio::task::spawn_blocking(move || load_dir(&d)).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(error = %e, "reading the configuration directory failed");
+            return resync;
+        }
+    };
     let errors: Vec<String> = outcome.errors.iter().map(|e| e.to_string()).collect();
     for e in &errors {
         tracing::warn!(dir = %dir.display(), "configuration error: {e}");
     }
-    if !errors.is_empty() {
-        metrics.reload_errors.inc();
-        metrics.config_ok.set(0);
-        if proxy.is_ready() {
-            let live = proxy.table().generation;
-            tracing::warn!(
-                generation = live,
-                errors = errors.len(),
-                "configuration rejected; the last good table keeps serving"
-            );
-            status.update(|s| {
-                s.config_ok = false;
-                s.errors = errors;
-                s.reloads += 1;
-                s.last_reload_unix = now;
-            });
-            return Reloaded::Kept {
-                generation: live,
-                settling: outcome.errors.iter().any(|e| e.transient),
-            };
-        }
-    } else {
-        metrics.config_ok.set(1);
+    let settling = outcome.errors.iter().any(|e| e.transient);
+    let next = if settling { SETTLE_RETRY } else { resync };
+    let feed = Feed::files();
+    if !errors.is_empty() && *listed {
+        let _ = tx.send(SourceEvent::Refused(feed, errors));
+        return next;
     }
-    let prev = proxy.table();
-    let compiled = compile(&outcome.index, opts, Some(&prev));
-    let route_problems = compiled.route_problems();
-    // Resyncs and rewrites with the same content must not churn generations, pools and logs.
-    let changes = if proxy.is_ready() {
-        let changes = TableDigest::of(&prev).changes(&TableDigest::of(&compiled.table));
-        if changes.is_empty() {
-            let generation = prev.generation;
-            tracing::debug!(generation, "configuration unchanged; nothing to publish");
-            status.update(|s| {
-                s.config_ok = true;
-                s.errors = errors;
-                s.route_problems = route_problems;
-                s.reloads += 1;
-                s.last_reload_unix = now;
-            });
-            return Reloaded::Unchanged(generation);
-        }
-        Some(changes)
-    } else {
-        None
-    };
-    drop(prev);
-    for p in &route_problems {
-        tracing::warn!("route not fully accepted: {p}");
+    // At startup the valid objects are published and the errors reported with them.
+    let _ = tx.send(SourceEvent::Reset(feed.clone()));
+    for object in outcome.objects {
+        let _ = tx.send(SourceEvent::ResetApply(
+            feed.clone(),
+            Item::from_manifest(object),
+        ));
     }
-    let parents = compiled.table.parent_count();
-    let generation = proxy.publish(compiled.table);
-    match changes {
-        Some(c) => tracing::info!(
-            generation,
-            parents,
-            changes = %c,
-            "routing table published"
-        ),
-        None => tracing::info!(generation, parents, "routing table published"),
-    }
-    status.update(|s| {
-        s.generation = generation;
-        s.config_ok = errors.is_empty();
-        s.errors = errors;
-        s.route_problems = route_problems;
-        s.reloads += 1;
-        s.last_reload_unix = now;
-    });
-    Reloaded::Published(generation)
+    let _ = tx.send(SourceEvent::Problems(feed.clone(), errors));
+    let _ = tx.send(SourceEvent::Synced(feed));
+    *listed = true;
+    next
 }
 
 /// A registered directory watch; events flow from the moment [`DirWatch::new`] returns, so
@@ -297,20 +236,20 @@ fn parent_of(dir: &Path) -> Option<PathBuf> {
     abs.parent().map(Path::to_path_buf)
 }
 
-/// Reload on every change seen by `watch` until `shutdown` resolves. Also reloads once per
-/// `resync` as a safety net for filesystems that drop events, and again shortly after a
-/// reload that caught a file mid-write.
-pub async fn watch(
+/// File mode's source: send the directory to the seam now and on every change seen by
+/// `watch` (debounced) until `shutdown` resolves or the seam closes. Also re-reads once per
+/// `resync` as a safety net for filesystems that drop events, and again shortly after a read
+/// that caught a file mid-write.
+pub async fn feed(
     mut watch: DirWatch,
-    proxy: Arc<Proxy>,
-    opts: CompileOptions,
-    status: Arc<ReloadStatus>,
+    tx: mpsc::UnboundedSender<SourceEvent>,
     resync: Option<Duration>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
     let resync = resync.unwrap_or(Duration::from_secs(24 * 3600));
-    let mut next_wait = resync;
+    let mut listed = false;
+    let mut next_wait = send_dir(&watch.dir, &tx, &mut listed, resync).await;
     loop {
         tokio::select! {
             () = &mut shutdown => break,
@@ -331,19 +270,9 @@ pub async fn watch(
         }
         while watch.rx.try_recv().is_ok() {}
         watch.rearm();
-        let (d, p, o, s) = (
-            watch.dir.clone(),
-            proxy.clone(),
-            opts.clone(),
-            status.clone(),
-        );
-        next_wait = match tokio::task::spawn_blocking(move || reload_once(&d, &p, &o, &s)).await {
-            Ok(Reloaded::Kept { settling: true, .. }) => SETTLE_RETRY,
-            Ok(_) => resync,
-            Err(e) => {
-                tracing::error!(error = %e, "reload task failed");
-                resync
-            }
-        };
+        if tx.is_closed() {
+            break;
+        }
+        next_wait = send_dir(&watch.dir, &tx, &mut listed, resync).await;
     }
 }

@@ -20,6 +20,8 @@ pub struct TableDigest {
     objects: BTreeMap<String, Vec<String>>,
     /// Parent port (`faces/color:80`) → (object label, rule index) in precedence order.
     order: BTreeMap<String, Vec<(String, usize)>>,
+    /// Listener port → its parent port (transparent serving).
+    local_ports: BTreeMap<u16, String>,
 }
 
 /// The difference between two digests, by object label; each list is sorted.
@@ -32,12 +34,15 @@ pub struct TableChanges {
     pub reordered: Vec<String>,
     /// The cluster domain changed (every authority is read differently).
     pub cluster_domain: bool,
+    /// Listener ports were allocated, released or moved to another parent.
+    pub local_ports: bool,
 }
 
 impl TableDigest {
     pub fn of(table: &RouteTable) -> Self {
         let mut d = TableDigest {
             cluster_domain: table.cluster_domain.clone(),
+            local_ports: table.local_port_map(),
             ..TableDigest::default()
         };
         for svc in table.services() {
@@ -78,6 +83,7 @@ impl TableDigest {
     pub fn changes(&self, new: &TableDigest) -> TableChanges {
         let mut c = TableChanges {
             cluster_domain: self.cluster_domain != new.cluster_domain,
+            local_ports: self.local_ports != new.local_ports,
             ..TableChanges::default()
         };
         for (label, entries) in &new.objects {
@@ -119,6 +125,7 @@ impl TableChanges {
             && self.edited.is_empty()
             && self.reordered.is_empty()
             && !self.cluster_domain
+            && !self.local_ports
     }
 }
 
@@ -140,6 +147,10 @@ impl std::fmt::Display for TableChanges {
         }
         if self.cluster_domain {
             write!(f, "{sep}cluster domain changed")?;
+            sep = "; ";
+        }
+        if self.local_ports {
+            write!(f, "{sep}parent listener ports changed")?;
         }
         Ok(())
     }

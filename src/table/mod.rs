@@ -316,6 +316,14 @@ impl RouteTable {
     }
 
     /// Every listener port named for a parent, sorted.
+    /// Listener port → `namespace/name:port` of its parent, in port order.
+    pub fn local_port_map(&self) -> std::collections::BTreeMap<u16, String> {
+        self.local_ports
+            .iter()
+            .map(|(local, p)| (*local, format!("{}/{}:{}", p.namespace, p.name, p.port)))
+            .collect()
+    }
+
     pub fn local_port_numbers(&self) -> std::collections::BTreeSet<u16> {
         self.local_ports.keys().copied().collect()
     }

@@ -734,7 +734,7 @@ impl Mesh {
         Self::from_config(cfg).await
     }
 
-    async fn from_config(cfg: RunConfig) -> Mesh {
+    pub async fn from_config(cfg: RunConfig) -> Mesh {
         let running = start(cfg).await.expect("meshroute starts in kube mode");
         let mesh = Mesh {
             proxy: running.proxy_addr,
