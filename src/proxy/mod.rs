@@ -10,6 +10,7 @@
 //! handles of every route and carries the upstream connection pools over by endpoint address.
 
 pub mod body;
+pub mod conns;
 pub mod error;
 pub mod filters;
 pub mod forward;
@@ -37,8 +38,17 @@ use pool::Pools;
 /// Limits and timeouts of the proxy listener and its upstream client.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
-    /// Client connections served at once; further connections wait in the accept backlog.
+    /// Client connections served at once. At the cap, a new client makes the connection idle
+    /// the longest (no open stream) close gracefully and takes its place; while every
+    /// connection has a stream open, new clients wait in the accept backlog.
     pub max_connections: usize,
+    /// An h2 client connection with no open stream for this long is closed gracefully
+    /// (GOAWAY); zero: never. (HTTP/1.1 keep-alive idles under `header_read_timeout`.)
+    pub h2_idle_timeout: Duration,
+    /// Interval of the h2 keep-alive PINGs sent to clients; zero: none.
+    pub h2_keep_alive_interval: Duration,
+    /// A client that does not acknowledge a keep-alive PING within this is disconnected.
+    pub h2_keep_alive_timeout: Duration,
     /// Time a client has to send a complete request head (also the idle keep-alive limit
     /// between requests on HTTP/1.1).
     pub header_read_timeout: Duration,
@@ -73,6 +83,9 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             max_connections: 10_000,
+            h2_idle_timeout: Duration::from_secs(300),
+            h2_keep_alive_interval: Duration::from_secs(30),
+            h2_keep_alive_timeout: Duration::from_secs(20),
             header_read_timeout: Duration::from_secs(10),
             max_headers: 100,
             max_header_bytes: 64 * 1024,
