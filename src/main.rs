@@ -354,6 +354,15 @@ struct Limits {
     /// Disconnect an h2 client that leaves a keep-alive PING unanswered for this long.
     #[arg(long, default_value = "20s", value_parser = duration)]
     h2_keep_alive_timeout: Duration,
+    /// Add a `meshroute-served-by` header (route, rule, backend, cluster, endpoint) to every
+    /// response; for debugging, it tells clients about the topology behind the proxy.
+    #[arg(long)]
+    debug_headers: bool,
+    /// Log one line per request (target `meshroute::access`; JSON with --log-format json):
+    /// parent, route, rule, backend, endpoint, method, path without query, status, duration,
+    /// meshroute-error reason.
+    #[arg(long)]
+    access_log: bool,
 }
 
 impl Limits {
@@ -368,6 +377,8 @@ impl Limits {
             h2_idle_timeout: self.h2_idle_timeout,
             h2_keep_alive_interval: self.h2_keep_alive_interval,
             h2_keep_alive_timeout: self.h2_keep_alive_timeout,
+            debug_headers: self.debug_headers,
+            access_log: self.access_log,
             ..Default::default()
         }
     }

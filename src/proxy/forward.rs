@@ -18,6 +18,7 @@ use super::body::{Completion, RequestBody, ResponseBody, UpstreamIncoming};
 use super::error::{error_response, ProxyError};
 use super::filters::{self, RequestEffects};
 use super::pool::{self, EndpointPool};
+use super::served::{AccessEntry, AccessStart, Served};
 use super::timeout::{self, Deadline};
 use super::{fast_rand, route, Live, Proxy};
 use crate::table::matching::RequestView;
@@ -92,17 +93,23 @@ async fn serve(
 ) -> Response<ResponseBody> {
     let (proxy, live) = (&*proxy, &live);
     let (mut parts, body) = req.into_parts();
+    let access = proxy
+        .config
+        .access_log
+        .then(|| AccessStart::new(&parts.method, parts.uri.path(), received.into_std()));
+    let access = access.as_ref();
+    let nowhere = Served::default();
     if parts.method == Method::CONNECT {
         // A tunnel is not a request a route could match or an endpoint answer in origin form;
         // in h2 plain CONNECT has no :path, and extended CONNECT is never enabled.
-        return unrouted(proxy, &ProxyError::ConnectNotSupported);
+        return unrouted(proxy, &ProxyError::ConnectNotSupported, access, nowhere);
     }
     let parent_port = match parent {
         Ok(p) => p,
-        Err(e) => return unrouted(proxy, &e),
+        Err(e) => return unrouted(proxy, &e, access, nowhere),
     };
     if let Err(e) = route::host_from_target(&mut parts) {
-        return unrouted(proxy, &e);
+        return unrouted(proxy, &e, access, nowhere);
     }
     let parent: &ParentPort = &parent_port;
     let view = RequestView {
@@ -111,26 +118,51 @@ async fn serve(
         query: parts.uri.query(),
         headers: &parts.headers,
     };
+    let at_parent = Served {
+        parent: Some(parent),
+        ..nowhere
+    };
     let (matched, rule) = match parent.lookup(&view) {
         Lookup::Matched { matched, rule, .. } => (matched, rule),
-        Lookup::NoMatch(_) => return unrouted(proxy, &ProxyError::NoRoute),
-        Lookup::UnknownAuthority => return unrouted(proxy, &ProxyError::UnknownAuthority),
+        Lookup::NoMatch(_) => return unrouted(proxy, &ProxyError::NoRoute, access, at_parent),
+        Lookup::UnknownAuthority => {
+            return unrouted(proxy, &ProxyError::UnknownAuthority, access, at_parent)
+        }
     };
     let route_metrics = live.metrics.route(parent, rule);
-    let fail = |e: ProxyError| {
+    let debug_headers = proxy.config.debug_headers;
+    let fail = |e: ProxyError, at: Served<'_>| {
         tracing::debug!(
             parent = %parent.name, namespace = %parent.namespace, error = %e,
             "request failed"
         );
-        let rsp = error_response(&e);
+        let mut rsp = error_response(&e);
+        let status = rsp.status().as_u16();
         if let Some(m) = route_metrics {
-            m.record(rsp.status().as_u16(), Some(e.reason()), received.elapsed());
+            m.record(status, Some(e.reason()), received.elapsed());
+        }
+        if debug_headers {
+            at.stamp(rsp.headers_mut());
+        }
+        if let Some(a) = access {
+            a.log(at, status, Some(e.reason()));
         }
         rsp
     };
-    let answered = |rsp: Response<ResponseBody>| {
+    let at_rule = Served {
+        rule: Some(rule),
+        ..at_parent
+    };
+    let answered = |mut rsp: Response<ResponseBody>| {
+        let status = rsp.status().as_u16();
         if let Some(m) = route_metrics {
-            m.record(rsp.status().as_u16(), None, received.elapsed());
+            m.record(status, None, received.elapsed());
+        }
+        if debug_headers {
+            at_rule.stamp(rsp.headers_mut());
+        }
+        if let Some(a) = access {
+            a.log(at_rule, status, None);
         }
         rsp
     };
@@ -145,17 +177,21 @@ async fn serve(
     ) {
         Ok(None) => {}
         Ok(Some(rsp)) => return answered(rsp),
-        Err(e) => return fail(e),
+        Err(e) => return fail(e, at_rule),
     }
 
     let Some(backend) = rule.backends.pick(fast_rand()) else {
-        return fail(ProxyError::NoBackends);
+        return fail(ProxyError::NoBackends, at_rule);
     };
     let svc = match &backend.target {
         BackendTarget::Service(s) => s,
         BackendTarget::Invalid { reason } => {
-            return fail(ProxyError::InvalidBackend(reason.clone()))
+            return fail(ProxyError::InvalidBackend(reason.clone()), at_rule)
         }
+    };
+    let at_backend = Served {
+        backend: Some(svc),
+        ..at_rule
     };
     if !backend.filters.is_empty() {
         match filters::apply_request(
@@ -167,7 +203,7 @@ async fn serve(
         ) {
             Ok(None) => {}
             Ok(Some(rsp)) => return answered(rsp),
-            Err(e) => return fail(e),
+            Err(e) => return fail(e, at_backend),
         }
     }
 
@@ -197,11 +233,11 @@ async fn serve(
     }
 
     let Some(mut endpoint) = svc.pick_endpoint(fast_rand(), fast_rand(), accrual_now) else {
-        return fail(ProxyError::NoReadyEndpoint(svc.display_name()));
+        return fail(ProxyError::NoReadyEndpoint(svc.display_name()), at_backend);
     };
     let authority = effects.authority.take().or_else(|| svc.authority.clone());
     if let Err(e) = prepare_upstream(&mut parts, svc.protocol, authority) {
-        return fail(e);
+        return fail(e, at_backend);
     }
 
     let backend_metrics = live.metrics.backend(parent, backend);
@@ -258,7 +294,7 @@ async fn serve(
                         attempts += 1;
                         endpoint = next;
                     }
-                    _ => return fail(e),
+                    _ => return fail(e, at_backend.at(endpoint.addr)),
                 }
             }
             Err(e @ ProxyError::Upstream { .. }) => {
@@ -266,9 +302,9 @@ async fn serve(
                     proxy.metrics.endpoint_ejections.inc();
                     tracing::info!(addr = %endpoint.addr, error = %e, "endpoint ejected");
                 }
-                return fail(e);
+                return fail(e, at_backend.at(endpoint.addr));
             }
-            Err(e) => return fail(e),
+            Err(e) => return fail(e, at_backend.at(endpoint.addr)),
         }
     };
 
@@ -279,6 +315,9 @@ async fn serve(
     }
     filters::apply_response(&rule.filters, &mut head.headers);
     filters::apply_response(&backend.filters, &mut head.headers);
+    if debug_headers {
+        at_backend.at(endpoint.addr).stamp(&mut head.headers);
+    }
     let completion = Completion {
         route: route_metrics.cloned(),
         backend: backend_metrics.cloned(),
@@ -287,6 +326,15 @@ async fn serve(
         dispatched: dispatched.into_std(),
         in_flight,
         conn,
+        access: access.map(|a| {
+            Box::new(AccessEntry {
+                start: a.clone(),
+                parent: parent_port.clone(),
+                rule: rule.clone(),
+                backend: svc.clone(),
+                endpoint: endpoint.addr,
+            })
+        }),
     };
     let deadline = deadline.map(|d| (d.sleep, d.which.name()));
     Response::from_parts(
@@ -318,10 +366,19 @@ fn accrual_now() -> u64 {
 }
 
 /// The answer to a request that was not bound to a rule.
-fn unrouted(proxy: &Proxy, e: &ProxyError) -> Response<ResponseBody> {
+fn unrouted(
+    proxy: &Proxy,
+    e: &ProxyError,
+    access: Option<&AccessStart>,
+    at: Served<'_>,
+) -> Response<ResponseBody> {
     proxy.metrics.count_unrouted(e.reason());
     tracing::debug!(error = %e, "request not routed");
-    error_response(e)
+    let rsp = error_response(e);
+    if let Some(a) = access {
+        a.log(at, rsp.status().as_u16(), Some(e.reason()));
+    }
+    rsp
 }
 
 fn has_mirror(filters: &[Filter]) -> bool {

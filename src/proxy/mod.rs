@@ -18,6 +18,7 @@ pub mod h1;
 pub mod parse_errors;
 pub mod pool;
 pub mod route;
+pub mod served;
 pub mod server;
 pub mod timeout;
 pub mod timer;
@@ -77,6 +78,10 @@ pub struct ProxyConfig {
     /// `client-body-timeout` if no response has started, otherwise the exchange is aborted;
     /// zero: no limit.
     pub client_body_timeout: Duration,
+    /// Add `meshroute-served-by` (route, rule, backend, endpoint) to responses.
+    pub debug_headers: bool,
+    /// Log one line per request at target `meshroute::access`.
+    pub access_log: bool,
 }
 
 impl Default for ProxyConfig {
@@ -100,6 +105,8 @@ impl Default for ProxyConfig {
             // nginx's proxy_read_timeout and client_body_timeout.
             upstream_idle_timeout: Duration::from_secs(60),
             client_body_timeout: Duration::from_secs(60),
+            debug_headers: false,
+            access_log: false,
         }
     }
 }
