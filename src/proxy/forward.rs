@@ -98,18 +98,20 @@ async fn serve(
         .access_log
         .then(|| AccessStart::new(&parts.method, parts.uri.path(), received.into_std()));
     let access = access.as_ref();
-    let nowhere = Served::default();
+    // How far the request got, for the debug header and the access log. One value updated in
+    // place: it is kept across the awaits below, in the future hyper moves around.
+    let mut at = Served::default();
     if parts.method == Method::CONNECT {
         // A tunnel is not a request a route could match or an endpoint answer in origin form;
         // in h2 plain CONNECT has no :path, and extended CONNECT is never enabled.
-        return unrouted(proxy, &ProxyError::ConnectNotSupported, access, nowhere);
+        return unrouted(proxy, &ProxyError::ConnectNotSupported, access, at);
     }
     let parent_port = match parent {
         Ok(p) => p,
-        Err(e) => return unrouted(proxy, &e, access, nowhere),
+        Err(e) => return unrouted(proxy, &e, access, at),
     };
     if let Err(e) = route::host_from_target(&mut parts) {
-        return unrouted(proxy, &e, access, nowhere);
+        return unrouted(proxy, &e, access, at);
     }
     let parent: &ParentPort = &parent_port;
     let view = RequestView {
@@ -118,15 +120,12 @@ async fn serve(
         query: parts.uri.query(),
         headers: &parts.headers,
     };
-    let at_parent = Served {
-        parent: Some(parent),
-        ..nowhere
-    };
+    at.parent = Some(parent);
     let (matched, rule) = match parent.lookup(&view) {
         Lookup::Matched { matched, rule, .. } => (matched, rule),
-        Lookup::NoMatch(_) => return unrouted(proxy, &ProxyError::NoRoute, access, at_parent),
+        Lookup::NoMatch(_) => return unrouted(proxy, &ProxyError::NoRoute, access, at),
         Lookup::UnknownAuthority => {
-            return unrouted(proxy, &ProxyError::UnknownAuthority, access, at_parent)
+            return unrouted(proxy, &ProxyError::UnknownAuthority, access, at)
         }
     };
     let route_metrics = live.metrics.route(parent, rule);
@@ -149,20 +148,17 @@ async fn serve(
         }
         rsp
     };
-    let at_rule = Served {
-        rule: Some(rule),
-        ..at_parent
-    };
-    let answered = |mut rsp: Response<ResponseBody>| {
+    at.rule = Some(rule);
+    let answered = |mut rsp: Response<ResponseBody>, at: Served<'_>| {
         let status = rsp.status().as_u16();
         if let Some(m) = route_metrics {
             m.record(status, None, received.elapsed());
         }
         if debug_headers {
-            at_rule.stamp(rsp.headers_mut());
+            at.stamp(rsp.headers_mut());
         }
         if let Some(a) = access {
-            a.log(at_rule, status, None);
+            a.log(at, status, None);
         }
         rsp
     };
@@ -176,23 +172,20 @@ async fn serve(
         &mut effects,
     ) {
         Ok(None) => {}
-        Ok(Some(rsp)) => return answered(rsp),
-        Err(e) => return fail(e, at_rule),
+        Ok(Some(rsp)) => return answered(rsp, at),
+        Err(e) => return fail(e, at),
     }
 
     let Some(backend) = rule.backends.pick(fast_rand()) else {
-        return fail(ProxyError::NoBackends, at_rule);
+        return fail(ProxyError::NoBackends, at);
     };
     let svc = match &backend.target {
         BackendTarget::Service(s) => s,
         BackendTarget::Invalid { reason } => {
-            return fail(ProxyError::InvalidBackend(reason.clone()), at_rule)
+            return fail(ProxyError::InvalidBackend(reason.clone()), at)
         }
     };
-    let at_backend = Served {
-        backend: Some(svc),
-        ..at_rule
-    };
+    at.backend = Some(svc);
     if !backend.filters.is_empty() {
         match filters::apply_request(
             &backend.filters,
@@ -202,8 +195,8 @@ async fn serve(
             &mut effects,
         ) {
             Ok(None) => {}
-            Ok(Some(rsp)) => return answered(rsp),
-            Err(e) => return fail(e, at_backend),
+            Ok(Some(rsp)) => return answered(rsp, at),
+            Err(e) => return fail(e, at),
         }
     }
 
@@ -233,11 +226,11 @@ async fn serve(
     }
 
     let Some(mut endpoint) = svc.pick_endpoint(fast_rand(), fast_rand(), accrual_now) else {
-        return fail(ProxyError::NoReadyEndpoint(svc.display_name()), at_backend);
+        return fail(ProxyError::NoReadyEndpoint(svc.display_name()), at);
     };
     let authority = effects.authority.take().or_else(|| svc.authority.clone());
     if let Err(e) = prepare_upstream(&mut parts, svc.protocol, authority) {
-        return fail(e, at_backend);
+        return fail(e, at);
     }
 
     let backend_metrics = live.metrics.backend(parent, backend);
@@ -294,7 +287,7 @@ async fn serve(
                         attempts += 1;
                         endpoint = next;
                     }
-                    _ => return fail(e, at_backend.at(endpoint.addr)),
+                    _ => return fail(e, at.at(endpoint.addr)),
                 }
             }
             Err(e @ ProxyError::Upstream { .. }) => {
@@ -302,9 +295,9 @@ async fn serve(
                     proxy.metrics.endpoint_ejections.inc();
                     tracing::info!(addr = %endpoint.addr, error = %e, "endpoint ejected");
                 }
-                return fail(e, at_backend.at(endpoint.addr));
+                return fail(e, at.at(endpoint.addr));
             }
-            Err(e) => return fail(e, at_backend.at(endpoint.addr)),
+            Err(e) => return fail(e, at.at(endpoint.addr)),
         }
     };
 
@@ -316,7 +309,7 @@ async fn serve(
     filters::apply_response(&rule.filters, &mut head.headers);
     filters::apply_response(&backend.filters, &mut head.headers);
     if debug_headers {
-        at_backend.at(endpoint.addr).stamp(&mut head.headers);
+        at.at(endpoint.addr).stamp(&mut head.headers);
     }
     let completion = Completion {
         route: route_metrics.cloned(),
