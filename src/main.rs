@@ -417,6 +417,28 @@ struct Limits {
     /// are answered 503 upstream-overflow.
     #[arg(long, default_value_t = 1024)]
     max_pending_per_endpoint: usize,
+    /// Client connections served at once; at the cap a new client closes the connection idle
+    /// the longest (h2: GOAWAY) and takes its place.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// Close an h2 client connection (GOAWAY) once it has had no open stream for this long.
+    #[arg(long, default_value = "5m", value_parser = duration)]
+    h2_idle_timeout: Duration,
+    /// Send h2 clients a keep-alive PING this often.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    h2_keep_alive_interval: Duration,
+    /// Disconnect an h2 client that leaves a keep-alive PING unanswered for this long.
+    #[arg(long, default_value = "20s", value_parser = duration)]
+    h2_keep_alive_timeout: Duration,
+    /// Add a `meshroute-served-by` header (route, rule, backend, cluster, endpoint) to every
+    /// response; for debugging, it tells clients about the topology behind the proxy.
+    #[arg(long)]
+    debug_headers: bool,
+    /// Log one line per request (target `meshroute::access`; JSON with --log-format json):
+    /// parent, route, rule, backend, endpoint, method, path without query, status, duration,
+    /// meshroute-error reason.
+    #[arg(long)]
+    access_log: bool,
 }
 
 impl Limits {
@@ -427,6 +449,12 @@ impl Limits {
             client_body_timeout: self.client_body_timeout,
             max_connections_per_endpoint: self.max_connections_per_endpoint,
             max_pending_per_endpoint: self.max_pending_per_endpoint,
+            max_connections: self.max_connections,
+            h2_idle_timeout: self.h2_idle_timeout,
+            h2_keep_alive_interval: self.h2_keep_alive_interval,
+            h2_keep_alive_timeout: self.h2_keep_alive_timeout,
+            debug_headers: self.debug_headers,
+            access_log: self.access_log,
             ..Default::default()
         }
     }

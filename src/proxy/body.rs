@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 
 use super::h1;
 use super::pool::PooledConn;
+use super::served::AccessEntry;
 use super::timeout::IdleTimer;
 use super::timer::ReusedSleep;
 use crate::metrics::{BackendMetrics, RouteMetrics};
@@ -279,6 +280,9 @@ impl Body for UpstreamIncoming {
 #[derive(Debug)]
 pub struct ResponseBody(Kind);
 
+// Nearly every response is `Upstream`: boxing it would cost an allocation per request to save
+// bytes only on the proxy's own small answers.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Kind {
     Full(Option<Bytes>),
@@ -322,6 +326,8 @@ pub(crate) struct Completion {
     pub dispatched: Instant,
     pub in_flight: InFlight,
     pub conn: Option<PooledConn>,
+    /// The access-log line, when `--access-log` is on.
+    pub access: Option<Box<AccessEntry>>,
 }
 
 impl Completion {
@@ -337,6 +343,9 @@ impl Completion {
         if let Some(b) = &self.backend {
             b.duration
                 .observe(now.saturating_duration_since(self.dispatched));
+        }
+        if let Some(a) = &self.access {
+            a.log(self.status, error);
         }
         // Only a connection whose response ended cleanly can carry another request.
         if error.is_none() {

@@ -10,6 +10,7 @@
 //! handles of every route and carries the upstream connection pools over by endpoint address.
 
 pub mod body;
+pub mod conns;
 pub mod error;
 pub mod filters;
 pub mod forward;
@@ -18,6 +19,7 @@ pub mod parse_errors;
 pub mod pool;
 pub mod ports;
 pub mod route;
+pub mod served;
 pub mod server;
 pub mod timeout;
 pub mod timer;
@@ -38,8 +40,17 @@ use pool::Pools;
 /// Limits and timeouts of the proxy listener and its upstream client.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
-    /// Client connections served at once; further connections wait in the accept backlog.
+    /// Client connections served at once. At the cap, a new client makes the connection idle
+    /// the longest (no open stream) close gracefully and takes its place; while every
+    /// connection has a stream open, new clients wait in the accept backlog.
     pub max_connections: usize,
+    /// An h2 client connection with no open stream for this long is closed gracefully
+    /// (GOAWAY); zero: never. (HTTP/1.1 keep-alive idles under `header_read_timeout`.)
+    pub h2_idle_timeout: Duration,
+    /// Interval of the h2 keep-alive PINGs sent to clients; zero: none.
+    pub h2_keep_alive_interval: Duration,
+    /// A client that does not acknowledge a keep-alive PING within this is disconnected.
+    pub h2_keep_alive_timeout: Duration,
     /// Time a client has to send a complete request head (also the idle keep-alive limit
     /// between requests on HTTP/1.1).
     pub header_read_timeout: Duration,
@@ -68,12 +79,19 @@ pub struct ProxyConfig {
     /// `client-body-timeout` if no response has started, otherwise the exchange is aborted;
     /// zero: no limit.
     pub client_body_timeout: Duration,
+    /// Add `meshroute-served-by` (route, rule, backend, endpoint) to responses.
+    pub debug_headers: bool,
+    /// Log one line per request at target `meshroute::access`.
+    pub access_log: bool,
 }
 
 impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             max_connections: 10_000,
+            h2_idle_timeout: Duration::from_secs(300),
+            h2_keep_alive_interval: Duration::from_secs(30),
+            h2_keep_alive_timeout: Duration::from_secs(20),
             header_read_timeout: Duration::from_secs(10),
             max_headers: 100,
             max_header_bytes: 64 * 1024,
@@ -88,6 +106,8 @@ impl Default for ProxyConfig {
             // nginx's proxy_read_timeout and client_body_timeout.
             upstream_idle_timeout: Duration::from_secs(60),
             client_body_timeout: Duration::from_secs(60),
+            debug_headers: false,
+            access_log: false,
         }
     }
 }

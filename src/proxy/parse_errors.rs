@@ -7,7 +7,8 @@
 //! forwarded response may carry any status and any body.
 //!
 //! The service and the I/O of one connection share an [`Exchanges`]. Every service call holds
-//! an [`Open`] guard until hyper drops the response body, which hyper does right after taking
+//! an [`Open`] guard ([`super::conns::Tracked`]) until hyper drops the response body, which
+//! hyper does right after taking
 //! the body's last frame (or at once for an empty body), with the last bytes still in its write
 //! buffer; those bytes reach the socket by the next flush, which hyper completes only once its
 //! buffer is empty. So a response head written while no response is open and after a flush
@@ -20,31 +21,27 @@
 //! sends for a header list that is too large has no `meshroute-error` either.
 
 use std::io;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 
-use bytes::Bytes;
-use hyper::body::{Body, Frame, SizeHint};
-
-use super::body::{BoxError, ResponseBody};
+use super::conns::{Activity, Open};
 use crate::metrics::Metrics;
 
 /// What one HTTP/1.1 client connection's service and I/O share.
 #[derive(Debug)]
 pub struct Exchanges {
-    /// Service responses not yet dropped by hyper.
-    open: AtomicUsize,
+    /// The connection's open service responses ([`Activity::open`]).
+    activity: Arc<Activity>,
     /// Whether a flush completed while no response was open, since the last service call.
     flushed: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
 impl Exchanges {
-    pub fn new(metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(metrics: Arc<Metrics>, activity: Arc<Activity>) -> Arc<Self> {
         Arc::new(Exchanges {
-            open: AtomicUsize::new(0),
+            activity,
             // Nothing was written yet.
             flushed: AtomicBool::new(true),
             metrics,
@@ -52,16 +49,15 @@ impl Exchanges {
     }
 
     /// Note a service call; the guard goes with its response body.
-    pub fn open(this: &Arc<Self>) -> Open {
+    pub fn open(&self) -> Open {
         // One task drives the connection's service and I/O: relaxed is enough.
-        this.open.fetch_add(1, Ordering::Relaxed);
-        this.flushed.store(false, Ordering::Relaxed);
-        Open(this.clone())
+        self.flushed.store(false, Ordering::Relaxed);
+        Activity::open(&self.activity)
     }
 
     /// Note a flush of the connection that completed.
     pub fn flushed(&self) {
-        if self.open.load(Ordering::Relaxed) == 0 {
+        if self.activity.open_streams() == 0 {
             self.flushed.store(true, Ordering::Relaxed);
         }
     }
@@ -75,45 +71,8 @@ impl Exchanges {
             b"HTTP/1.1 431 " => "request-head-too-large",
             _ => return None,
         };
-        let own = self.open.load(Ordering::Relaxed) == 0 && self.flushed.load(Ordering::Relaxed);
+        let own = self.activity.open_streams() == 0 && self.flushed.load(Ordering::Relaxed);
         own.then_some(reason)
-    }
-}
-
-/// A service response still open (see [`Exchanges::open`]).
-#[derive(Debug)]
-pub struct Open(Arc<Exchanges>);
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A response body that holds its [`Open`] guard until hyper drops it.
-#[derive(Debug)]
-pub struct Tracked {
-    pub body: ResponseBody,
-    pub open: Open,
-}
-
-impl Body for Tracked {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 
@@ -168,7 +127,7 @@ mod tests {
     use super::*;
 
     fn exchanges() -> Arc<Exchanges> {
-        Exchanges::new(Arc::new(Metrics::default()))
+        Exchanges::new(Arc::new(Metrics::default()), Activity::unwatched())
     }
 
     const HEAD: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
@@ -201,7 +160,7 @@ mod tests {
     #[test]
     fn nothing_is_labelled_while_a_response_may_still_be_written() {
         let ex = exchanges();
-        let open = Exchanges::open(&ex);
+        let open = ex.open();
         assert!(Labelled::of(&ex, HEAD).is_none(), "a response is open");
         drop(open);
         // Its last bytes may still be in hyper's buffer (a body that reads like a head).
@@ -210,7 +169,7 @@ mod tests {
         assert!(Labelled::of(&ex, HEAD).is_some());
 
         // A flush while a response is open proves nothing about the bytes after it.
-        let open = Exchanges::open(&ex);
+        let open = ex.open();
         ex.flushed();
         drop(open);
         assert!(Labelled::of(&ex, HEAD).is_none());

@@ -4,25 +4,25 @@
 //! finish, give up after the drain timeout). With [`serve_with_parent_ports`], the same loop
 //! also accepts on the per-parent-port listeners ([`super::ports`]); such a connection is
 //! bound to its parent by its local port instead of by each request's authority.
+//! At the cap, a new client is served by closing the connection idle the longest
+//! ([`super::conns`]), so idle connections cannot lock out new clients.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::TryFutureExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::graceful::GracefulConnection;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::parse_errors::{Exchanges, Labelled, Tracked};
+use super::conns::{Activity, Drain, Ended};
+use super::parse_errors::{Exchanges, Labelled};
 use super::ports::ParentListeners;
 use super::timer::HyperTimer;
 use super::{forward, pool, Proxy};
@@ -56,7 +56,8 @@ pub async fn serve_with_parent_ports(
     h2.timer(HyperTimer)
         .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(1000)
-        .keep_alive_interval(Duration::from_secs(30));
+        .keep_alive_interval(Some(cfg.h2_keep_alive_interval).filter(|d| !d.is_zero()))
+        .keep_alive_timeout(cfg.h2_keep_alive_timeout);
     let builders = Arc::new((h1, h2));
 
     // Idle upstream sockets have no task of their own; this closes stale ones.
@@ -75,14 +76,6 @@ pub async fn serve_with_parent_ports(
     let drain = Arc::new(Drain::default());
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
         let accepted = tokio::select! {
             biased;
             () = &mut shutdown => break,
@@ -98,11 +91,24 @@ pub async fn serve_with_parent_ports(
                 continue;
             }
         };
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            // At the cap with a client waiting: make room.
+            Err(_) => match tokio::select! {
+                biased;
+                () = &mut shutdown => None,
+                p = make_room(&slots, &drain) => p,
+            } {
+                Some(p) => p,
+                None => break,
+            },
+        };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
         let builders = builders.clone();
-        let watch = Drain::watch(&drain);
+        let watch = Drain::watch(&drain).grace(cfg.drain_timeout);
         let read_timeout = cfg.header_read_timeout;
+        let h2_idle_timeout = cfg.h2_idle_timeout;
         tokio::spawn(async move {
             let metrics = proxy.metrics.clone();
             metrics.open_connections.inc();
@@ -119,8 +125,9 @@ pub async fn serve_with_parent_ports(
                     }
                 };
             metrics.bytes_in.inc_by(u64::from(sniffed.len));
+            let activity = watch.activity().clone();
             // HTTP/1.1 only: hyper's h2 server answers malformed requests with stream resets.
-            let exchanges = (!is_h2).then(|| Exchanges::new(metrics.clone()));
+            let exchanges = (!is_h2).then(|| Exchanges::new(metrics.clone(), activity.clone()));
             let io = TokioIo::new(CountingIo {
                 inner: stream,
                 sniffed,
@@ -134,22 +141,30 @@ pub async fn serve_with_parent_ports(
                 Some(port) => forward::ParentCache::for_local_port(port),
             };
             let (h1, h2) = &*builders;
-            let result = match exchanges {
+            let ended = match exchanges {
                 None => {
-                    let svc = service_fn(move |req| forward::handle(&proxy, &cache, req));
+                    let svc = service_fn(move |req| {
+                        forward::handle(&proxy, &cache, req, Activity::open(&activity))
+                    });
+                    let watch = watch.idle_timeout(h2_idle_timeout);
                     watch.run(h2.serve_connection(io, svc)).await
                 }
                 Some(exchanges) => {
+                    // The header-read timeout bounds an idle HTTP/1.1 keep-alive connection.
                     let svc = service_fn(move |req| {
-                        let open = Exchanges::open(&exchanges);
-                        forward::handle(&proxy, &cache, req)
-                            .map_ok(|rsp| rsp.map(|body| Tracked { body, open }))
+                        forward::handle(&proxy, &cache, req, exchanges.open())
                     });
                     watch.run(h1.serve_connection(io, svc)).await
                 }
             };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "client connection ended with an error");
+            match ended {
+                Ended::Done(Ok(())) => {}
+                Ended::Done(Err(e)) => {
+                    tracing::debug!(error = %e, "client connection ended with an error");
+                }
+                Ended::Dropped => {
+                    tracing::debug!("client connection did not close in time; dropped");
+                }
             }
             metrics.open_connections.dec();
             drop(permit);
@@ -173,111 +188,19 @@ async fn accept_parent(listeners: &mut Option<ParentListeners>) -> io::Result<(T
     }
 }
 
-/// Graceful shutdown of client connections. Each connection registers its task's waker once
-/// (again only if the task's waker changes), so watching costs an atomic load per poll; on
-/// shutdown every registered task is woken and asks hyper to finish in-flight requests and
-/// close (idle connections close at once).
-#[derive(Default)]
-struct Drain {
-    draining: AtomicBool,
-    open: AtomicUsize,
-    wakers: Mutex<Wakers>,
-    closed: Notify,
-}
-
-#[derive(Default)]
-struct Wakers {
-    slots: Vec<Option<Waker>>,
-    free: Vec<usize>,
-}
-
-impl Drain {
-    fn watch(this: &Arc<Self>) -> Watch {
-        this.open.fetch_add(1, Ordering::AcqRel);
-        let mut w = this.wakers.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = match w.free.pop() {
-            Some(i) => i,
-            None => {
-                w.slots.push(None);
-                w.slots.len() - 1
-            }
-        };
-        Watch {
-            drain: this.clone(),
-            slot,
-            waker: None,
-            shutting_down: false,
+/// A connection slot for a client accepted at the connection cap: asks the connection idle
+/// the longest to close (one at a time) and waits for a slot. A waiting client is never
+/// refused; while every connection has a stream open it waits as it would in the backlog,
+/// looking again for one that became idle every `RECHECK`.
+async fn make_room(slots: &Arc<Semaphore>, drain: &Drain) -> Option<OwnedSemaphorePermit> {
+    const RECHECK: Duration = Duration::from_millis(50);
+    loop {
+        if drain.shedding() == 0 && drain.shed_oldest_idle() {
+            tracing::debug!("connection cap reached; closing the oldest idle connection");
         }
-    }
-
-    /// Signal every watched connection, then wait until all have ended.
-    async fn start(&self) {
-        self.draining.store(true, Ordering::SeqCst);
-        let wakers: Vec<Waker> = {
-            let mut w = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
-            w.slots.iter_mut().filter_map(Option::take).collect()
-        };
-        wakers.into_iter().for_each(Waker::wake);
-        loop {
-            let closed = self.closed.notified();
-            if self.open.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            closed.await;
-        }
-    }
-}
-
-/// One connection's registration with the [`Drain`].
-struct Watch {
-    drain: Arc<Drain>,
-    slot: usize,
-    waker: Option<Waker>,
-    shutting_down: bool,
-}
-
-impl Watch {
-    /// Drive `conn` to its end, asking it to shut down gracefully once draining starts.
-    async fn run<C: GracefulConnection>(mut self, conn: C) -> C::Output {
-        let mut conn = std::pin::pin!(conn);
-        std::future::poll_fn(|cx| {
-            if !self.shutting_down && self.draining(cx) {
-                self.shutting_down = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            conn.as_mut().poll(cx)
-        })
-        .await
-    }
-
-    /// Whether draining has started; otherwise make sure this task will be woken when it does.
-    fn draining(&mut self, cx: &Context<'_>) -> bool {
-        if self.drain.draining.load(Ordering::Acquire) {
-            return true;
-        }
-        if self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            return false;
-        }
-        let waker = cx.waker().clone();
-        {
-            let mut w = self.drain.wakers.lock().unwrap_or_else(|e| e.into_inner());
-            w.slots[self.slot] = Some(waker.clone());
-        }
-        self.waker = Some(waker);
-        // Draining may have started before the waker was in place.
-        self.drain.draining.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        {
-            let mut w = self.drain.wakers.lock().unwrap_or_else(|e| e.into_inner());
-            w.slots[self.slot] = None;
-            w.free.push(self.slot);
-        }
-        if self.drain.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.drain.closed.notify_waiters();
+        tokio::select! {
+            p = slots.clone().acquire_owned() => return p.ok(),
+            () = tokio::time::sleep(RECHECK) => {}
         }
     }
 }
