@@ -47,6 +47,11 @@ pub fn authority_of<'a>(
         None => None,
     };
     if let Some(a) = uri.authority() {
+        // The URI parser takes userinfo, an empty or non-numeric port and any bracketed text
+        // (found by fuzzing): the target must be an authority like a Host is.
+        if !is_authority(a.as_str().as_bytes()) {
+            return Err(ProxyError::InvalidAuthority);
+        }
         if version == Version::HTTP_2 {
             if let Some(h) = host {
                 if !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) {
@@ -229,6 +234,26 @@ mod tests {
         assert_eq!(authority(&p).unwrap(), "web.shop");
         let p = parts(Version::HTTP_2, "/x", &["web.shop"]);
         assert_eq!(authority(&p).unwrap(), "web.shop");
+    }
+
+    #[test]
+    fn target_authority_must_be_an_authority_too() {
+        for bad in [
+            "http://u@web.shop/x",
+            "http://web.shop:+80/x",
+            "http://[]/x",
+        ] {
+            let p = parts(Version::HTTP_11, bad, &["web.shop"]);
+            assert!(
+                matches!(authority(&p), Err(ProxyError::InvalidAuthority)),
+                "{bad}"
+            );
+            let p = parts(Version::HTTP_2, bad, &[]);
+            assert!(
+                matches!(authority(&p), Err(ProxyError::InvalidAuthority)),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
