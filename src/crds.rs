@@ -51,7 +51,7 @@ pub fn ours() -> Vec<CustomResourceDefinition> {
         ],
         "v1beta3",
     ) {
-        harden_httproute(&mut c);
+        harden_route(&mut c, httproute_rules);
         out.push(c);
     }
     out.extend(merged(
@@ -75,65 +75,56 @@ pub fn ours() -> Vec<CustomResourceDefinition> {
     out
 }
 
-/// The gateway.networking.k8s.io HTTPRoute CRD, ready for a real API server.
+/// The gateway.networking.k8s.io HTTPRoute CRD, ready for a real API server, with upstream's
+/// validation of the fields meshroute acts on (bounds, durations, backendRequest ≤ request).
 pub fn gateway_httproute() -> CustomResourceDefinition {
     let mut crd = crate::model::GatewayHttpRoute::crd();
-    crd.metadata
-        .annotations
-        .get_or_insert_with(Default::default)
-        .insert(API_APPROVED.0.into(), API_APPROVED.1.into());
-    harden_httproute(&mut crd);
+    approve(&mut crd);
+    harden_route(&mut crd, httproute_rules);
     crd
 }
 
 /// The gateway.networking.k8s.io GRPCRoute CRD, ready for a real API server, with upstream's
-/// bounds on the fields meshroute acts on (lists, weights, ports, method names).
+/// bounds on the fields meshroute acts on (lists, weights, ports, method matches).
 pub fn gateway_grpcroute() -> CustomResourceDefinition {
     let mut crd = crate::model::GatewayGrpcRoute::crd();
-    crd.metadata
-        .annotations
-        .get_or_insert_with(Default::default)
-        .insert(API_APPROVED.0.into(), API_APPROVED.1.into());
-    for version in &mut crd.spec.versions {
-        let Some(schema) = version
-            .schema
-            .as_mut()
-            .and_then(|s| s.open_api_v3_schema.as_mut())
-        else {
-            continue;
-        };
-        let Ok(mut v) = serde_json::to_value(&*schema) else {
-            continue;
-        };
-        let spec = "/properties/spec/properties";
-        set(&mut v, &format!("{spec}/parentRefs"), "maxItems", json!(32));
-        let rules = format!("{spec}/rules");
-        set(&mut v, &rules, "maxItems", json!(16));
-        let backends = format!("{rules}/items/properties/backendRefs");
-        set(&mut v, &backends, "maxItems", json!(16));
-        let weight = format!("{backends}/items/properties/weight");
-        set(&mut v, &weight, "minimum", json!(0));
-        set(&mut v, &weight, "maximum", json!(1_000_000));
-        let port = format!("{backends}/items/properties/port");
-        set(&mut v, &port, "minimum", json!(1));
-        set(&mut v, &port, "maximum", json!(65535));
+    approve(&mut crd);
+    harden_route(&mut crd, |v, rules| {
         let matches = format!("{rules}/items/properties/matches");
-        set(&mut v, &matches, "maxItems", json!(8));
+        set(v, &matches, "maxItems", json!(8));
         let method = format!("{matches}/items/properties/method");
         let rule = json!([{
             "message": "One or both of 'service' or 'method' must be specified",
             "rule": "has(self.type) ? has(self.service) || has(self.method) : true"
         }]);
-        set(&mut v, &method, "x-kubernetes-validations", rule);
-        if let Ok(hardened) = serde_json::from_value(v) {
-            *schema = hardened;
-        }
-    }
+        set(v, &method, "x-kubernetes-validations", rule);
+    });
     crd
 }
 
-/// Add upstream's validation of the fields meshroute acts on to every version's schema.
-fn harden_httproute(crd: &mut CustomResourceDefinition) {
+/// The annotation a CRD in a `*.k8s.io` group needs to be accepted by an API server.
+fn approve(crd: &mut CustomResourceDefinition) {
+    crd.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(API_APPROVED.0.into(), API_APPROVED.1.into());
+}
+
+/// HTTPRoute's own rules (both groups): duration patterns and backendRequest ≤ request.
+fn httproute_rules(v: &mut Value, rules: &str) {
+    let timeouts = format!("{rules}/items/properties/timeouts");
+    for field in ["request", "backendRequest"] {
+        let path = format!("{timeouts}/properties/{field}");
+        set(v, &path, "pattern", json!(DURATION_PATTERN));
+    }
+    let rule = json!([{"message": TIMEOUTS_MESSAGE, "rule": TIMEOUTS_RULE}]);
+    set(v, &timeouts, "x-kubernetes-validations", rule);
+}
+
+/// Add, to every version's schema of a route CRD, upstream's bounds shared by route kinds
+/// (parentRefs, rules, backendRefs, weights, ports) and what `kind_rules` adds for its kind
+/// (given the JSON pointer of `spec.rules`).
+fn harden_route(crd: &mut CustomResourceDefinition, kind_rules: impl Fn(&mut Value, &str)) {
     for version in &mut crd.spec.versions {
         let Some(schema) = version
             .schema
@@ -159,13 +150,7 @@ fn harden_httproute(crd: &mut CustomResourceDefinition) {
         let port = format!("{backends}/items/properties/port");
         set(&mut v, &port, "minimum", json!(1));
         set(&mut v, &port, "maximum", json!(65535));
-        let timeouts = format!("{rules}/items/properties/timeouts");
-        for field in ["request", "backendRequest"] {
-            let path = format!("{timeouts}/properties/{field}");
-            set(&mut v, &path, "pattern", json!(DURATION_PATTERN));
-        }
-        let rule = json!([{"message": TIMEOUTS_MESSAGE, "rule": TIMEOUTS_RULE}]);
-        set(&mut v, &timeouts, "x-kubernetes-validations", rule);
+        kind_rules(&mut v, &rules);
         if let Ok(hardened) = serde_json::from_value(v) {
             *schema = hardened;
         }
