@@ -1291,10 +1291,16 @@ fn matching_check(raw: &[u8]) -> Result<(), String> {
                 Ok(v) => reference_value(kind, pattern, v),
                 Err(_) => Some(false),
             },
-            _ => {
-                let joined: Vec<&str> = values.iter().filter_map(|v| v.to_str().ok()).collect();
-                reference_value(kind, pattern, &joined.join(","))
-            }
+            // One value that is not visible ASCII spoils the list (RFC 9110 §5.3 combines
+            // the values; dropping one would match a list the client did not send).
+            _ => match values
+                .iter()
+                .map(|v| v.to_str())
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(all) => reference_value(kind, pattern, &all.join(",")),
+                Err(_) => Some(false),
+            },
         });
     }
     for (name, kind, pattern) in &c.query {

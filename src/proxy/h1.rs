@@ -487,13 +487,22 @@ fn header_map(
     Ok(map)
 }
 
+/// A `Content-Length` value, `1*DIGIT`, read as hyper's client reads it (so both upstream
+/// paths agree on the same bytes): leading zeros allowed, at most `u64::MAX - 2` (hyper keeps
+/// the two largest values as markers).
 fn parse_decimal(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 19 {
+    if digits.is_empty() {
         return None;
     }
-    digits.iter().try_fold(0u64, |n, &d| {
-        d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
-    })
+    digits
+        .iter()
+        .try_fold(0u64, |n, &d| {
+            if !d.is_ascii_digit() {
+                return None;
+            }
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })
+        .filter(|&n| n <= u64::MAX - 2)
 }
 
 /// Where the body decoder stands.
@@ -669,7 +678,9 @@ fn find_crlf(buf: &[u8], limit: usize) -> Result<Option<usize>, Error> {
 /// extensions, which are otherwise ignored.
 fn chunk_size(line: &[u8]) -> Result<(u64, usize), Error> {
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 || digits > 16 {
+    // Leading zeros do not count towards the 16 digits a u64 holds (hyper takes them too).
+    let zeros = line.iter().take_while(|&&b| b == b'0').count().min(digits);
+    if digits == 0 || digits - zeros > 16 {
         return Err(Error::Invalid("bad chunk size"));
     }
     let blank = line[digits..]
@@ -987,6 +998,8 @@ mod tests {
         assert_eq!(chunk_size(b"3 \t;x=y").unwrap(), (3, 6));
         assert_eq!(chunk_size(b"3 ").unwrap(), (3, 1));
         assert!(chunk_size(b"3 x").is_err());
+        assert_eq!(chunk_size(b"00000000000000000005").unwrap(), (5, 0));
+        assert!(chunk_size(b"10000000000000000").is_err());
     }
 
     #[test]
@@ -1192,5 +1205,9 @@ mod tests {
         assert_eq!(parse_decimal(b"+1"), None);
         assert_eq!(parse_decimal(b""), None);
         assert_eq!(parse_decimal(b"1 2"), None);
+        assert_eq!(parse_decimal(b"000000000000000000011"), Some(11));
+        assert_eq!(parse_decimal(b"18446744073709551613"), Some(u64::MAX - 2));
+        assert_eq!(parse_decimal(b"18446744073709551614"), None);
+        assert_eq!(parse_decimal(b"18446744073709551616"), None);
     }
 }

@@ -201,15 +201,15 @@ impl RequestMatch {
             };
             let ok = match values.next() {
                 None => first.to_str().is_ok_and(|v| h.value.matches(v)),
-                Some(_) => {
-                    let joined: Vec<&str> = req
-                        .headers
-                        .get_all(&h.name)
-                        .iter()
-                        .filter_map(|v| v.to_str().ok())
-                        .collect();
-                    h.value.matches(&joined.join(","))
-                }
+                // A value that is not visible ASCII never matches, alone or among others
+                // (dropping it would match a list the client did not send).
+                Some(_) => req
+                    .headers
+                    .get_all(&h.name)
+                    .iter()
+                    .map(|v| v.to_str().ok())
+                    .collect::<Option<Vec<&str>>>()
+                    .is_some_and(|values| h.value.matches(&values.join(","))),
             };
             if !ok {
                 return false;

@@ -506,6 +506,10 @@ pub fn split_authority(authority: &str) -> Option<(&str, u16)> {
     }
     match authority.rsplit_once(':') {
         Some((host, port)) => {
+            // Digits only: `u16::from_str` would also take `+80`.
+            if !port.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
             let port: u16 = port.parse().ok()?;
             Some((host, port))
         }
