@@ -550,7 +550,7 @@ impl Explanation {
         }
         if let Some(t) = &self.timeouts {
             let fmt_d = |d: Option<std::time::Duration>| {
-                d.map(|d| format!("{}ms", d.as_millis()))
+                d.map(crate::compile::validate::format_duration)
                     .unwrap_or_else(|| "none".into())
             };
             let _ = writeln!(

@@ -152,7 +152,7 @@ fn explain_json_has_the_documented_shape() {
     assert_eq!(v["route"]["name"], "smiley-router");
     assert_eq!(v["route"]["group"], "policy.linkerd.io");
     assert_eq!(v["rule"], 0);
-    assert_eq!(v["timeouts"]["request"], "5000ms");
+    assert_eq!(v["timeouts"]["request"], "5s");
     assert!(v["filters"].is_array());
     let b = &v["backends"][0];
     assert_eq!(b["kind"], "Service");

@@ -665,6 +665,32 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// Write a duration as the GEP-2257 text a user would write for it (`5s`, `2m`, `1h30m`,
+/// `1s500ms`), so `explain` and `/debug/table` show `120000ms` as `2m`. A duration with a
+/// sub-millisecond part (none comes from a GEP-2257 field) is shown as Rust does (`1.0005s`).
+pub fn format_duration(d: Duration) -> String {
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        return format!("{d:?}");
+    }
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".into();
+    }
+    let parts = [
+        (ms / 3_600_000, "h"),
+        (ms / 60_000 % 60, "m"),
+        (ms / 1_000 % 60, "s"),
+        (ms % 1_000, "ms"),
+    ];
+    let mut out = String::new();
+    for (count, unit) in parts {
+        if count > 0 {
+            out.push_str(&format!("{count}{unit}"));
+        }
+    }
+    out
+}
+
 fn compile_regex(
     field: &str,
     pattern: &str,
@@ -1468,6 +1494,25 @@ mod tests {
         ] {
             assert_eq!(parse_duration(s).unwrap(), Duration::from_millis(ms), "{s}");
         }
+    }
+
+    #[test]
+    fn durations_are_shown_as_written() {
+        for (ms, text) in [
+            (0, "0s"),
+            (300, "300ms"),
+            (5_000, "5s"),
+            (120_000, "2m"),
+            (5_400_000, "1h30m"),
+            (3_661_001, "1h1m1s1ms"),
+            (1_500, "1s500ms"),
+            (360_000_000, "100h"),
+        ] {
+            let d = Duration::from_millis(ms);
+            assert_eq!(format_duration(d), text);
+            assert_eq!(parse_duration(text).unwrap(), d, "{text} round trip");
+        }
+        assert_eq!(format_duration(Duration::from_micros(1_000_500)), "1.0005s");
     }
 
     #[test]

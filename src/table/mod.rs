@@ -567,7 +567,7 @@ mod opt_duration {
     use std::time::Duration;
     pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         match d {
-            Some(d) => s.serialize_str(&format!("{}ms", d.as_millis())),
+            Some(d) => s.serialize_str(&crate::compile::validate::format_duration(*d)),
             None => s.serialize_none(),
         }
     }
