@@ -284,6 +284,18 @@ async fn until(
     }
 }
 
+/// Wait for a table newer than generation `before` (an edit a single answer cannot tell).
+async fn new_table(mesh: &Mesh, before: u64, what: &str) {
+    let t = Instant::now();
+    while mesh.generation() <= before {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{what}: no new table within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn explain(admin: SocketAddr, host: &str) -> String {
     let out = std::process::Command::new(meshroute_bin())
         .args(["explain", "--admin", &admin.to_string(), "--host", host])
@@ -392,15 +404,9 @@ async fn seed_004_across_north_east_west_with_link_flags() {
         "no backend_cluster=\"east\" in /metrics"
     );
     // 5 s → 300 ms: the slow call fails fast with 504, a quick one still answers.
+    let g = mesh.generation();
     kn.apply(&smiley_router(&ns, "300ms")).await;
-    until(
-        &mesh,
-        &smiley,
-        "300 ms timeout",
-        Duration::from_secs(30),
-        |_| true,
-    )
-    .await;
+    new_table(&mesh, g, "300 ms timeout").await;
     let t = Instant::now();
     loop {
         let r = mesh.get(&smiley, "/?delay=1000").await;
@@ -434,12 +440,9 @@ async fn seed_004_across_north_east_west_with_link_flags() {
     // Binomial(100, 0.5): fewer than 20 on a side happens about once in 10^9 runs.
     assert!(local >= 20 && remote >= 20, "50/50: {tally:?}");
     // Migrate: the local backendRef deleted, everything goes west.
+    let g = mesh.generation();
     kn.apply(&color_split(&ns, false)).await;
-    until(&mesh, &color, "migration", Duration::from_secs(30), |r| {
-        r.backend.as_deref() == Some("color2-west")
-    })
-    .await;
-    mesh.settle(Duration::from_millis(300)).await;
+    new_table(&mesh, g, "migration").await;
     let tally = mesh.tally(&color, 20).await;
     assert_eq!(
         tally.get("color2-west"),
@@ -623,7 +626,7 @@ async fn apply_credentials(kn: &Kubectl, links_ns: &str, cluster: &str, kubeconf
 
 /// The same clusters linked through Linkerd's objects, applied with kubectl: before any Link a
 /// mirror does not resolve (and the status says why); Links for east and west link them without
-/// a restart; west's credentials Secret first holds a kubeconfig whose token the API server
+/// a restart (east's Link before its Secret: it waits for it); west's credentials Secret first holds a kubeconfig whose token the API server
 /// refuses, and editing the Secret (no Link change) is followed; deleting west's Link unlinks
 /// west alone, applying it again links it back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -690,9 +693,16 @@ async fn seed_004_with_linkerd_link_objects_links_and_unlinks_without_a_restart(
     )
     .await;
 
-    // East: credentials and Link as `linkerd multicluster link` writes them.
-    apply_credentials(&kn, &links_ns, "east", &restricted(&east)).await;
+    // East: Link and credentials as `linkerd multicluster link` writes them; the Link first,
+    // waiting for its Secret.
     kn.apply(&link_object(&links_ns, "east")).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        mesh.get(&smiley, "/").await.status,
+        500,
+        "no credentials yet"
+    );
+    apply_credentials(&kn, &links_ns, "east", &restricted(&east)).await;
     let t = Instant::now();
     until(
         &mesh,
@@ -703,7 +713,7 @@ async fn seed_004_with_linkerd_link_objects_links_and_unlinks_without_a_restart(
     )
     .await;
     eprintln!(
-        "{test}: east's Link applied → traffic to east: {} ms",
+        "{test}: east's Secret applied after its Link → traffic to east: {} ms",
         t.elapsed().as_millis()
     );
 

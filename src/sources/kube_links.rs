@@ -419,4 +419,46 @@ mod tests {
             Err("spec.clusterCredentialsSecret: required".into())
         );
     }
+
+    fn secret(name: &str, kubeconfig: &str) -> Secret {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "linkerd-multicluster"},
+            "data": {"kubeconfig": k8s_openapi::ByteString(kubeconfig.as_bytes().to_vec())}
+        }))
+        .expect("secret")
+    }
+
+    #[test]
+    fn secrets_are_listed_whole_then_followed_and_their_kubeconfig_read() {
+        let mut l = Listed::<Secret>::new();
+        let ns = "linkerd-multicluster";
+        assert!(!l.handle("Secret", ns, Ok(Event::Init)));
+        assert!(!l.handle("Secret", ns, Ok(Event::InitApply(secret("a", "one")))));
+        assert!(
+            l.items.is_empty() && !l.synced,
+            "nothing before the list is complete"
+        );
+        assert!(l.handle("Secret", ns, Ok(Event::InitDone)));
+        assert!(l.synced);
+        assert_eq!(kubeconfig_of(&l.items["a"]), Some(b"one".to_vec()));
+        // An edit in place is seen.
+        assert!(l.handle("Secret", ns, Ok(Event::Apply(secret("a", "two")))));
+        assert_eq!(kubeconfig_of(&l.items["a"]), Some(b"two".to_vec()));
+        // A failing watch changes nothing and is remembered until it resumes.
+        let err = watcher::Error::NoResourceVersion;
+        assert!(!l.handle("Secret", ns, Err(err)));
+        assert!(l.failing && l.items.contains_key("a"));
+        // A relist without `a` drops it, atomically.
+        assert!(!l.handle("Secret", ns, Ok(Event::Init)));
+        assert!(!l.failing);
+        assert!(!l.handle("Secret", ns, Ok(Event::InitApply(secret("b", "three")))));
+        assert!(
+            l.items.contains_key("a"),
+            "the old list serves until the new one is complete"
+        );
+        assert!(l.handle("Secret", ns, Ok(Event::InitDone)));
+        assert_eq!(l.items.keys().collect::<Vec<_>>(), ["b"]);
+        assert!(l.handle("Secret", ns, Ok(Event::Delete(secret("b", "")))));
+        assert!(l.items.is_empty());
+    }
 }
