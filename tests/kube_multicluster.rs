@@ -198,10 +198,16 @@ fn grant_remote_rbac(k: &Kubectl) {
     k.run_in(&["apply", "-f", "-"], bind).expect_ok();
 }
 
-/// A shared linked cluster (east or west) with the remote RBAC granted.
+/// A shared linked cluster (east or west) with the remote RBAC granted, once (tests run in
+/// parallel, and two concurrent `kubectl apply` of one new object race to create it).
 fn linked(test: &str, name: &str) -> Option<Arc<Cluster>> {
+    static GRANTED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let c = named_cluster(test, name)?;
-    grant_remote_rbac(&Kubectl::new(&c.admin));
+    let mut granted = GRANTED.lock().unwrap_or_else(|e| e.into_inner());
+    if !granted.iter().any(|n| n == name) {
+        grant_remote_rbac(&Kubectl::new(&c.admin));
+        granted.push(name.to_string());
+    }
     Some(c)
 }
 
@@ -595,6 +601,23 @@ spec:
         x-kubernetes-preserve-unknown-fields: true
 "#;
 
+/// Install [`LINK_CRD`] in north, once (tests run in parallel).
+fn install_link_crd(kn: &Kubectl) {
+    static DONE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+    if !*done {
+        kn.run_in(&["apply", "-f", "-"], LINK_CRD).expect_ok();
+        kn.run(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/links.multicluster.linkerd.io",
+        ])
+        .expect_ok();
+        *done = true;
+    }
+}
+
 fn link_object(links_ns: &str, cluster: &str) -> String {
     format!("apiVersion: multicluster.linkerd.io/v1alpha3\nkind: Link\nmetadata: {{name: {cluster}, namespace: {links_ns}}}\nspec: {{targetClusterName: {cluster}, clusterCredentialsSecret: cluster-credentials-{cluster}, targetClusterDomain: cluster.local}}\n")
 }
@@ -645,14 +668,7 @@ async fn seed_004_with_linkerd_link_objects_links_and_unlinks_without_a_restart(
         Kubectl::new(&east.admin),
         Kubectl::new(&west.admin),
     );
-    kn.run_in(&["apply", "-f", "-"], LINK_CRD).expect_ok();
-    kn.run(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/links.multicluster.linkerd.io",
-    ])
-    .expect_ok();
+    install_link_crd(&kn);
     let ns = unique("mc-links");
     let links_ns = unique("mc-linkerd-multicluster");
     kn.apply(&north_yaml(&h, &ns)).await;
@@ -910,5 +926,74 @@ async fn east_api_server_stopped_keeps_last_endpoints_and_is_followed_when_back(
         "{test}: next change followed: {} ms",
         t.elapsed().as_millis()
     );
+    mesh.shutdown().await;
+}
+
+/// A Links Role from before Secrets were watched (`get` on Secrets only) still links: the Secret
+/// watch is refused, and each Link reads its Secret with a get.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_still_work_where_secrets_may_only_be_read_one_by_one() {
+    let test = "links_still_work_where_secrets_may_only_be_read_one_by_one";
+    let Some(north) = cluster(test) else { return };
+    let Some(east) = linked(test, "east") else {
+        return;
+    };
+    let Some(h) = Hosts::start(test) else { return };
+    let (kn, ke) = (Kubectl::new(&north.admin), Kubectl::new(&east.admin));
+    install_link_crd(&kn);
+    let ns = unique("mc-getonly");
+    let links_ns = unique("mc-linkerd-multicluster");
+    kn.apply(&north_yaml(&h, &ns)).await;
+    ke.apply(&east_yaml(&h, &ns)).await;
+    kn.apply(&namespace(&links_ns)).await;
+    kn.apply(&format!(
+        r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: meshroute-links-old, namespace: {links_ns}}}
+rules:
+- {{apiGroups: [multicluster.linkerd.io], resources: [links], verbs: [list, watch]}}
+- {{apiGroups: [""], resources: [secrets], verbs: [get]}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: meshroute-links-old, namespace: {links_ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: meshroute-links-old}}
+subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: meshroute}}]
+"#
+    ))
+    .await;
+    apply_credentials(&kn, &links_ns, "east", &restricted(&east)).await;
+    let mesh = mesh(&restricted(&north), &ns, vec![], Some(&links_ns)).await;
+    let smiley = format!("smiley.{ns}.svc.cluster.local");
+    kn.apply(&smiley_router(&ns, "5s")).await;
+    kn.apply(&link_object(&links_ns, "east")).await;
+    until(
+        &mesh,
+        &smiley,
+        "Link with get-only Secrets",
+        Duration::from_secs(60),
+        |r| r.backend.as_deref() == Some("smiley-east"),
+    )
+    .await;
+    kn.arun(
+        &[
+            "delete",
+            "links.multicluster.linkerd.io",
+            "east",
+            "-n",
+            &links_ns,
+        ],
+        "",
+    )
+    .await
+    .expect_ok();
+    until(
+        &mesh,
+        &smiley,
+        "Link deleted",
+        Duration::from_secs(30),
+        |r| r.status == 500,
+    )
+    .await;
     mesh.shutdown().await;
 }

@@ -2,7 +2,11 @@
 //! links namespace and the kubeconfig Secrets they name (`spec.clusterCredentialsSecret`, key
 //! `kubeconfig`, in the Link's namespace). Each Link becomes a linked cluster named
 //! `spec.targetClusterName`, watched like one given with `--link`; adding, changing or deleting a
-//! Link takes effect without a restart. Read-only: list/watch Links, get Secrets.
+//! Link takes effect without a restart, and so does editing its credentials Secret (the Secrets
+//! of the namespace are watched: an edited kubeconfig restarts that cluster's watches, a broken
+//! one leaves the last good ones running, a Link waits for a Secret not there yet). Read-only:
+//! list/watch Links, get/list/watch Secrets; where Secrets cannot be listed (an older Role with
+//! `get` only) each new or changed Link reads its Secret with a get.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
