@@ -649,9 +649,11 @@ async fn apply_credentials(kn: &Kubectl, links_ns: &str, cluster: &str, kubeconf
 
 /// The same clusters linked through Linkerd's objects, applied with kubectl: before any Link a
 /// mirror does not resolve (and the status says why); Links for east and west link them without
-/// a restart (east's Link before its Secret: it waits for it); west's credentials Secret first holds a kubeconfig whose token the API server
-/// refuses, and editing the Secret (no Link change) is followed; deleting west's Link unlinks
-/// west alone, applying it again links it back.
+/// a restart (east's Link before its Secret: it waits for it); west's credentials Secret first
+/// holds a kubeconfig whose token the API server refuses, and editing the Secret (no Link
+/// change) is followed; a Secret edited into garbage, then deleted, leaves west read with the
+/// last good kubeconfig; deleting west's Link unlinks west alone, applying it again links it
+/// back; deleting east's Link unlinks east.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_004_with_linkerd_link_objects_links_and_unlinks_without_a_restart() {
     let test = "seed_004_with_linkerd_link_objects_links_and_unlinks_without_a_restart";
@@ -772,6 +774,43 @@ async fn seed_004_with_linkerd_link_objects_links_and_unlinks_without_a_restart(
         Some("smiley-east"),
         "east unaffected: {r:?}"
     );
+    // A Secret edited into something that is not a kubeconfig, then deleted: west keeps being
+    // read with the last good one.
+    let garbage = tmp.path().join("west-garbage");
+    std::fs::write(&garbage, "this is not a kubeconfig\n").expect("write");
+    apply_credentials(&kn, &links_ns, "west", &garbage).await;
+    kn.arun(
+        &[
+            "delete",
+            "secret",
+            "cluster-credentials-west",
+            "-n",
+            &links_ns,
+        ],
+        "",
+    )
+    .await
+    .expect_ok();
+    set_ready(&kw, &ns, "color2-1", false).await;
+    until(
+        &mesh,
+        &color,
+        "west still followed with the last good kubeconfig",
+        Duration::from_secs(30),
+        |r| r.status == 503,
+    )
+    .await;
+    set_ready(&kw, &ns, "color2-1", true).await;
+    until(
+        &mesh,
+        &color,
+        "west's endpoint back",
+        Duration::from_secs(30),
+        |r| r.backend.as_deref() == Some("color2-west"),
+    )
+    .await;
+
+    apply_credentials(&kn, &links_ns, "west", &restricted(&west)).await;
 
     // Deleting west's Link unlinks west only: color2-west's share fails (500), east serves.
     kn.arun(
