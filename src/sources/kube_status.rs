@@ -263,7 +263,8 @@ async fn try_lease(
     }
 }
 
-/// What was last reported per TrafficSplit (per leadership term).
+/// What was last reported per route (per leadership term): problems, weights and notes of
+/// TrafficSplits, failover notes of every route.
 #[derive(Default)]
 struct Reported {
     problems: HashMap<ObjectKey, Vec<String>>,
@@ -352,6 +353,20 @@ pub async fn write(
                     tracing::warn!(error = %e, "cannot write route status");
                 }
             }
+            // The status message says failover is active while it is; Events keep the history.
+            for ev in failover_events(&mut reported, &key, rs) {
+                let reference = ObjectReference {
+                    api_version: Some(info.api_version.clone()),
+                    kind: Some(slot.kind().into()),
+                    namespace: Some(rs.namespace.clone()),
+                    name: Some(rs.name.clone()),
+                    uid: info.uid.clone(),
+                    ..Default::default()
+                };
+                if let Err(e) = recorder.publish(&ev, &reference).await {
+                    tracing::warn!(route = %key, error = %e, "cannot publish event");
+                }
+            }
         }
         for r in &snap.rejected {
             if reported.rejected.get(&r.key) == Some(&r.message) {
@@ -378,6 +393,7 @@ pub async fn write(
         let live: std::collections::HashSet<&ObjectKey> = snap.infos.keys().collect();
         reported.problems.retain(|k, _| live.contains(k));
         reported.weights.retain(|k, _| live.contains(k));
+        reported.notes.retain(|k, _| live.contains(k));
         let rejected: std::collections::HashSet<&ObjectKey> =
             snap.rejected.iter().map(|r| &r.key).collect();
         reported.rejected.retain(|k, _| rejected.contains(k));
@@ -574,23 +590,43 @@ fn split_events(
     // What the spec made of the split (e.g. a backend left out on a port it lacks): said once
     // per change, as a Normal Event, since it is the specified behaviour, not a fault.
     // Failover (linkerd-failover's annotation) says when it starts and when it ends.
+    out.extend(note_events(reported, key, &rs.notes));
+    out
+}
+
+/// HTTPRoutes and GRPCRoutes with linkerd-failover's annotation: a `FailoverActive` Event when
+/// failover starts (or moves), `FailoverEnded` when every backend has ready endpoints again.
+fn failover_events(reported: &mut Reported, key: &ObjectKey, rs: &RouteStatus) -> Vec<Event> {
+    let failover: Vec<String> = rs
+        .notes
+        .iter()
+        .filter(|n| n.starts_with(FAILOVER_NOTE))
+        .cloned()
+        .collect();
+    note_events(reported, key, &failover)
+}
+
+/// `FailoverActive` / `BackendExcluded` when a route's notes change, `FailoverEnded` when
+/// failover stops.
+fn note_events(reported: &mut Reported, key: &ObjectKey, notes: &[String]) -> Vec<Event> {
+    let mut out = Vec::new();
     let failing_over = |notes: &[String]| notes.iter().any(|n| n.starts_with(FAILOVER_NOTE));
-    let before = reported.notes.insert(key.clone(), rs.notes.clone());
-    if !rs.notes.is_empty() && before.as_ref() != Some(&rs.notes) {
+    let before = reported.notes.insert(key.clone(), notes.to_vec());
+    if !notes.is_empty() && before.as_deref() != Some(notes) {
         out.push(Event {
             type_: EventType::Normal,
-            reason: if failing_over(&rs.notes) {
+            reason: if failing_over(notes) {
                 "FailoverActive"
             } else {
                 "BackendExcluded"
             }
             .into(),
-            note: Some(note(rs.notes.join("; "))),
+            note: Some(note(notes.join("; "))),
             action: "Route".into(),
             secondary: None,
         });
     }
-    if !failing_over(&rs.notes) && before.is_some_and(|b| failing_over(&b)) {
+    if !failing_over(notes) && before.is_some_and(|b| failing_over(&b)) {
         out.push(Event {
             type_: EventType::Normal,
             reason: "FailoverEnded".into(),
@@ -684,5 +720,41 @@ mod tests {
         assert_eq!(reasons(&mut reported, active.clone()), ["FailoverActive"]);
         assert!(reasons(&mut reported, active).is_empty(), "said once");
         assert_eq!(reasons(&mut reported, vec![]), ["FailoverEnded"]);
+    }
+
+    #[test]
+    fn httproute_failover_is_told_in_events_and_other_notes_are_not() {
+        let key = ObjectKey {
+            group: "gateway.networking.k8s.io",
+            kind: "HTTPRoute",
+            namespace: "ns".into(),
+            name: "r".into(),
+        };
+        let status = |notes: Vec<String>| RouteStatus {
+            kind: RouteKind::Gateway,
+            api_version: "gateway.networking.k8s.io/v1".into(),
+            namespace: "ns".into(),
+            name: "r".into(),
+            generation: None,
+            parents: vec![],
+            notes,
+        };
+        let mut reported = Reported::default();
+        let mut reasons = |notes: Vec<String>| -> Vec<String> {
+            failover_events(&mut reported, &key, &status(notes))
+                .into_iter()
+                .map(|e| e.reason)
+                .collect()
+        };
+        assert!(reasons(vec![]).is_empty());
+        assert!(reasons(vec!["something else".into()]).is_empty());
+        let active = format!(
+            "{FAILOVER_NOTE}: backend ns/a:80 (cluster east) has no ready endpoints, its share goes to ns/b:80 (cluster west)"
+        );
+        assert_eq!(reasons(vec![active.clone()]), ["FailoverActive"]);
+        assert!(reasons(vec![active.clone()]).is_empty(), "said once");
+        assert_eq!(reasons(vec![]), ["FailoverEnded"]);
+        assert!(reasons(vec![]).is_empty());
+        assert_eq!(reasons(vec![active]), ["FailoverActive"], "and again");
     }
 }

@@ -5,7 +5,7 @@
 // Usage:
 //
 //	kube-testenv --dir D [--name NAME] [--user NAME[:GROUP,...]]... [--watch-pid PID]
-//	             [--ready-timeout 120s] [-v N] [-- EXTRA-KUBE-APISERVER-FLAGS...]
+//	             [--ready-timeout 120s] [--resume] [-v N] [-- EXTRA-KUBE-APISERVER-FLAGS...]
 //
 // Once the API server answers /readyz (and the "default" namespace exists) it
 // writes D/kubeconfig (admin, member of system:masters) and, for every --user,
@@ -17,7 +17,12 @@
 //
 // Logs go to stderr. SIGTERM or SIGINT (or the exit of --watch-pid) shuts
 // down the API server, then etcd, and exits 0. D holds the state of one run
-// only: etcd data and credentials from a previous run in D are discarded.
+// only: etcd data and credentials from a previous run in D are discarded,
+// unless --resume is given: then the previous run's etcd data, credentials and
+// ports (D/ports) are reused, so the same cluster comes back at the same
+// address with the same objects (a control plane restarted, as tests of
+// "the API server went away and came back" need). --resume needs the same
+// --user flags as that run.
 //
 // There is no controller manager, scheduler or kubelet: nothing creates
 // EndpointSlices, deletes namespaces' contents, collects garbage or mints
@@ -80,6 +85,7 @@ type config struct {
 	readyTimeout time.Duration
 	verbosity    int
 	extraFlags   []string // passed to kube-apiserver verbatim (after "--")
+	resume       bool
 }
 
 // userNameRE keeps user names usable as file-name suffixes.
@@ -130,6 +136,7 @@ func parseArgs(args []string) (*config, error) {
 	fs.IntVar(&cfg.watchPID, "watch-pid", 0, "shut down when this process exits")
 	fs.DurationVar(&cfg.readyTimeout, "ready-timeout", 120*time.Second, "give up when not ready after this long")
 	fs.IntVar(&cfg.verbosity, "v", 0, "kube-apiserver log verbosity")
+	fs.BoolVar(&cfg.resume, "resume", false, "reuse the etcd data, credentials and ports of the previous run in DIR")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -156,10 +163,19 @@ func run(cfg *config) error {
 		ctx = watchProcess(ctx, cfg.watchPID)
 	}
 
-	if err := prepareDir(cfg.dir); err != nil {
+	var saved *ports
+	if cfg.resume {
+		p, err := readPorts(cfg.dir)
+		if err != nil {
+			return fmt.Errorf("--resume: %w", err)
+		}
+		saved = &p
+		// The kubeconfigs are written again once the server is ready.
+		_ = os.Remove(filepath.Join(cfg.dir, "kubeconfig"))
+	} else if err := prepareDir(cfg.dir); err != nil {
 		return err
 	}
-	etcd, etcdURL, err := startEtcd(ctx, filepath.Join(cfg.dir, "etcd"))
+	etcd, etcdURL, etcdPorts, err := startEtcd(ctx, filepath.Join(cfg.dir, "etcd"), saved)
 	if errors.Is(err, errInterrupted) {
 		return nil
 	} else if err != nil {
@@ -171,18 +187,38 @@ func run(cfg *config) error {
 		klog.Info("kube-testenv: etcd stopped")
 	}()
 
-	creds, err := writeCredentials(cfg)
+	var creds *credentials
+	if cfg.resume {
+		creds, err = readCredentials(cfg)
+	} else {
+		creds, err = writeCredentials(cfg)
+	}
 	if err != nil {
 		return err
 	}
 
 	// Bind the API server's port ourselves (port 0: the kernel picks a free
 	// one) and hand the listener over, so concurrent instances cannot race.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	// Resuming, the previous run's port (just released: retried briefly).
+	listenAddr := "127.0.0.1:0"
+	if saved != nil {
+		listenAddr = fmt.Sprintf("127.0.0.1:%d", saved.api)
+	}
+	var ln net.Listener
+	for attempt := 0; ; attempt++ {
+		ln, err = net.Listen("tcp", listenAddr)
+		if err == nil || saved == nil || attempt >= 50 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	if err != nil {
 		return fmt.Errorf("listen for kube-apiserver: %w", err)
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
+	if err := writePorts(cfg.dir, ports{etcdClient: etcdPorts.etcdClient, etcdPeer: etcdPorts.etcdPeer, api: port}); err != nil {
+		return err
+	}
 	server := fmt.Sprintf("https://127.0.0.1:%d", port)
 
 	apiCtx, cancelAPI := context.WithCancel(context.Background())
@@ -302,7 +338,7 @@ func prepareDir(dir string) error {
 	}
 	for _, e := range entries {
 		n := e.Name()
-		if n == "etcd" || n == "etcd.log" || n == "pki" || n == "kubeconfig" || strings.HasPrefix(n, "kubeconfig-") {
+		if n == "etcd" || n == "etcd.log" || n == "pki" || n == "ports" || n == "kubeconfig" || strings.HasPrefix(n, "kubeconfig-") {
 			if err := os.RemoveAll(filepath.Join(dir, n)); err != nil {
 				return err
 			}
@@ -325,23 +361,53 @@ func freeLoopbackPort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
+// ports of one run, kept in DIR/ports for --resume.
+type ports struct {
+	etcdClient, etcdPeer, api int
+}
+
+func writePorts(dir string, p ports) error {
+	return writeFileAtomic(filepath.Join(dir, "ports"), []byte(fmt.Sprintf("%d %d %d\n", p.etcdClient, p.etcdPeer, p.api)), 0o644)
+}
+
+func readPorts(dir string) (ports, error) {
+	var p ports
+	b, err := os.ReadFile(filepath.Join(dir, "ports"))
+	if err != nil {
+		return p, err
+	}
+	if _, err := fmt.Sscanf(string(b), "%d %d %d", &p.etcdClient, &p.etcdPeer, &p.api); err != nil {
+		return p, fmt.Errorf("%s: %w", filepath.Join(dir, "ports"), err)
+	}
+	return p, nil
+}
+
 // startEtcd starts a single-member etcd on free loopback ports. etcd binds
 // its own listeners, so a port taken between picking and binding is retried.
-// Its log is etcd.log next to dataDir.
-func startEtcd(ctx context.Context, dataDir string) (*embed.Etcd, string, error) {
+// Its log is etcd.log next to dataDir. With saved ports (--resume) it keeps
+// dataDir and listens where the previous run did.
+func startEtcd(ctx context.Context, dataDir string, saved *ports) (*embed.Etcd, string, ports, error) {
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
-		if err := os.RemoveAll(dataDir); err != nil {
-			return nil, "", err
+		var clientPort, peerPort int
+		if saved != nil {
+			clientPort, peerPort = saved.etcdClient, saved.etcdPeer
+			if attempt > 0 {
+				time.Sleep(time.Second)
+			}
+		} else {
+			if err := os.RemoveAll(dataDir); err != nil {
+				return nil, "", ports{}, err
+			}
+			var err error
+			if clientPort, err = freeLoopbackPort(); err != nil {
+				return nil, "", ports{}, err
+			}
+			if peerPort, err = freeLoopbackPort(); err != nil {
+				return nil, "", ports{}, err
+			}
 		}
-		clientPort, err := freeLoopbackPort()
-		if err != nil {
-			return nil, "", err
-		}
-		peerPort, err := freeLoopbackPort()
-		if err != nil {
-			return nil, "", err
-		}
+		used := ports{etcdClient: clientPort, etcdPeer: peerPort}
 		clientURL := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", clientPort)}
 		peerURL := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", peerPort)}
 
@@ -365,23 +431,23 @@ func startEtcd(ctx context.Context, dataDir string) (*embed.Etcd, string, error)
 			if strings.Contains(err.Error(), "address already in use") {
 				continue
 			}
-			return nil, "", fmt.Errorf("start etcd: %w", err)
+			return nil, "", ports{}, fmt.Errorf("start etcd: %w", err)
 		}
 		select {
 		case <-e.Server.ReadyNotify():
-			return e, clientURL.String(), nil
+			return e, clientURL.String(), used, nil
 		case err := <-e.Err():
 			e.Close()
-			return nil, "", fmt.Errorf("etcd failed: %w", err)
+			return nil, "", ports{}, fmt.Errorf("etcd failed: %w", err)
 		case <-time.After(60 * time.Second):
 			e.Close()
-			return nil, "", errors.New("etcd not ready after 60s")
+			return nil, "", ports{}, errors.New("etcd not ready after 60s")
 		case <-ctx.Done():
 			e.Close()
-			return nil, "", errInterrupted
+			return nil, "", ports{}, errInterrupted
 		}
 	}
-	return nil, "", fmt.Errorf("start etcd: %w", lastErr)
+	return nil, "", ports{}, fmt.Errorf("start etcd: %w", lastErr)
 }
 
 // ---------------------------------------------------------------- credentials
@@ -518,6 +584,49 @@ func writeCredentials(cfg *config) (*credentials, error) {
 	}
 	if err := f.Close(); err != nil {
 		return nil, err
+	}
+	return c, nil
+}
+
+// readCredentials reads back what writeCredentials wrote in a previous run
+// (--resume): the CA, and the tokens of admin and of every --user.
+func readCredentials(cfg *config) (*credentials, error) {
+	pki := filepath.Join(cfg.dir, "pki")
+	c := &credentials{
+		certFile:  filepath.Join(pki, "serving.crt"),
+		keyFile:   filepath.Join(pki, "serving.key"),
+		saKeyFile: filepath.Join(pki, "service-account.key"),
+		tokenFile: filepath.Join(pki, "tokens.csv"),
+	}
+	var err error
+	if c.caPEM, err = os.ReadFile(filepath.Join(pki, "ca.crt")); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(c.tokenFile)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	r := csv.NewReader(f)
+	r.FieldsPerRecord = -1
+	records, err := r.ReadAll()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", c.tokenFile, err)
+	}
+	tokens := map[string]string{}
+	for _, rec := range records {
+		if len(rec) >= 2 {
+			tokens[rec[1]] = rec[0]
+		}
+	}
+	if c.adminToken = tokens["admin"]; c.adminToken == "" {
+		return nil, fmt.Errorf("%s: no admin token", c.tokenFile)
+	}
+	for _, u := range cfg.users {
+		if u.token = tokens[u.name]; u.token == "" {
+			return nil, fmt.Errorf("%s: user %q was not in the previous run", c.tokenFile, u.name)
+		}
+		c.users = append(c.users, u)
 	}
 	return c, nil
 }

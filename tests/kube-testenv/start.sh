@@ -8,7 +8,8 @@
 #   --dir DIR      run directory (default: a new mktemp -d)
 #   --timeout S    seconds to wait for the "ready" line (default 90, env KUBE_TESTENV_TIMEOUT)
 #   other args     passed to kube-testenv: --name NAME, --user NAME[:GROUP,...],
-#                  --watch-pid PID, -v N, -- EXTRA-KUBE-APISERVER-FLAGS
+#                  --watch-pid PID, --resume (restart from DIR's previous run: same data,
+#                  credentials and address), -v N, -- EXTRA-KUBE-APISERVER-FLAGS
 #
 # On success it prints shell assignments on stdout, so this works:
 #   eval "$(tests/kube-testenv/start.sh --name north --user alice)"

@@ -93,6 +93,98 @@ pub fn own_cluster(test: &str, name: &str) -> Option<OwnCluster> {
 
 pub struct OwnCluster(pub Cluster);
 
+impl OwnCluster {
+    /// Stop the control plane (SIGTERM: the API server, then etcd) and wait until it is gone:
+    /// its port refuses connections. Its run directory (etcd data, credentials, ports) stays.
+    pub fn stop(&mut self) {
+        let Some(pid) = self.0.pid.take() else { return };
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+        let t0 = Instant::now();
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            // Reaped by init once it exits (start.sh runs it in the background).
+            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+            });
+            if zombie || t0.elapsed() > Duration::from_secs(30) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            std::net::TcpStream::connect(&self.0.server).is_err(),
+            "the API server still answers after it was stopped"
+        );
+    }
+
+    /// Start it again from its run directory: the same objects, credentials and address
+    /// (`kube-testenv --resume`).
+    pub fn resume(&mut self, name: &str) {
+        assert!(self.0.pid.is_none(), "resume after stop");
+        let out = Command::new(repo().join("tests/kube-testenv/start.sh"))
+            .arg("--dir")
+            .arg(&self.0.dir)
+            .args([
+                "--name",
+                name,
+                "--user",
+                "meshroute",
+                "--resume",
+                "--watch-pid",
+            ])
+            .arg(std::process::id().to_string())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("start.sh");
+        assert!(
+            out.status.success(),
+            "kube-testenv --resume: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.0.pid = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("export KUBE_TESTENV_PID="))
+            .and_then(|p| p.trim().parse().ok());
+        assert_eq!(
+            server_of(&self.0.admin).ok().as_deref(),
+            Some(self.0.server.as_str()),
+            "resumed at another address"
+        );
+    }
+}
+
+/// Shared clusters by name, or why one could not start.
+type Named = Mutex<BTreeMap<String, Result<Arc<Cluster>, String>>>;
+
+static NAMED: OnceLock<Named> = OnceLock::new();
+
+/// A fresh cluster named `name` shared by the tests of this binary that ask for that name (not
+/// prepared: no CRDs or RBAC); it stops when the test process exits. Tests that stop their
+/// control plane take an [`own_cluster`] instead.
+pub fn named_cluster(test: &str, name: &str) -> Option<Arc<Cluster>> {
+    if std::env::var_os("MESHROUTE_TEST_KUBECONFIG").is_some() {
+        skip_or_fail(
+            test,
+            "needs fresh clusters of its own; MESHROUTE_TEST_KUBECONFIG points at a shared one",
+        );
+        return None;
+    }
+    let mut all = NAMED
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let c = all
+        .entry(name.to_string())
+        .or_insert_with(|| launch(name).map(Arc::new));
+    match c {
+        Ok(c) => Some(c.clone()),
+        Err(e) => {
+            skip_or_fail(test, e);
+            None
+        }
+    }
+}
+
 impl Drop for OwnCluster {
     fn drop(&mut self) {
         if let Some(pid) = self.0.pid {
