@@ -78,7 +78,7 @@ pub fn ours() -> Vec<CustomResourceDefinition> {
 /// The gateway.networking.k8s.io HTTPRoute CRD, ready for a real API server, with upstream's
 /// validation of the fields meshroute acts on (bounds, durations, backendRequest ≤ request).
 pub fn gateway_httproute() -> CustomResourceDefinition {
-    let mut crd = crate::model::GatewayHttpRoute::crd();
+    let mut crd = gateway_api::apis::standard::httproutes::HttpRoute::crd();
     approve(&mut crd);
     harden_route(&mut crd, httproute_rules);
     crd

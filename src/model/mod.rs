@@ -9,7 +9,62 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 pub use gateway_api::apis::standard::grpcroutes::GrpcRoute as GatewayGrpcRoute;
-pub use gateway_api::apis::standard::httproutes::HttpRoute as GatewayHttpRoute;
+/// GEP-1731 `rules[].retry` of a gateway.networking.k8s.io HTTPRoute (experimental channel;
+/// the same shape as upstream's `HTTPRouteRetry`).
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct GatewayRetry {
+    /// Retries after the first attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<i64>,
+    /// Least wait between attempts (GEP-2257 duration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<String>,
+    /// Response statuses that are retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codes: Option<Vec<i64>>,
+}
+
+/// A gateway.networking.k8s.io HTTPRoute: the standard channel's object plus each rule's
+/// GEP-1731 `retry` (experimental channel), which the standard types do not carry. The loader
+/// takes `spec.rules[i].retry` out of the document before decoding the rest, so one decoder
+/// serves file and Kubernetes mode. Derefs to the standard object.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GatewayHttpRoute {
+    pub route: gateway_api::apis::standard::httproutes::HttpRoute,
+    /// `retry` of `spec.rules[i]` at index `i`; shorter than the rules when the last have none.
+    pub retries: Vec<Option<GatewayRetry>>,
+}
+
+impl std::ops::Deref for GatewayHttpRoute {
+    type Target = gateway_api::apis::standard::httproutes::HttpRoute;
+    fn deref(&self) -> &Self::Target {
+        &self.route
+    }
+}
+
+impl GatewayHttpRoute {
+    /// The retry of rule `i`, if it has one.
+    pub fn retry(&self, i: usize) -> Option<&GatewayRetry> {
+        self.retries.get(i).and_then(Option::as_ref)
+    }
+}
+
+/// Serialized as the manifest would say it: the standard object with each `retry` put back.
+impl serde::Serialize for GatewayHttpRoute {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error;
+        let mut v = serde_json::to_value(&self.route).map_err(S::Error::custom)?;
+        if let Some(rules) = v.pointer_mut("/spec/rules").and_then(|r| r.as_array_mut()) {
+            for (rule, retry) in rules.iter_mut().zip(&self.retries) {
+                if let (Some(obj), Some(retry)) = (rule.as_object_mut(), retry) {
+                    let retry = serde_json::to_value(retry).map_err(S::Error::custom)?;
+                    obj.insert("retry".into(), retry);
+                }
+            }
+        }
+        v.serialize(s)
+    }
+}
 
 /// A policy.linkerd.io HTTPRoute of any served version.
 #[derive(Clone, Debug, PartialEq)]

@@ -107,6 +107,101 @@ pub enum RequestBody {
         inner: Box<RequestBody>,
         idle: IdleTimer,
     },
+    /// A whole body kept for replay by retries ([`Replayable`]): the same bytes on every
+    /// attempt, cloned by reference count.
+    Buffered {
+        data: Option<Bytes>,
+        trailers: Option<http::HeaderMap>,
+    },
+    /// A body too large to keep: the frames already read, then the rest of the client's.
+    Prefixed {
+        head: std::collections::VecDeque<Frame<Bytes>>,
+        rest: Box<RequestBody>,
+    },
+}
+
+/// A request body as the retry path holds it: kept whole (up to
+/// [`MAX_REPLAY_BODY`](crate::table::retry::MAX_REPLAY_BODY)) or, when larger, good for one
+/// attempt only.
+#[derive(Debug)]
+pub enum Replayable {
+    Whole {
+        data: Bytes,
+        trailers: Option<http::HeaderMap>,
+    },
+    Once(RequestBody),
+}
+
+impl Replayable {
+    /// Read `body` until its end or past `limit` bytes. A body that announces more than
+    /// `limit` is not read at all. Errors are the client's (a broken body, the client body
+    /// timeout).
+    pub async fn read(mut body: RequestBody, limit: usize) -> Result<Replayable, BoxError> {
+        if body.is_end_stream() {
+            return Ok(Replayable::Whole {
+                data: Bytes::new(),
+                trailers: None,
+            });
+        }
+        if body.size_hint().lower() > limit as u64 {
+            return Ok(Replayable::Once(body));
+        }
+        let mut head = std::collections::VecDeque::new();
+        let mut len = 0usize;
+        let mut trailers = None;
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        {
+            let frame = frame?;
+            if let Some(d) = frame.data_ref() {
+                len += d.len();
+            } else if frame.is_trailers() {
+                trailers = frame.trailers_ref().cloned();
+            }
+            head.push_back(frame);
+            if len > limit {
+                return Ok(Replayable::Once(RequestBody::Prefixed {
+                    head,
+                    rest: Box::new(body),
+                }));
+            }
+        }
+        let mut data = bytes::BytesMut::with_capacity(len);
+        for f in head {
+            if let Ok(d) = f.into_data() {
+                data.extend_from_slice(&d);
+            }
+        }
+        Ok(Replayable::Whole {
+            data: data.freeze(),
+            trailers,
+        })
+    }
+
+    /// The body for the next attempt; `None` once a body that cannot be replayed was sent.
+    pub fn next(&mut self) -> Option<RequestBody> {
+        match self {
+            Replayable::Whole { data, trailers } if data.is_empty() && trailers.is_none() => {
+                Some(RequestBody::Empty)
+            }
+            Replayable::Whole { data, trailers } => Some(RequestBody::Buffered {
+                data: Some(data.clone()).filter(|d| !d.is_empty()),
+                trailers: trailers.clone(),
+            }),
+            Replayable::Once(body) => {
+                let body = std::mem::replace(body, RequestBody::Empty);
+                if matches!(body, RequestBody::Empty) {
+                    None
+                } else {
+                    Some(body)
+                }
+            }
+        }
+    }
+
+    /// Whether another attempt can be sent the same body.
+    pub fn replayable(&self) -> bool {
+        matches!(self, Replayable::Whole { .. })
+    }
 }
 
 /// Values of [`RequestBody::Watched`]'s `client_failed`.
@@ -200,6 +295,14 @@ impl Body for RequestBody {
                 }
                 Poll::Pending => Poll::Pending,
             },
+            RequestBody::Buffered { data, trailers } => match data.take() {
+                Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
+                None => Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t)))),
+            },
+            RequestBody::Prefixed { head, rest } => match head.pop_front() {
+                Some(f) => Poll::Ready(Some(Ok(f))),
+                None => Pin::new(&mut **rest).poll_frame(cx),
+            },
         }
     }
 
@@ -211,6 +314,8 @@ impl Body for RequestBody {
             RequestBody::Mirror { .. } => false,
             RequestBody::Watched { inner, .. } => inner.is_end_stream(),
             RequestBody::Timed { inner, .. } => inner.is_end_stream(),
+            RequestBody::Buffered { data, trailers } => data.is_none() && trailers.is_none(),
+            RequestBody::Prefixed { head, rest } => head.is_empty() && rest.is_end_stream(),
         }
     }
 
@@ -222,6 +327,23 @@ impl Body for RequestBody {
             RequestBody::Mirror { .. } => SizeHint::default(),
             RequestBody::Watched { inner, .. } => inner.size_hint(),
             RequestBody::Timed { inner, .. } => inner.size_hint(),
+            RequestBody::Buffered { data, trailers } => match (data, trailers) {
+                (Some(d), None) => SizeHint::with_exact(d.len() as u64),
+                (None, None) => SizeHint::with_exact(0),
+                _ => SizeHint::default(),
+            },
+            RequestBody::Prefixed { head, rest } => {
+                let buffered: u64 = head
+                    .iter()
+                    .filter_map(|f| f.data_ref().map(|d| d.len() as u64))
+                    .sum();
+                let mut hint = SizeHint::new();
+                hint.set_lower(buffered + rest.size_hint().lower());
+                if let Some(upper) = rest.size_hint().upper() {
+                    hint.set_upper(buffered + upper);
+                }
+                hint
+            }
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod accrual;
 pub mod cors;
 pub mod diff;
 pub mod matching;
+pub mod retry;
 pub mod weighted;
 
 use std::collections::HashMap;
@@ -86,6 +87,9 @@ pub struct Rule {
     pub filters: Vec<Filter>,
     pub backends: WeightedBackends,
     pub timeouts: Timeouts,
+    /// How the rule retries ([`retry`]); `None`: every request gets one attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Arc<retry::RetryPolicy>>,
 }
 
 /// GEP-1742 timeouts; `None` means disabled (absent or `0s`).

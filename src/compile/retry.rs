@@ -1,0 +1,225 @@
+//! Admission of retry settings into [`RetryPolicy`]: GEP-1731 `rules[].retry` and Linkerd's
+//! `retry.linkerd.io/*` annotations.
+//!
+//! Precedence, as Linkerd documents it ("if any retry configuration annotations are present on
+//! a route resource, they override all retry configuration annotations on the parent
+//! Service") extended by the Gateway API field: a rule's own `retry` wins over the route's
+//! annotations, which win as a whole over the parent Service's.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Service;
+
+use super::validate::{parse_duration, FieldError};
+use crate::model::GatewayRetry;
+use crate::table::retry::{parse_linkerd_codes, RetryPolicy, StatusCodes};
+
+pub const HTTP_ANNOTATION: &str = "retry.linkerd.io/http";
+pub const LIMIT_ANNOTATION: &str = "retry.linkerd.io/limit";
+pub const TIMEOUT_ANNOTATION: &str = "retry.linkerd.io/timeout";
+
+/// Retries when neither `attempts` nor `retry.linkerd.io/limit` says (Linkerd's default).
+pub const DEFAULT_LIMIT: u32 = 1;
+/// Most retries one request may get, whatever the configuration asks (the budget bounds
+/// the total anyway; this bounds one slow request's tail).
+pub const MAX_LIMIT: i64 = 10;
+
+fn field_error(field: String, message: String) -> FieldError {
+    FieldError { field, message }
+}
+
+/// GEP-1731 `retry` of the rule at `f` (`spec.rules[i]`). Codes are 400..=599 (upstream's
+/// `HTTPRouteRetryStatusCode`), `attempts` 0..=[`MAX_LIMIT`], `backoff` a GEP-2257 duration.
+pub fn admit_gateway(
+    f: &str,
+    r: &GatewayRetry,
+    errors: &mut Vec<FieldError>,
+) -> Option<Arc<RetryPolicy>> {
+    let before = errors.len();
+    let limit = match r.attempts {
+        None => DEFAULT_LIMIT,
+        Some(n) if (0..=MAX_LIMIT).contains(&n) => n as u32,
+        Some(n) => {
+            errors.push(field_error(
+                format!("{f}.retry.attempts"),
+                format!("{n} is out of range (0-{MAX_LIMIT})"),
+            ));
+            0
+        }
+    };
+    let mut codes = StatusCodes::default();
+    for (j, &c) in r.codes.iter().flatten().enumerate() {
+        match u16::try_from(c) {
+            Ok(c) if (400..=599).contains(&c) => codes.insert_range(c, c),
+            _ => errors.push(field_error(
+                format!("{f}.retry.codes[{j}]"),
+                format!("{c} is not a retriable status code (400-599)"),
+            )),
+        }
+    }
+    let backoff = match r.backoff.as_deref().map(parse_duration) {
+        None => Default::default(),
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            errors.push(field_error(format!("{f}.retry.backoff"), e));
+            Default::default()
+        }
+    };
+    (errors.len() == before).then(|| {
+        Arc::new(RetryPolicy {
+            limit,
+            codes,
+            backoff,
+            attempt_timeout: None,
+        })
+    })
+}
+
+/// The policy Linkerd's annotations state, `None` when none of them is there. `Err` names
+/// each bad annotation (as `metadata.annotations.<name>`).
+pub fn from_annotations(
+    annotations: Option<&BTreeMap<String, String>>,
+) -> Result<Option<Arc<RetryPolicy>>, Vec<FieldError>> {
+    let Some(a) = annotations else {
+        return Ok(None);
+    };
+    let (http, limit, timeout) = (
+        a.get(HTTP_ANNOTATION),
+        a.get(LIMIT_ANNOTATION),
+        a.get(TIMEOUT_ANNOTATION),
+    );
+    if http.is_none() && limit.is_none() && timeout.is_none() {
+        return Ok(None);
+    }
+    let mut errors = Vec::new();
+    let field = |name: &str| format!("metadata.annotations.{name}");
+    let codes = match http.map(|v| parse_linkerd_codes(v)) {
+        None => StatusCodes::default(),
+        Some(Ok(c)) => c,
+        Some(Err(e)) => {
+            errors.push(field_error(field(HTTP_ANNOTATION), e));
+            StatusCodes::default()
+        }
+    };
+    let limit = match limit.map(|v| (v, v.trim().parse::<i64>())) {
+        None => DEFAULT_LIMIT,
+        Some((_, Ok(n))) if (0..=MAX_LIMIT).contains(&n) => n as u32,
+        Some((v, _)) => {
+            errors.push(field_error(
+                field(LIMIT_ANNOTATION),
+                format!("{v:?} is not a number of retries (0-{MAX_LIMIT})"),
+            ));
+            0
+        }
+    };
+    let attempt_timeout = match timeout.map(|v| parse_duration(v.trim())) {
+        None => None,
+        Some(Ok(d)) => Some(d).filter(|d| !d.is_zero()),
+        Some(Err(e)) => {
+            errors.push(field_error(field(TIMEOUT_ANNOTATION), e));
+            None
+        }
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Some(Arc::new(RetryPolicy {
+        limit,
+        codes,
+        backoff: Default::default(),
+        attempt_timeout,
+    })))
+}
+
+/// The policy of a parent Service's annotations. A Service is never refused for them: a bad
+/// value is logged and the Service states no retries.
+pub fn for_service(svc: &Service) -> Option<Arc<RetryPolicy>> {
+    match from_annotations(svc.metadata.annotations.as_ref()) {
+        Ok(p) => p,
+        Err(errors) => {
+            for e in errors {
+                tracing::warn!(
+                    namespace = svc.metadata.namespace.as_deref().unwrap_or("default"),
+                    service = svc.metadata.name.as_deref().unwrap_or_default(),
+                    error = %e,
+                    "retry annotation ignored"
+                );
+            }
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn gateway_retry_defaults_to_one_retry_without_codes() {
+        let mut errors = Vec::new();
+        let p = admit_gateway("r", &GatewayRetry::default(), &mut errors).unwrap();
+        assert_eq!((p.limit, p.codes.is_empty()), (1, true));
+    }
+
+    #[test]
+    fn gateway_retry_out_of_range_values_are_refused_by_field() {
+        let mut errors = Vec::new();
+        let r = GatewayRetry {
+            attempts: Some(-1),
+            backoff: Some("5".into()),
+            codes: Some(vec![503, 99, 600]),
+        };
+        assert!(admit_gateway("spec.rules[0]", &r, &mut errors).is_none());
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.rules[0].retry.attempts",
+                "spec.rules[0].retry.codes[1]",
+                "spec.rules[0].retry.codes[2]",
+                "spec.rules[0].retry.backoff"
+            ]
+        );
+    }
+
+    #[test]
+    fn linkerd_annotations_compile() {
+        let a = annotations(&[
+            (HTTP_ANNOTATION, "gateway-error,429"),
+            (LIMIT_ANNOTATION, "3"),
+            (TIMEOUT_ANNOTATION, "250ms"),
+            ("unrelated", "x"),
+        ]);
+        let p = from_annotations(Some(&a)).unwrap().unwrap();
+        assert_eq!(p.limit, 3);
+        assert_eq!(p.codes.to_string(), "429,502-504");
+        assert_eq!(
+            p.attempt_timeout,
+            Some(std::time::Duration::from_millis(250))
+        );
+        assert!(from_annotations(Some(&annotations(&[("x", "y")])))
+            .unwrap()
+            .is_none());
+        let only_limit = from_annotations(Some(&annotations(&[(LIMIT_ANNOTATION, "2")])))
+            .unwrap()
+            .unwrap();
+        assert!(only_limit.codes.is_empty());
+    }
+
+    #[test]
+    fn bad_linkerd_annotations_name_themselves() {
+        let a = annotations(&[(HTTP_ANNOTATION, "5xx,99"), (LIMIT_ANNOTATION, "-1")]);
+        let e = from_annotations(Some(&a)).unwrap_err();
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].field, "metadata.annotations.retry.linkerd.io/http");
+        assert_eq!(e[1].field, "metadata.annotations.retry.linkerd.io/limit");
+    }
+}

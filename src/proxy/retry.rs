@@ -1,0 +1,329 @@
+//! The retry loop of rules with a [`RetryPolicy`]: pick → attempt → decide, until an answer
+//! is final. Rules without one never come here (no buffering, no copies, no budget).
+//!
+//! Per attempt: a backend is picked by weight and an endpoint by P2C afresh (a retry may go
+//! elsewhere), the backend's filters run on a fresh copy of the request head, and one
+//! [`attempt`] is sent under `min(request deadline, dispatch + backendRequest)` (Linkerd's
+//! `retry.linkerd.io/timeout` shortens `backendRequest`). An answer is retried when its status
+//! is in the policy's codes, or when the attempt failed to connect, timed out on its
+//! per-attempt deadline, broke before the response head, found no ready endpoint or an
+//! overflowing one — and then only while retries are left, the body is replayable (whole,
+//! at most 64 KiB) and the backend's retry budget grants one. The `request` deadline is never
+//! retried: it ends everything, backoff waits included. Once a response head is handed on,
+//! its body streams to the client and nothing is retried any more.
+//!
+//! Budgets ([`RetryBudget`]) are kept per backend Service (namespace/name, all ports) in
+//! [`Budgets`], carried over from table to table like connection pools, so a reload never
+//! refills one. Every first attempt of a rule that retries deposits to the budget of the
+//! backend it went to; every retry withdraws from the budget of the backend it goes to.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::request::Parts;
+use hyper::body::{Body, Incoming};
+use tokio::time::Instant;
+
+use super::attempt::{attempt, Outgoing};
+use super::body::{BoxError, ClientBodyError, ClientBodyTimeout, Replayable, RequestBody};
+use super::error::ProxyError;
+use super::filters::{self, RequestEffects};
+use super::forward::{accrual_now, has_mirror, prepare_upstream, send_mirrors, Failed, Forwarded};
+use super::served::Served;
+use super::timeout::{self, Deadline};
+use super::{fast_rand, Live, Proxy};
+use crate::table::retry::{BudgetConfig, RetryBudget, RetryPolicy, MAX_REPLAY_BODY};
+use crate::table::{BackendTarget, ParentPort, RequestMatch, RouteTable, Rule};
+
+/// Retry budgets by backend Service (namespace, name).
+pub type Budgets = HashMap<(Arc<str>, Arc<str>), Arc<RetryBudget>>;
+
+/// The budgets for a new table: every backend Service of a rule that retries keeps the budget
+/// it had in `prev`, or gets a fresh one with the default configuration.
+pub fn carry_over_budgets(prev: &Budgets, table: &RouteTable) -> Budgets {
+    let mut out = Budgets::new();
+    for svc in table.services() {
+        for parent in &svc.ports {
+            for (_, rule) in &parent.matches {
+                if rule.retry.is_none() {
+                    continue;
+                }
+                for b in rule.backends.iter() {
+                    if let BackendTarget::Service(s) = &b.target {
+                        let key = (s.namespace.clone(), s.name.clone());
+                        if out.contains_key(&key) {
+                            continue;
+                        }
+                        let budget = prev
+                            .get(&key)
+                            .filter(|b| b.config() == BudgetConfig::default())
+                            .cloned()
+                            .unwrap_or_else(|| Arc::new(RetryBudget::new(BudgetConfig::default())));
+                        out.insert(key, budget);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// What the caller of [`forward`] had of the request after the rule's own filters.
+pub(super) struct Request<'t> {
+    pub parts: Parts,
+    pub body: Incoming,
+    pub effects: RequestEffects,
+    pub matched: &'t RequestMatch,
+    pub received: Instant,
+}
+
+/// Forward a request bound to `rule` (which retries per `policy`) until an answer is final.
+/// `at` follows the attempt in flight (backend, then endpoint) for the caller's error path.
+pub(super) async fn forward<'t>(
+    proxy: &Proxy,
+    live: &'t Arc<Live>,
+    parent: &'t ParentPort,
+    rule: &'t Rule,
+    policy: &RetryPolicy,
+    request: Request<'t>,
+    at: &mut Served<'t>,
+) -> Result<Forwarded<'t>, Failed> {
+    let Request {
+        parts: client_parts,
+        body,
+        effects: rule_effects,
+        matched,
+        received,
+    } = request;
+    let metrics = live
+        .metrics
+        .route(parent, rule)
+        .and_then(|m| m.retry.as_ref());
+    let mut timeouts = rule.timeouts;
+    if let Some(t) = policy.attempt_timeout {
+        timeouts.backend_request = Some(timeouts.backend_request.map_or(t, |b| b.min(t)));
+    }
+    let request_deadline = timeout::attempt_deadline(
+        &crate::table::Timeouts {
+            backend_request: None,
+            ..rule.timeouts
+        },
+        proxy.config.default_request_timeout,
+        received,
+        received,
+    )
+    .map(|(at, _)| at);
+    let mut body = Some(body);
+    let mut replay: Option<Replayable> = None;
+    let mut retries = 0u32;
+    loop {
+        let first = retries == 0;
+        let mut parts = copy_head(&client_parts);
+        let mut effects = rule_effects.clone();
+        // Failures before anything is sent are retryable too (another pick may do better),
+        // except those of the configuration or the client.
+        let outcome: Result<Forwarded<'t>, Failed> = async {
+            let backend = rule
+                .backends
+                .pick(fast_rand())
+                .ok_or(ProxyError::NoBackends)?;
+            let svc = match &backend.target {
+                BackendTarget::Service(s) => s,
+                BackendTarget::Invalid { reason } => {
+                    return Err(ProxyError::InvalidBackend(reason.clone()).into())
+                }
+            };
+            at.backend = Some(svc);
+            at.endpoint = None;
+            if !backend.filters.is_empty() {
+                match filters::apply_request(
+                    &backend.filters,
+                    &mut parts,
+                    matched,
+                    parent.port,
+                    &mut effects,
+                ) {
+                    Ok(None) => {}
+                    Ok(Some(rsp)) => return Err(Failed::Answered(rsp)),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if replay.is_none() {
+                let incoming = body.take().ok_or(ProxyError::NoBackends)?;
+                let mut b = if incoming.is_end_stream() {
+                    RequestBody::Empty
+                } else {
+                    RequestBody::Incoming(incoming)
+                };
+                // Mirrors get one copy of the request, from the first attempt.
+                if has_mirror(&rule.filters) || has_mirror(&backend.filters) {
+                    send_mirrors(
+                        proxy,
+                        live,
+                        parent,
+                        rule.filters.iter().chain(&backend.filters),
+                        &parts,
+                        &mut b,
+                        rule.timeouts.request,
+                    );
+                }
+                let client_body_timeout = proxy.config.client_body_timeout;
+                if !client_body_timeout.is_zero() && !matches!(b, RequestBody::Empty) {
+                    b = RequestBody::Timed {
+                        inner: Box::new(b),
+                        idle: timeout::IdleTimer::new(client_body_timeout),
+                    };
+                }
+                let read = Replayable::read(b, MAX_REPLAY_BODY);
+                let read = match request_deadline {
+                    Some(d) => tokio::time::timeout_at(d, read)
+                        .await
+                        .map_err(|_| ProxyError::RequestTimeout)?,
+                    None => read.await,
+                };
+                replay = Some(read.map_err(client_error)?);
+            }
+            let body = replay
+                .as_mut()
+                .and_then(Replayable::next)
+                .ok_or(ProxyError::NoBackends)?;
+            let endpoint = svc
+                .pick_endpoint(fast_rand(), fast_rand(), accrual_now)
+                .ok_or_else(|| ProxyError::NoReadyEndpoint(svc.display_name()))?;
+            let authority = effects.authority.take().or_else(|| svc.authority.clone());
+            prepare_upstream(&mut parts, svc.protocol, authority)?;
+            let backend_metrics = live.metrics.backend(parent, backend);
+            if let Some(b) = backend_metrics {
+                b.requests.inc();
+            }
+            if first {
+                if let Some(budget) = live.budgets.get(&(svc.namespace.clone(), svc.name.clone())) {
+                    budget.deposit(accrual_now());
+                }
+            }
+            let dispatched = Instant::now();
+            let mut deadline = timeout::attempt_deadline(
+                &timeouts,
+                proxy.config.default_request_timeout,
+                received,
+                dispatched,
+            )
+            .map(|(at, which)| Deadline::new(at, which));
+            let mut outgoing = Outgoing::new(parts, body, svc);
+            match attempt(proxy, live, svc, endpoint, &mut outgoing, deadline.as_mut()).await {
+                Ok(sent) => Ok(Forwarded {
+                    backend,
+                    svc,
+                    sent,
+                    dispatched,
+                    deadline,
+                    backend_metrics,
+                    effects,
+                }),
+                Err((e, endpoint)) => {
+                    at.endpoint = Some(endpoint.addr);
+                    Err(e.into())
+                }
+            }
+        }
+        .await;
+
+        let retryable = match &outcome {
+            Ok(fwd) => policy.codes.contains(fwd.sent.rsp.status().as_u16()),
+            Err(Failed::Error(e)) => is_retryable(e),
+            Err(Failed::Answered(_)) => false,
+        };
+        if !retryable {
+            if retries > 0 {
+                if let Some(m) = metrics {
+                    m.successes.inc();
+                }
+            }
+            return outcome;
+        }
+        if retries >= policy.limit {
+            if let Some(m) = metrics {
+                m.limit_exceeded.inc();
+            }
+            return outcome;
+        }
+        let replayable = replay.as_ref().is_some_and(Replayable::replayable);
+        // The budget of the backend the retry would go to is not known before the pick;
+        // the one just tried stands for it (the same Service unless the rule splits).
+        let granted = replayable && at.backend.is_none_or(|svc| withdraw(live, svc));
+        if !granted {
+            if let Some(m) = metrics {
+                m.overflow.inc();
+            }
+            return outcome;
+        }
+        // The answer is dropped: an HTTP/1.1 connection with an unread body closes, an h2
+        // stream is reset.
+        drop(outcome);
+        retries += 1;
+        if let Some(m) = metrics {
+            m.requests.inc();
+        }
+        let wait = policy.backoff_before(retries, fast_rand());
+        if !wait.is_zero() {
+            let until = Instant::now() + wait;
+            match request_deadline {
+                Some(d) if d <= until => {
+                    tokio::time::sleep_until(d).await;
+                    return Err(Failed::Error(ProxyError::RequestTimeout));
+                }
+                _ => tokio::time::sleep_until(until).await,
+            }
+        }
+        tracing::debug!(
+            parent = %parent.name, namespace = %parent.namespace, retry = retries,
+            "retrying request"
+        );
+    }
+}
+
+fn withdraw(live: &Live, svc: &crate::table::ServiceBackend) -> bool {
+    live.budgets
+        .get(&(svc.namespace.clone(), svc.name.clone()))
+        .is_none_or(|b| b.withdraw(accrual_now()))
+}
+
+/// Failures another attempt may fix. The `request` deadline, the client's own failures and
+/// the configuration's are final.
+fn is_retryable(e: &ProxyError) -> bool {
+    matches!(
+        e,
+        ProxyError::Connect { .. }
+            | ProxyError::ConnectTimeout(_)
+            | ProxyError::Upstream { .. }
+            | ProxyError::UpstreamOverflow(_)
+            | ProxyError::NoReadyEndpoint(_)
+            | ProxyError::BackendRequestTimeout
+    )
+}
+
+/// The proxy error for a client body that could not be read for replay.
+fn client_error(e: BoxError) -> ProxyError {
+    if super::body::has_source::<ClientBodyTimeout>(&*e) {
+        return ProxyError::ClientBodyTimeout;
+    }
+    match e.downcast::<ClientBodyError>() {
+        Ok(c) => ProxyError::ClientBody(c.0),
+        // Every error of a client body is one of the two above; this names no endpoint.
+        Err(e) => ProxyError::Upstream {
+            addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            source: e,
+        },
+    }
+}
+
+/// A copy of the client's request head for one attempt (extensions are not copied: nothing
+/// upstream reads them).
+fn copy_head(parts: &Parts) -> Parts {
+    let mut head = http::Request::new(());
+    *head.method_mut() = parts.method.clone();
+    *head.uri_mut() = parts.uri.clone();
+    *head.version_mut() = parts.version;
+    *head.headers_mut() = parts.headers.clone();
+    head.into_parts().0
+}
