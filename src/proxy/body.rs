@@ -178,7 +178,7 @@ impl Replayable {
     }
 
     /// The body for the next attempt; `None` once a body that cannot be replayed was sent.
-    pub fn next(&mut self) -> Option<RequestBody> {
+    pub fn for_attempt(&mut self) -> Option<RequestBody> {
         match self {
             Replayable::Whole { data, trailers } if data.is_empty() && trailers.is_none() => {
                 Some(RequestBody::Empty)

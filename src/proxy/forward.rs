@@ -372,7 +372,7 @@ async fn serve(
             match super::retry::forward(proxy, live, parent, rule, policy, request, &mut at).await {
                 Ok(fwd) => fwd,
                 Err(Failed::Error(e)) => return fail(e, at),
-                Err(Failed::Answered(rsp)) => return answered(rsp, at),
+                Err(Failed::Answered(rsp)) => return answered(*rsp, at),
             }
         }
     };
@@ -450,7 +450,7 @@ pub(super) enum Failed {
     /// A proxy error; the caller answers it ([`error_response`]).
     Error(ProxyError),
     /// A backend filter answered (RequestRedirect).
-    Answered(Response<ResponseBody>),
+    Answered(Box<Response<ResponseBody>>),
 }
 
 impl From<ProxyError> for Failed {

@@ -144,7 +144,7 @@ pub(super) async fn forward<'t>(
                     &mut effects,
                 ) {
                     Ok(None) => {}
-                    Ok(Some(rsp)) => return Err(Failed::Answered(rsp)),
+                    Ok(Some(rsp)) => return Err(Failed::Answered(Box::new(rsp))),
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -185,7 +185,7 @@ pub(super) async fn forward<'t>(
             }
             let body = replay
                 .as_mut()
-                .and_then(Replayable::next)
+                .and_then(Replayable::for_attempt)
                 .ok_or(ProxyError::NoBackends)?;
             let endpoint = svc
                 .pick_endpoint(fast_rand(), fast_rand(), accrual_now)

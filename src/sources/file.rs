@@ -881,13 +881,38 @@ mod tests {
 
     #[test]
     fn experimental_gateway_fields_are_named_as_such() {
-        let y = format!("{ROUTE_HEAD}spec:\n  rules:\n  - retry: {{attempts: 2}}\n");
+        let y =
+            format!("{ROUTE_HEAD}spec:\n  rules:\n  - sessionPersistence: {{sessionName: s}}\n");
         let e = parse(&y).remove(0).unwrap_err().to_string();
         assert!(
             e.contains("t.yaml:8:5:")
                 && e.contains(
-                    "spec.rules[0].retry: field \"retry\" is in Gateway API's experimental channel"
+                    "spec.rules[0].sessionPersistence: field \"sessionPersistence\" is in Gateway API's experimental channel"
                 ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn gateway_retry_is_read_with_the_rule_it_belongs_to() {
+        let y = format!(
+            "{ROUTE_HEAD}spec:\n  rules:\n  - {{}}\n  - retry: {{attempts: 2, codes: [503]}}\n"
+        );
+        let loaded = parse(&y).remove(0).unwrap();
+        let Object::GatewayHttpRoute(r) = &loaded.object else {
+            panic!("{:?}", loaded.object);
+        };
+        assert!(r.retry(0).is_none());
+        assert_eq!(r.retry(1).and_then(|r| r.attempts), Some(2));
+        // Serialized as written, retry included (what kube mode and `to_value` see).
+        let v = serde_json::to_value(&**r).unwrap();
+        assert_eq!(v["spec"]["rules"][1]["retry"]["codes"][0], 503);
+        assert!(v["spec"]["rules"][0].get("retry").is_none());
+
+        let y = format!("{ROUTE_HEAD}spec:\n  rules:\n  - retry: {{attempts: two}}\n");
+        let e = parse(&y).remove(0).unwrap_err().to_string();
+        assert!(
+            e.contains("t.yaml:8:") && e.contains("spec.rules[0].retry.attempts"),
             "{e}"
         );
     }

@@ -1,0 +1,411 @@
+//! Retries end to end (GEP-1731 `retry` and Linkerd's `retry.linkerd.io/*` annotations):
+//! real sockets, scripted backends that answer each request as their script says, and counts
+//! of what the backends saw. Timing bounds are generous: the box running these is small and
+//! shared.
+
+#[path = "support/proxy.rs"]
+mod support;
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use support::*;
+use tokio::net::TcpListener;
+
+const HOST: &str = "web.shop.svc.cluster.local";
+
+/// One scripted answer.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    Status(u16),
+    /// Wait this many milliseconds, then answer 200.
+    Delay(u64),
+}
+
+/// A backend answering its requests in script order (200 once the script is used up) and
+/// recording the body of each.
+#[derive(Clone)]
+struct Scripted {
+    addr: SocketAddr,
+    script: Arc<Mutex<VecDeque<Step>>>,
+    /// Answered with this once the script is used up.
+    then: Arc<Mutex<Step>>,
+    bodies: Arc<Mutex<Vec<Bytes>>>,
+    count: Arc<AtomicUsize>,
+}
+
+impl Scripted {
+    async fn start(script: &[Step]) -> Scripted {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let s = Scripted {
+            addr: listener.local_addr().unwrap(),
+            script: Arc::new(Mutex::new(script.iter().copied().collect())),
+            then: Arc::new(Mutex::new(Step::Status(200))),
+            bodies: Arc::default(),
+            count: Arc::default(),
+        };
+        let state = s.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let st = state.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let st = st.clone();
+                        async move { Ok::<_, Infallible>(st.answer(req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        s
+    }
+
+    /// Answer with `step` once the script is used up.
+    fn then(self, step: Step) -> Self {
+        *self.then.lock().unwrap() = step;
+        self
+    }
+
+    async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let step = {
+            let next = self.script.lock().unwrap().pop_front();
+            next.unwrap_or(*self.then.lock().unwrap())
+        };
+        self.count.fetch_add(1, Ordering::SeqCst);
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        self.bodies.lock().unwrap().push(body);
+        let status = match step {
+            Step::Status(s) => s,
+            Step::Delay(ms) => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                200
+            }
+        };
+        let mut rsp = Response::new(Full::new(Bytes::from(format!("answer {status}"))));
+        *rsp.status_mut() = StatusCode::from_u16(status).unwrap();
+        rsp
+    }
+
+    fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+}
+
+/// YAML for Service `name` whose one endpoint is `b` (port 80 → its port), with annotations.
+fn service_for(ns: &str, name: &str, b: &Scripted, annotations: &str) -> String {
+    let port = b.addr.port();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}, annotations: {{{annotations}}}}}\nspec:\n  ports: [{{name: http, port: 80}}]\n---\n\
+apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: {ns}, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{name: http, port: {port}}}]\nendpoints:\n- addresses: [\"127.0.0.1\"]\n  conditions: {{ready: true}}\n---\n"
+    )
+}
+
+/// A parent `web` routed by one rule (`rule_extra` under the rule) to Service `web-a` = `b`.
+async fn setup(b: &Scripted, rule_extra: &str) -> (tempfile::TempDir, meshroute::run::Running) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut y = service("shop", "web");
+    y += &service_for("shop", "web-a", b, "");
+    y += &route(
+        "shop",
+        "retrying",
+        "web",
+        &format!("  - backendRefs: [{{name: web-a, port: 80}}]\n{rule_extra}"),
+    );
+    write(dir.path(), "all.yaml", &y);
+    let m = start_on(dir.path()).await;
+    (dir, m)
+}
+
+fn metric(text: &str, family: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(family))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn listed_codes_are_retried_and_others_are_not() {
+    let b = Scripted::start(&[Step::Status(503), Step::Status(200)]).await;
+    let (_dir, m) = setup(&b, "    retry: {codes: [503], attempts: 2}\n").await;
+    let c = client();
+    let r = get(&c, m.proxy_addr, HOST, "/").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(b.count(), 2, "one retry after the 503");
+
+    // 500 is not in `codes`: answered as it is.
+    b.script
+        .lock()
+        .unwrap()
+        .extend([Step::Status(500), Step::Status(200)]);
+    let r = get(&c, m.proxy_addr, HOST, "/").await;
+    assert_eq!(r.status, 500);
+    assert_eq!(b.count(), 3, "no retry after the 500");
+
+    let (_, metrics) = admin(&m, "/metrics").await;
+    assert_eq!(
+        metric(&metrics, "outbound_http_route_retry_requests_total"),
+        1,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "outbound_http_route_retry_successes_total"),
+        1
+    );
+    m.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn attempts_cap_the_retries_and_the_last_answer_is_passed_on() {
+    let b = Scripted::start(&[]).await.then(Step::Status(503));
+    let (_dir, m) = setup(&b, "    retry: {codes: [503], attempts: 2}\n").await;
+    let r = get(&client(), m.proxy_addr, HOST, "/").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.error(), None, "the endpoint's own 503 is passed on");
+    assert_eq!(b.count(), 3, "first attempt + 2 retries");
+    let (_, metrics) = admin(&m, "/metrics").await;
+    assert_eq!(
+        metric(&metrics, "outbound_http_route_retry_limit_exceeded_total"),
+        1,
+        "{metrics}"
+    );
+    m.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_attempt_over_backend_request_is_retried() {
+    let b = Scripted::start(&[Step::Delay(3000), Step::Status(200)]).await;
+    let (_dir, m) = setup(
+        &b,
+        "    timeouts: {request: 5s, backendRequest: 200ms}\n    retry: {attempts: 1}\n",
+    )
+    .await;
+    let started = Instant::now();
+    let r = get(&client(), m.proxy_addr, HOST, "/").await;
+    let took = started.elapsed();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(b.count(), 2);
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    m.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_request_timeout_ends_every_attempt_at_its_deadline() {
+    let b = Scripted::start(&[]).await.then(Step::Delay(3000));
+    let (_dir, m) = setup(
+        &b,
+        "    timeouts: {request: 700ms, backendRequest: 200ms}\n    retry: {attempts: 10, backoff: 10ms}\n",
+    )
+    .await;
+    let started = Instant::now();
+    let r = get(&client(), m.proxy_addr, HOST, "/").await;
+    let took = started.elapsed();
+    assert_eq!(
+        (r.status.as_u16(), r.error()),
+        (504, Some("request-timeout")),
+        "{r:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(690),
+        "answered early: {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(2500),
+        "answered late: {took:?}"
+    );
+    let n = b.count();
+    assert!((2..=4).contains(&n), "{n} attempts in 700ms of 200ms each");
+    m.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn small_bodies_are_replayed_and_large_ones_sent_once() {
+    let b = Scripted::start(&[Step::Status(503), Step::Status(200)]).await;
+    let (_dir, m) = setup(&b, "    retry: {codes: [503], attempts: 1}\n").await;
+    let c = client();
+    let small = Bytes::from(vec![b'x'; 1000]);
+    let r = send(
+        &c,
+        m.proxy_addr,
+        Request::post("/").header("host", HOST),
+        small.clone(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(*b.bodies.lock().unwrap(), [small.clone(), small]);
+
+    // Over 64 KiB: sent once, and its 503 is the answer.
+    b.script
+        .lock()
+        .unwrap()
+        .extend([Step::Status(503), Step::Status(200)]);
+    let large = Bytes::from(vec![b'y'; 100 * 1024]);
+    let r = send(
+        &c,
+        m.proxy_addr,
+        Request::post("/").header("host", HOST),
+        large.clone(),
+    )
+    .await;
+    assert_eq!(r.status, 503);
+    assert_eq!(b.count(), 3);
+    assert_eq!(b.bodies.lock().unwrap()[2], large, "sent whole, once");
+    let (_, metrics) = admin(&m, "/metrics").await;
+    assert_eq!(
+        metric(&metrics, "outbound_http_route_retry_overflow_total"),
+        1,
+        "{metrics}"
+    );
+    m.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_dead_backend_is_retried_on_another_by_weight() {
+    let live = Scripted::start(&[]).await;
+    let dead = Backend::dead("dead").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut y = service("shop", "web");
+    y += &service_for("shop", "web-a", &live, "");
+    y += &service_with_endpoints("shop", "web-dead", &[(&dead, true)]);
+    y += &route(
+        "shop",
+        "retrying",
+        "web",
+        "  - backendRefs: [{name: web-a, port: 80}, {name: web-dead, port: 80}]\n    retry: {attempts: 5}\n",
+    );
+    write(dir.path(), "all.yaml", &y);
+    let m = start_on(dir.path()).await;
+    let c = client();
+    for _ in 0..20 {
+        let r = get(&c, m.proxy_addr, HOST, "/").await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    assert_eq!(live.count(), 20);
+    m.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_budget_bounds_the_extra_load_on_a_failing_backend() {
+    let b = Scripted::start(&[]).await.then(Step::Status(503));
+    let (_dir, m) = setup(&b, "    retry: {codes: [503], attempts: 3}\n").await;
+    let requests = 1200usize;
+    let c = client();
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let c = c.clone();
+        let addr = m.proxy_addr;
+        tasks.push(tokio::spawn(async move {
+            for _ in (w..requests).step_by(8) {
+                let r = get(&c, addr, HOST, "/").await;
+                assert_eq!(r.status, 503);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let ratio = b.count() as f64 / requests as f64;
+    // 20% of the requests, or the floor of 10/s over 10 s (100) if more: ≤ 1.2 here. Without
+    // a budget it would be 4.0.
+    assert!(ratio <= 1.21, "attempts/requests = {ratio}");
+    assert!(ratio >= 1.05, "some retries went out: {ratio}");
+    let (_, metrics) = admin(&m, "/metrics").await;
+    assert!(
+        metric(&metrics, "outbound_http_route_retry_overflow_total") > 0,
+        "{metrics}"
+    );
+    m.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn linkerd_annotations_on_the_service_and_the_route_which_wins() {
+    let b = Scripted::start(&[Step::Status(502), Step::Status(503), Step::Status(200)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let annotations = "retry.linkerd.io/http: 5xx, retry.linkerd.io/limit: \"2\"";
+    // A parent without routes passes through to its own endpoints, with its annotations.
+    let y = service_for("shop", "web", &b, annotations);
+    write(dir.path(), "all.yaml", &y);
+    let m = start_on(dir.path()).await;
+    let c = client();
+    let r = get(&c, m.proxy_addr, HOST, "/").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(b.count(), 3, "two retries (limit 2) on 5xx");
+
+    // A route with annotations of its own replaces the Service's: only 429 is retried.
+    let route_yaml = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: shop, annotations: {retry.linkerd.io/http: \"429\"}}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: web, port: 80}]\n  rules:\n  - backendRefs: [{name: web, port: 80}]\n";
+    write(dir.path(), "route.yaml", route_yaml);
+    wait_generation(&m, 2).await;
+    b.script
+        .lock()
+        .unwrap()
+        .extend([Step::Status(503), Step::Status(429), Step::Status(200)]);
+    let r = get(&c, m.proxy_addr, HOST, "/").await;
+    assert_eq!(r.status, 503, "5xx is not the route's");
+    let r = get(&c, m.proxy_addr, HOST, "/").await;
+    assert_eq!(r.status, 200, "429 retried once (default limit 1)");
+    assert_eq!(b.count(), 6);
+    m.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn linkerd_timeout_annotation_bounds_and_retries_each_attempt() {
+    let b = Scripted::start(&[Step::Delay(3000), Step::Status(200)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let y = service_for("shop", "web", &b, "retry.linkerd.io/timeout: 200ms");
+    write(dir.path(), "all.yaml", &y);
+    let m = start_on(dir.path()).await;
+    let started = Instant::now();
+    let r = get(&client(), m.proxy_addr, HOST, "/").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(b.count(), 2);
+    assert!(started.elapsed() < Duration::from_millis(2500));
+    m.shutdown().await.unwrap();
+}
+
+#[test]
+fn check_accepts_the_retry_field_and_names_a_bad_one_by_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec:\n  ports: [{name: http, port: 80}]\n";
+    write(dir.path(), "svc.yaml", svc);
+    let good = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: shop}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: web, port: 80}]\n  rules:\n  - backendRefs: [{name: web, port: 80}]\n    retry: {codes: [500, 503], attempts: 3, backoff: 100ms}\n";
+    write(dir.path(), "route.yaml", good);
+    let report = meshroute::cli::check(dir.path());
+    assert!(report.ok, "{}", report.to_text());
+
+    let bad = good.replace("attempts: 3", "attempts: 3, codez: [1]");
+    write(dir.path(), "route.yaml", &bad);
+    let report = meshroute::cli::check(dir.path());
+    let out = report.to_text();
+    assert!(!report.ok);
+    assert!(
+        out.contains("route.yaml:8:") && out.contains("spec.rules[0].retry.codez: unknown field"),
+        "{out}"
+    );
+
+    let bad = good.replace("backoff: 100ms", "backoff: soon");
+    write(dir.path(), "route.yaml", &bad);
+    let out = meshroute::cli::check(dir.path()).to_text();
+    assert!(
+        out.contains("route.yaml:8:") && out.contains("spec.rules[0].retry.backoff"),
+        "{out}"
+    );
+}
