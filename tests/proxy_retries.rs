@@ -290,16 +290,23 @@ async fn a_dead_backend_is_retried_on_another_by_weight() {
         "shop",
         "retrying",
         "web",
-        "  - backendRefs: [{name: web-a, port: 80}, {name: web-dead, port: 80}]\n    retry: {attempts: 5}\n",
+        "  - backendRefs: [{name: web-a, port: 80, weight: 9}, {name: web-dead, port: 80, weight: 1}]\n    retry: {attempts: 5}\n",
     );
     write(dir.path(), "all.yaml", &y);
     let m = start_on(dir.path()).await;
     let c = client();
-    for _ in 0..20 {
+    // A request fails only if all 6 picks go to the dead backend (10^-6 each).
+    for _ in 0..100 {
         let r = get(&c, m.proxy_addr, HOST, "/").await;
         assert_eq!(r.status, 200, "{r:?}");
     }
-    assert_eq!(live.count(), 20);
+    assert_eq!(live.count(), 100);
+    // About 10 requests went to the dead backend first (none at all: 0.9^100).
+    let (_, metrics) = admin(&m, "/metrics").await;
+    assert!(
+        metric(&metrics, "outbound_http_route_retry_requests_total") > 0,
+        "{metrics}"
+    );
     m.shutdown().await.unwrap();
 }
 
@@ -408,4 +415,33 @@ fn check_accepts_the_retry_field_and_names_a_bad_one_by_line() {
         out.contains("route.yaml:8:") && out.contains("spec.rules[0].retry.backoff"),
         "{out}"
     );
+}
+
+#[tokio::test]
+async fn an_xbackendtrafficpolicy_sets_the_budget_of_its_service() {
+    let b = Scripted::start(&[]).await.then(Step::Status(503));
+    let dir = tempfile::tempdir().unwrap();
+    let mut y = service("shop", "web");
+    y += &service_for("shop", "web-a", &b, "");
+    y += &route(
+        "shop",
+        "retrying",
+        "web",
+        "  - backendRefs: [{name: web-a, port: 80}]\n    retry: {codes: [503], attempts: 3}\n",
+    );
+    // A tenth of the requests, and no floor (the default would allow 100 retries here).
+    y += "apiVersion: gateway.networking.x-k8s.io/v1alpha1\nkind: XBackendTrafficPolicy\nmetadata: {name: web-a-budget, namespace: shop}\nspec:\n  targetRefs: [{group: \"\", kind: Service, name: web-a}]\n  retryConstraint:\n    budget: {percent: 10, interval: 10s}\n    minRetryRate: {count: 0, interval: 1s}\n";
+    write(dir.path(), "all.yaml", &y);
+    let m = start_on(dir.path()).await;
+    let c = client();
+    let requests = 200;
+    for _ in 0..requests {
+        assert_eq!(get(&c, m.proxy_addr, HOST, "/").await.status, 503);
+    }
+    let ratio = b.count() as f64 / requests as f64;
+    assert!(
+        (1.05..=1.11).contains(&ratio),
+        "attempts/requests = {ratio}"
+    );
+    m.shutdown().await.unwrap();
 }

@@ -273,6 +273,7 @@ pub fn compile(index: &Index, opts: &CompileOptions, prev: Option<&RouteTable>) 
     }
 
     let mut table = RouteTable::new(&opts.cluster_domain);
+    table.retry_budgets = retry::budgets(index);
     // Every Service port is a parent; those with accepted routes get their rules, the rest
     // pass through to their own endpoints.
     for ((ns, name), svc) in &index.services {

@@ -8,12 +8,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
 
-use super::validate::{parse_duration, FieldError};
-use crate::model::GatewayRetry;
-use crate::table::retry::{parse_linkerd_codes, RetryPolicy, StatusCodes};
+use super::validate::{is_core, parse_duration, FieldError};
+use crate::index::Index;
+use crate::model::{BackendTrafficPolicy, GatewayRetry};
+use crate::table::retry::{parse_linkerd_codes, BudgetConfig, RetryPolicy, StatusCodes};
 
 pub const HTTP_ANNOTATION: &str = "retry.linkerd.io/http";
 pub const LIMIT_ANNOTATION: &str = "retry.linkerd.io/limit";
@@ -151,6 +153,96 @@ pub fn for_service(svc: &Service) -> Option<Arc<RetryPolicy>> {
     }
 }
 
+/// The retry budget an XBackendTrafficPolicy states (Gateway API's defaults for what it
+/// leaves out: 20% over 10 s, 10 per 1 s). Upstream's bounds: `percent` 0-100, intervals
+/// 1s-1h, `count` at least 0; at least one and at most 16 targetRefs.
+pub fn admit_budget(p: &BackendTrafficPolicy) -> Result<BudgetConfig, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let mut config = BudgetConfig::default();
+    let targets = p.spec.target_refs.len();
+    if !(1..=16).contains(&targets) {
+        errors.push(field_error(
+            "spec.targetRefs".into(),
+            format!("{targets} items, 1 to 16 allowed"),
+        ));
+    }
+    let interval = |f: &str, v: &str, errors: &mut Vec<FieldError>| match parse_duration(v) {
+        Ok(d) if (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&d) => Some(d),
+        Ok(_) => {
+            errors.push(field_error(
+                f.into(),
+                format!("{v:?} must be between 1s and 1h"),
+            ));
+            None
+        }
+        Err(e) => {
+            errors.push(field_error(f.into(), e));
+            None
+        }
+    };
+    let rc = p.spec.retry_constraint.as_ref();
+    if let Some(b) = rc.and_then(|r| r.budget.as_ref()) {
+        match b.percent {
+            None => {}
+            Some(n) if (0..=100).contains(&n) => config.percent = n as u32,
+            Some(n) => errors.push(field_error(
+                "spec.retryConstraint.budget.percent".into(),
+                format!("{n} is out of range (0-100)"),
+            )),
+        }
+        if let Some(v) = &b.interval {
+            let f = "spec.retryConstraint.budget.interval";
+            if let Some(d) = interval(f, v, &mut errors) {
+                config.interval = d;
+            }
+        }
+    }
+    if let Some(r) = rc.and_then(|r| r.min_retry_rate.as_ref()) {
+        match r.count {
+            None => {}
+            Some(n) if (0..=i64::from(u32::MAX)).contains(&n) => config.min_count = n as u32,
+            Some(n) => errors.push(field_error(
+                "spec.retryConstraint.minRetryRate.count".into(),
+                format!("{n} is out of range (0 or more)"),
+            )),
+        }
+        if let Some(v) = &r.interval {
+            let f = "spec.retryConstraint.minRetryRate.interval";
+            if let Some(d) = interval(f, v, &mut errors) {
+                config.min_interval = d;
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Retry budgets by backend Service (`namespace/name`) from the index's
+/// XBackendTrafficPolicies; a Service targeted twice keeps the first policy by
+/// namespace/name. Policies target Services in their own namespace (core group only).
+pub fn budgets(index: &Index) -> std::collections::BTreeMap<String, BudgetConfig> {
+    let mut out = std::collections::BTreeMap::new();
+    for ((ns, name), p) in &index.backend_policies {
+        let config = match admit_budget(p) {
+            Ok(c) => c,
+            Err(errors) => {
+                // Refused when loaded; only an object built in code gets here.
+                tracing::warn!(namespace = %ns, policy = %name, errors = ?errors, "XBackendTrafficPolicy ignored");
+                continue;
+            }
+        };
+        for t in &p.spec.target_refs {
+            if is_core(&t.group) && t.kind == "Service" {
+                out.entry(format!("{ns}/{}", t.name)).or_insert(config);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,6 +304,56 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(only_limit.codes.is_empty());
+    }
+
+    fn policy(yaml_spec: serde_json::Value) -> BackendTrafficPolicy {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "ns"},
+            "spec": yaml_spec,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn budget_policy_fills_in_gateway_api_defaults() {
+        let p = policy(serde_json::json!({
+            "targetRefs": [{"group": "", "kind": "Service", "name": "web"}],
+            "retryConstraint": {"budget": {"percent": 50}}
+        }));
+        let c = admit_budget(&p).unwrap();
+        assert_eq!(
+            c,
+            BudgetConfig {
+                percent: 50,
+                ..BudgetConfig::default()
+            }
+        );
+    }
+
+    #[test]
+    fn budget_policy_bounds_are_upstreams() {
+        let p = policy(serde_json::json!({
+            "targetRefs": [],
+            "retryConstraint": {
+                "budget": {"percent": 101, "interval": "500ms"},
+                "minRetryRate": {"count": -1, "interval": "2h"}
+            }
+        }));
+        let fields: Vec<String> = admit_budget(&p)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.targetRefs",
+                "spec.retryConstraint.budget.percent",
+                "spec.retryConstraint.budget.interval",
+                "spec.retryConstraint.minRetryRate.count",
+                "spec.retryConstraint.minRetryRate.interval"
+            ]
+        );
     }
 
     #[test]

@@ -92,6 +92,55 @@ pub struct HttpRouteGroup {
     pub spec: smi::group_v1alpha4::HttpRouteGroupSpec,
 }
 
+/// A gateway.networking.x-k8s.io/v1alpha1 XBackendTrafficPolicy (Gateway API experimental):
+/// meshroute reads its `retryConstraint`, the retry budget of the Services it targets.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
+pub struct BackendTrafficPolicy {
+    pub metadata: ObjectMeta,
+    pub spec: BackendTrafficPolicySpec,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendTrafficPolicySpec {
+    pub target_refs: Vec<PolicyTargetRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_constraint: Option<RetryConstraint>,
+}
+
+/// A LocalPolicyTargetReference: an object in the policy's namespace.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct PolicyTargetRef {
+    pub group: String,
+    pub kind: String,
+    pub name: String,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryConstraint {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<RetryBudgetSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_retry_rate: Option<RequestRate>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct RetryBudgetSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct RequestRate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+}
+
 /// Every kind of object meshroute understands.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
@@ -100,6 +149,7 @@ pub enum Object {
     LinkerdHttpRoute(Box<LinkerdHttpRoute>),
     TrafficSplit(Box<TrafficSplit>),
     HttpRouteGroup(Box<HttpRouteGroup>),
+    BackendTrafficPolicy(Box<BackendTrafficPolicy>),
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
     Endpoints(Box<Endpoints>),
@@ -126,6 +176,7 @@ impl std::fmt::Display for ObjectKey {
 }
 
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+pub const GATEWAY_X_GROUP: &str = "gateway.networking.x-k8s.io";
 pub const LINKERD_GROUP: &str = "policy.linkerd.io";
 pub const SPLIT_GROUP: &str = "split.smi-spec.io";
 pub const SPECS_GROUP: &str = "specs.smi-spec.io";
@@ -177,6 +228,7 @@ impl Object {
             Object::LinkerdHttpRoute(r) => r.metadata(),
             Object::TrafficSplit(t) => t.metadata(),
             Object::HttpRouteGroup(g) => &g.metadata,
+            Object::BackendTrafficPolicy(p) => &p.metadata,
             Object::Service(s) => &s.metadata,
             Object::EndpointSlice(s) => &s.metadata,
             Object::Endpoints(e) => &e.metadata,
@@ -190,6 +242,7 @@ impl Object {
             Object::LinkerdHttpRoute(_) => (LINKERD_GROUP, "HTTPRoute"),
             Object::TrafficSplit(_) => (SPLIT_GROUP, "TrafficSplit"),
             Object::HttpRouteGroup(_) => (SPECS_GROUP, "HTTPRouteGroup"),
+            Object::BackendTrafficPolicy(_) => (GATEWAY_X_GROUP, "XBackendTrafficPolicy"),
             Object::Service(_) => ("", "Service"),
             Object::EndpointSlice(_) => (DISCOVERY_GROUP, "EndpointSlice"),
             Object::Endpoints(_) => ("", "Endpoints"),
@@ -205,6 +258,7 @@ impl Object {
             Object::LinkerdHttpRoute(r) => format!("{LINKERD_GROUP}/{}", r.version()),
             Object::TrafficSplit(t) => format!("{SPLIT_GROUP}/{}", t.version()),
             Object::HttpRouteGroup(g) => g.api_version.clone(),
+            Object::BackendTrafficPolicy(_) => format!("{GATEWAY_X_GROUP}/v1alpha1"),
             Object::Service(_) | Object::Endpoints(_) => "v1".into(),
             Object::EndpointSlice(_) => format!("{DISCOVERY_GROUP}/v1"),
         }

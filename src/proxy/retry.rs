@@ -32,14 +32,15 @@ use super::forward::{accrual_now, has_mirror, prepare_upstream, send_mirrors, Fa
 use super::served::Served;
 use super::timeout::{self, Deadline};
 use super::{fast_rand, Live, Proxy};
-use crate::table::retry::{BudgetConfig, RetryBudget, RetryPolicy, MAX_REPLAY_BODY};
+use crate::table::retry::{RetryBudget, RetryPolicy, MAX_REPLAY_BODY};
 use crate::table::{BackendTarget, ParentPort, RequestMatch, RouteTable, Rule};
 
 /// Retry budgets by backend Service (namespace, name).
 pub type Budgets = HashMap<(Arc<str>, Arc<str>), Arc<RetryBudget>>;
 
 /// The budgets for a new table: every backend Service of a rule that retries keeps the budget
-/// it had in `prev`, or gets a fresh one with the default configuration.
+/// it had in `prev` unless its configuration changed, or gets a fresh one (an
+/// XBackendTrafficPolicy's, or the default).
 pub fn carry_over_budgets(prev: &Budgets, table: &RouteTable) -> Budgets {
     let mut out = Budgets::new();
     for svc in table.services() {
@@ -54,11 +55,17 @@ pub fn carry_over_budgets(prev: &Budgets, table: &RouteTable) -> Budgets {
                         if out.contains_key(&key) {
                             continue;
                         }
+                        let config = table
+                            .retry_budgets
+                            .get(&format!("{}/{}", s.namespace, s.name))
+                            .copied()
+                            .unwrap_or_default();
+                        // A budget whose configuration changed starts afresh.
                         let budget = prev
                             .get(&key)
-                            .filter(|b| b.config() == BudgetConfig::default())
+                            .filter(|b| b.config() == config)
                             .cloned()
-                            .unwrap_or_else(|| Arc::new(RetryBudget::new(BudgetConfig::default())));
+                            .unwrap_or_else(|| Arc::new(RetryBudget::new(config)));
                         out.insert(key, budget);
                     }
                 }

@@ -740,6 +740,18 @@ fn decode_with(
                 spec: g.spec,
             }))
         }
+        ("gateway.networking.x-k8s.io/v1alpha1", "XBackendTrafficPolicy") => {
+            let p: model::BackendTrafficPolicy = typed(doc, st).map_err(fail)?;
+            if let Err(errors) = crate::compile::retry::admit_budget(&p) {
+                let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+                return Err(fail(Fault {
+                    path: errors[0].field.clone(),
+                    message: text.join("; "),
+                    named: true,
+                }));
+            }
+            Object::BackendTrafficPolicy(Box::new(p))
+        }
         ("v1", "Service") => Object::Service(Box::new(typed(doc, st).map_err(fail)?)),
         ("v1", "Endpoints") => Object::Endpoints(Box::new(typed(doc, st).map_err(fail)?)),
         ("discovery.k8s.io/v1", "EndpointSlice") => {

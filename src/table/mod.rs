@@ -44,6 +44,10 @@ pub struct RouteTable {
     /// whatever its `Host`.
     #[serde(serialize_with = "ser_local_ports")]
     local_ports: HashMap<u16, Arc<ParentPort>>,
+    /// Retry budgets set by XBackendTrafficPolicies, by backend Service `namespace/name`;
+    /// other Services get [`retry::BudgetConfig::default`].
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub retry_budgets: std::collections::BTreeMap<String, retry::BudgetConfig>,
 }
 
 /// One Service that requests can be addressed to.
@@ -299,6 +303,7 @@ impl RouteTable {
             cluster_domain: cluster_domain.to_ascii_lowercase(),
             services: HashMap::new(),
             local_ports: HashMap::new(),
+            retry_budgets: Default::default(),
         }
     }
 
