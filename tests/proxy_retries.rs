@@ -42,6 +42,8 @@ struct Scripted {
     then: Arc<Mutex<Step>>,
     bodies: Arc<Mutex<Vec<Bytes>>>,
     count: Arc<AtomicUsize>,
+    /// Answer without reading the request body.
+    eager: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Scripted {
@@ -53,6 +55,7 @@ impl Scripted {
             then: Arc::new(Mutex::new(Step::Status(200))),
             bodies: Arc::default(),
             count: Arc::default(),
+            eager: Arc::default(),
         };
         let state = s.clone();
         tokio::spawn(async move {
@@ -87,6 +90,14 @@ impl Scripted {
             next.unwrap_or(*self.then.lock().unwrap())
         };
         self.count.fetch_add(1, Ordering::SeqCst);
+        if self.eager.load(Ordering::SeqCst) {
+            let Step::Status(status) = step else {
+                unreachable!("eager backends answer statuses")
+            };
+            let mut rsp = Response::new(Full::new(Bytes::from("eager")));
+            *rsp.status_mut() = StatusCode::from_u16(status).unwrap();
+            return rsp;
+        }
         let body = req
             .into_body()
             .collect()
@@ -442,6 +453,43 @@ async fn an_xbackendtrafficpolicy_sets_the_budget_of_its_service() {
     assert!(
         (1.05..=1.11).contains(&ratio),
         "attempts/requests = {ratio}"
+    );
+    m.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_body_still_streaming_is_never_waited_for_nor_retried() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = Scripted::start(&[Step::Status(503)]).await;
+    b.eager.store(true, Ordering::SeqCst);
+    let (_dir, m) = setup(&b, "    retry: {codes: [503], attempts: 2}\n").await;
+    // One chunk, then the client waits for the answer before it sends the rest: buffering
+    // the body before the first attempt would never answer.
+    let mut s = tokio::net::TcpStream::connect(m.proxy_addr).await.unwrap();
+    let head = format!(
+        "POST / HTTP/1.1\r\nhost: {HOST}\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "proxy closed: {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer while the body was still open");
+    let text = String::from_utf8_lossy(&got);
+    // Not all of the body was read when the 503 came: it cannot be replayed.
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert_eq!(b.count(), 1);
+    let (_, metrics) = admin(&m, "/metrics").await;
+    assert_eq!(
+        metric(&metrics, "outbound_http_route_retry_overflow_total"),
+        1,
+        "{metrics}"
     );
     m.shutdown().await.unwrap();
 }

@@ -113,94 +113,115 @@ pub enum RequestBody {
         data: Option<Bytes>,
         trailers: Option<http::HeaderMap>,
     },
-    /// A body too large to keep: the frames already read, then the rest of the client's.
-    Prefixed {
-        head: std::collections::VecDeque<Frame<Bytes>>,
-        rest: Box<RequestBody>,
+    /// The client's body on its way to the first attempt of a rule that retries, recorded
+    /// for the next ones ([`Replayable`]).
+    Recording {
+        inner: Box<RequestBody>,
+        tape: Arc<std::sync::Mutex<Tape>>,
     },
 }
 
-/// A request body as the retry path holds it: kept whole (up to
-/// [`MAX_REPLAY_BODY`](crate::table::retry::MAX_REPLAY_BODY)) or, when larger, good for one
-/// attempt only.
+/// A request body as the retry path holds it. The first attempt streams the client's body as
+/// it arrives (nothing waits for the whole body, so a client that waits for the response
+/// before it finishes sending is never stuck) while a [`Tape`] keeps a copy of up to
+/// [`MAX_REPLAY_BODY`](crate::table::retry::MAX_REPLAY_BODY) bytes. A retry can resend the
+/// body only once the tape holds all of it.
 #[derive(Debug)]
 pub enum Replayable {
-    Whole {
-        data: Bytes,
-        trailers: Option<http::HeaderMap>,
-    },
-    Once(RequestBody),
+    /// No body: every attempt sends none.
+    Empty,
+    /// Recorded while the first attempt streams it.
+    Recorded(Arc<std::sync::Mutex<Tape>>),
+    /// Announced larger than the limit: sent once, never recorded.
+    Once,
+}
+
+/// What a [`RequestBody::Recording`] saw of the client's body.
+#[derive(Debug, Default)]
+pub struct Tape {
+    data: Vec<Bytes>,
+    trailers: Option<http::HeaderMap>,
+    len: usize,
+    limit: usize,
+    /// The body ended cleanly and every byte is on the tape.
+    complete: bool,
+    /// Over the limit (or failed): the tape is useless.
+    spoiled: bool,
+}
+
+impl Tape {
+    fn record(&mut self, frame: &Frame<Bytes>) {
+        if self.spoiled {
+            return;
+        }
+        if let Some(d) = frame.data_ref() {
+            self.len += d.len();
+            if self.len > self.limit {
+                self.spoiled = true;
+                self.data = Vec::new();
+            } else if !d.is_empty() {
+                self.data.push(d.clone());
+            }
+        } else if let Some(t) = frame.trailers_ref() {
+            self.trailers = Some(t.clone());
+        }
+    }
 }
 
 impl Replayable {
-    /// Read `body` until its end or past `limit` bytes. A body that announces more than
-    /// `limit` is not read at all. Errors are the client's (a broken body, the client body
-    /// timeout).
-    pub async fn read(mut body: RequestBody, limit: usize) -> Result<Replayable, BoxError> {
-        if body.is_end_stream() {
-            return Ok(Replayable::Whole {
-                data: Bytes::new(),
-                trailers: None,
-            });
+    /// The body for the first attempt, and what keeps it for retries.
+    pub fn record(body: RequestBody, limit: usize) -> (RequestBody, Replayable) {
+        if matches!(body, RequestBody::Empty) || body.is_end_stream() {
+            return (RequestBody::Empty, Replayable::Empty);
         }
         if body.size_hint().lower() > limit as u64 {
-            return Ok(Replayable::Once(body));
+            return (body, Replayable::Once);
         }
-        let mut head = std::collections::VecDeque::new();
-        let mut len = 0usize;
-        let mut trailers = None;
-        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
-        {
-            let frame = frame?;
-            if let Some(d) = frame.data_ref() {
-                len += d.len();
-            } else if frame.is_trailers() {
-                trailers = frame.trailers_ref().cloned();
-            }
-            head.push_back(frame);
-            if len > limit {
-                return Ok(Replayable::Once(RequestBody::Prefixed {
-                    head,
-                    rest: Box::new(body),
-                }));
-            }
-        }
-        let mut data = bytes::BytesMut::with_capacity(len);
-        for f in head {
-            if let Ok(d) = f.into_data() {
-                data.extend_from_slice(&d);
-            }
-        }
-        Ok(Replayable::Whole {
-            data: data.freeze(),
-            trailers,
-        })
+        let tape = Arc::new(std::sync::Mutex::new(Tape {
+            limit,
+            ..Tape::default()
+        }));
+        let recording = RequestBody::Recording {
+            inner: Box::new(body),
+            tape: tape.clone(),
+        };
+        (recording, Replayable::Recorded(tape))
     }
 
-    /// The body for the next attempt; `None` once a body that cannot be replayed was sent.
-    pub fn for_attempt(&mut self) -> Option<RequestBody> {
+    /// The body for a retry; `None` when the body cannot be sent again (too large, or not
+    /// all of it was read by the attempt before).
+    pub fn for_retry(&self) -> Option<RequestBody> {
         match self {
-            Replayable::Whole { data, trailers } if data.is_empty() && trailers.is_none() => {
-                Some(RequestBody::Empty)
-            }
-            Replayable::Whole { data, trailers } => Some(RequestBody::Buffered {
-                data: Some(data.clone()).filter(|d| !d.is_empty()),
-                trailers: trailers.clone(),
-            }),
-            Replayable::Once(body) => {
-                let body = std::mem::replace(body, RequestBody::Empty);
-                if matches!(body, RequestBody::Empty) {
-                    None
-                } else {
-                    Some(body)
+            Replayable::Empty => Some(RequestBody::Empty),
+            Replayable::Once => None,
+            Replayable::Recorded(tape) => {
+                let t = tape.lock().unwrap_or_else(|e| e.into_inner());
+                if !t.complete || t.spoiled {
+                    return None;
                 }
+                let data = match t.data.len() {
+                    0 => None,
+                    1 => Some(t.data[0].clone()),
+                    _ => Some(Bytes::from(t.data.concat())),
+                };
+                Some(RequestBody::Buffered {
+                    data,
+                    trailers: t.trailers.clone(),
+                })
             }
         }
     }
 
-    /// Whether another attempt can be sent the same body.
+    /// Whether a retry could be sent the whole body now.
     pub fn replayable(&self) -> bool {
-        matches!(self, Replayable::Whole { .. })
+        match self {
+            Replayable::Empty => true,
+            Replayable::Once => false,
+            Replayable::Recorded(tape) => {
+                let t = tape.lock().unwrap_or_else(|e| e.into_inner());
+                t.complete && !t.spoiled
+            }
+        }
     }
 }
 
@@ -299,10 +320,22 @@ impl Body for RequestBody {
                 Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
                 None => Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t)))),
             },
-            RequestBody::Prefixed { head, rest } => match head.pop_front() {
-                Some(f) => Poll::Ready(Some(Ok(f))),
-                None => Pin::new(&mut **rest).poll_frame(cx),
-            },
+            RequestBody::Recording { inner, tape } => {
+                let frame = ready!(Pin::new(&mut **inner).poll_frame(cx));
+                let mut t = tape.lock().unwrap_or_else(|e| e.into_inner());
+                match &frame {
+                    Some(Ok(f)) => {
+                        t.record(f);
+                        // Readers stop at `is_end_stream` without polling for the end.
+                        if inner.is_end_stream() {
+                            t.complete = true;
+                        }
+                    }
+                    Some(Err(_)) => t.spoiled = true,
+                    None => t.complete = true,
+                }
+                Poll::Ready(frame)
+            }
         }
     }
 
@@ -315,7 +348,7 @@ impl Body for RequestBody {
             RequestBody::Watched { inner, .. } => inner.is_end_stream(),
             RequestBody::Timed { inner, .. } => inner.is_end_stream(),
             RequestBody::Buffered { data, trailers } => data.is_none() && trailers.is_none(),
-            RequestBody::Prefixed { head, rest } => head.is_empty() && rest.is_end_stream(),
+            RequestBody::Recording { inner, .. } => inner.is_end_stream(),
         }
     }
 
@@ -332,18 +365,7 @@ impl Body for RequestBody {
                 (None, None) => SizeHint::with_exact(0),
                 _ => SizeHint::default(),
             },
-            RequestBody::Prefixed { head, rest } => {
-                let buffered: u64 = head
-                    .iter()
-                    .filter_map(|f| f.data_ref().map(|d| d.len() as u64))
-                    .sum();
-                let mut hint = SizeHint::new();
-                hint.set_lower(buffered + rest.size_hint().lower());
-                if let Some(upper) = rest.size_hint().upper() {
-                    hint.set_upper(buffered + upper);
-                }
-                hint
-            }
+            RequestBody::Recording { inner, .. } => inner.size_hint(),
         }
     }
 }

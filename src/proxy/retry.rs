@@ -7,8 +7,9 @@
 //! `retry.linkerd.io/timeout` shortens `backendRequest`). An answer is retried when its status
 //! is in the policy's codes, or when the attempt failed to connect, timed out on its
 //! per-attempt deadline, broke before the response head, found no ready endpoint or an
-//! overflowing one — and then only while retries are left, the body is replayable (whole,
-//! at most 64 KiB) and the backend's retry budget grants one. The `request` deadline is never
+//! overflowing one — and then only while retries are left, the body is replayable (at most
+//! 64 KiB, recorded while the first attempt streamed it, and read to its end by then:
+//! [`Replayable`]) and the backend's retry budget grants one. The `request` deadline is never
 //! retried: it ends everything, backoff waits included. Once a response head is handed on,
 //! its body streams to the client and nothing is retried any more.
 //!
@@ -25,7 +26,7 @@ use hyper::body::{Body, Incoming};
 use tokio::time::Instant;
 
 use super::attempt::{attempt, Outgoing};
-use super::body::{BoxError, ClientBodyError, ClientBodyTimeout, Replayable, RequestBody};
+use super::body::{Replayable, RequestBody};
 use super::error::ProxyError;
 use super::filters::{self, RequestEffects};
 use super::forward::{accrual_now, has_mirror, prepare_upstream, send_mirrors, Failed, Forwarded};
@@ -155,45 +156,39 @@ pub(super) async fn forward<'t>(
                     Err(e) => return Err(e.into()),
                 }
             }
-            if replay.is_none() {
-                let incoming = body.take().ok_or(ProxyError::NoBackends)?;
-                let mut b = if incoming.is_end_stream() {
-                    RequestBody::Empty
-                } else {
-                    RequestBody::Incoming(incoming)
-                };
-                // Mirrors get one copy of the request, from the first attempt.
-                if has_mirror(&rule.filters) || has_mirror(&backend.filters) {
-                    send_mirrors(
-                        proxy,
-                        live,
-                        parent,
-                        rule.filters.iter().chain(&backend.filters),
-                        &parts,
-                        &mut b,
-                        rule.timeouts.request,
-                    );
-                }
-                let client_body_timeout = proxy.config.client_body_timeout;
-                if !client_body_timeout.is_zero() && !matches!(b, RequestBody::Empty) {
-                    b = RequestBody::Timed {
-                        inner: Box::new(b),
-                        idle: timeout::IdleTimer::new(client_body_timeout),
+            let body = match &replay {
+                Some(r) => r.for_retry().ok_or(ProxyError::NoBackends)?,
+                None => {
+                    let incoming = body.take().ok_or(ProxyError::NoBackends)?;
+                    let mut b = if incoming.is_end_stream() {
+                        RequestBody::Empty
+                    } else {
+                        RequestBody::Incoming(incoming)
                     };
+                    // Mirrors get one copy of the request, from the first attempt.
+                    if has_mirror(&rule.filters) || has_mirror(&backend.filters) {
+                        send_mirrors(
+                            proxy,
+                            live,
+                            parent,
+                            rule.filters.iter().chain(&backend.filters),
+                            &parts,
+                            &mut b,
+                            rule.timeouts.request,
+                        );
+                    }
+                    let client_body_timeout = proxy.config.client_body_timeout;
+                    if !client_body_timeout.is_zero() && !matches!(b, RequestBody::Empty) {
+                        b = RequestBody::Timed {
+                            inner: Box::new(b),
+                            idle: timeout::IdleTimer::new(client_body_timeout),
+                        };
+                    }
+                    let (first, r) = Replayable::record(b, MAX_REPLAY_BODY);
+                    replay = Some(r);
+                    first
                 }
-                let read = Replayable::read(b, MAX_REPLAY_BODY);
-                let read = match request_deadline {
-                    Some(d) => tokio::time::timeout_at(d, read)
-                        .await
-                        .map_err(|_| ProxyError::RequestTimeout)?,
-                    None => read.await,
-                };
-                replay = Some(read.map_err(client_error)?);
-            }
-            let body = replay
-                .as_mut()
-                .and_then(Replayable::for_attempt)
-                .ok_or(ProxyError::NoBackends)?;
+            };
             let endpoint = svc
                 .pick_endpoint(fast_rand(), fast_rand(), accrual_now)
                 .ok_or_else(|| ProxyError::NoReadyEndpoint(svc.display_name()))?;
@@ -307,21 +302,6 @@ fn is_retryable(e: &ProxyError) -> bool {
             | ProxyError::NoReadyEndpoint(_)
             | ProxyError::BackendRequestTimeout
     )
-}
-
-/// The proxy error for a client body that could not be read for replay.
-fn client_error(e: BoxError) -> ProxyError {
-    if super::body::has_source::<ClientBodyTimeout>(&*e) {
-        return ProxyError::ClientBodyTimeout;
-    }
-    match e.downcast::<ClientBodyError>() {
-        Ok(c) => ProxyError::ClientBody(c.0),
-        // Every error of a client body is one of the two above; this names no endpoint.
-        Err(e) => ProxyError::Upstream {
-            addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
-            source: e,
-        },
-    }
 }
 
 /// A copy of the client's request head for one attempt (extensions are not copied: nothing
