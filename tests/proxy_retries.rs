@@ -1,5 +1,5 @@
-//! Retries end to end (GEP-1731 `retry` and Linkerd's `retry.linkerd.io/*` annotations):
-//! real sockets, scripted backends that answer each request as their script says, and counts
+//! Retries end to end (GEP-1731 `retry` and Linkerd's `retry.linkerd.io/*` annotations) and
+//! `Retry-After` penalties in the balancer: real sockets, scripted backends that answer each request as their script says, and counts
 //! of what the backends saw. Timing bounds are generous: the box running these is small and
 //! shared.
 
@@ -30,6 +30,8 @@ enum Step {
     Status(u16),
     /// Wait this many milliseconds, then answer 200.
     Delay(u64),
+    /// This status with `Retry-After: <seconds>`.
+    Throttle(u16, u64),
 }
 
 /// A backend answering its requests in script order (200 once the script is used up) and
@@ -48,7 +50,11 @@ struct Scripted {
 
 impl Scripted {
     async fn start(script: &[Step]) -> Scripted {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_at("127.0.0.1:0", script).await
+    }
+
+    async fn start_at(addr: &str, script: &[Step]) -> Scripted {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let s = Scripted {
             addr: listener.local_addr().unwrap(),
             script: Arc::new(Mutex::new(script.iter().copied().collect())),
@@ -105,15 +111,20 @@ impl Scripted {
             .map(|c| c.to_bytes())
             .unwrap_or_default();
         self.bodies.lock().unwrap().push(body);
-        let status = match step {
-            Step::Status(s) => s,
+        let (status, retry_after) = match step {
+            Step::Status(s) => (s, None),
             Step::Delay(ms) => {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
-                200
+                (200, None)
             }
+            Step::Throttle(s, secs) => (s, Some(secs)),
         };
         let mut rsp = Response::new(Full::new(Bytes::from(format!("answer {status}"))));
         *rsp.status_mut() = StatusCode::from_u16(status).unwrap();
+        if let Some(secs) = retry_after {
+            rsp.headers_mut()
+                .insert("retry-after", secs.to_string().parse().unwrap());
+        }
         rsp
     }
 
@@ -491,5 +502,57 @@ async fn a_body_still_streaming_is_never_waited_for_nor_retried() {
         1,
         "{metrics}"
     );
+    m.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn retry_after_keeps_p2c_away_from_an_endpoint_for_that_long() {
+    // Two endpoints of one Service: 127.0.0.1 and 127.0.0.2 on the same port.
+    let a = Scripted::start(&[Step::Throttle(503, 2)]).await;
+    let port = a.addr.port();
+    let Ok(listener_b) = std::net::TcpListener::bind(("127.0.0.2", port)) else {
+        eprintln!("skipped: cannot bind 127.0.0.2:{port}");
+        return;
+    };
+    drop(listener_b);
+    let b = Scripted::start_at(&format!("127.0.0.2:{port}"), &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let y = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: shop}}\nspec:\n  ports: [{{name: http, port: 80}}]\n---\n\
+apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, namespace: shop, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports: [{{name: http, port: {port}}}]\nendpoints:\n- addresses: [\"127.0.0.1\"]\n  conditions: {{ready: true}}\n- addresses: [\"127.0.0.2\"]\n  conditions: {{ready: true}}\n"
+    );
+    write(dir.path(), "all.yaml", &y);
+    let m = start_on(dir.path()).await;
+    let c = client();
+    // Until A has answered its 503 + Retry-After: 2.
+    let mut throttled = false;
+    for _ in 0..200 {
+        let r = get(&c, m.proxy_addr, HOST, "/").await;
+        if r.status == 503 {
+            throttled = true;
+            break;
+        }
+    }
+    assert!(throttled, "A never got a request");
+    let started = Instant::now();
+    for _ in 0..40 {
+        assert_eq!(get(&c, m.proxy_addr, HOST, "/").await.status, 200);
+    }
+    let a_during = a.count();
+    if started.elapsed() < Duration::from_millis(1900) {
+        // P2C with two endpoints compares both on every pick: A must lose every time.
+        assert_eq!(a_during, 1, "A got requests while penalised");
+    }
+    // After the penalty A takes its share again.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    for _ in 0..40 {
+        assert_eq!(get(&c, m.proxy_addr, HOST, "/").await.status, 200);
+    }
+    assert!(
+        a.count() > a_during,
+        "A never came back ({} requests)",
+        a.count()
+    );
+    assert!(b.count() > 0);
     m.shutdown().await.unwrap();
 }

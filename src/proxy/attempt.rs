@@ -6,7 +6,7 @@
 //!
 //! An attempt owns failure accrual ([`crate::table::accrual`]) for what it sees: a response
 //! returns the endpoint to health, a connect failure ejects it, a broken exchange counts
-//! towards ejection. Connecting is the only thing it tries again on its own: a request whose
+//! towards ejection, and a 429 or 503 with `Retry-After` penalises it in P2C for that long. Connecting is the only thing it tries again on its own: a request whose
 //! connection failed was never sent, so it goes to another ready endpoint of the same backend
 //! (at most [`MAX_CONNECT_ATTEMPTS`] endpoints in all), whatever the rule says about retries.
 
@@ -82,6 +82,11 @@ pub(super) async fn attempt<'t>(
         match sent {
             Ok((rsp, conn)) => {
                 health.success();
+                if matches!(rsp.status().as_u16(), 429 | 503) {
+                    if let Some(secs) = retry_after(rsp.headers()) {
+                        health.penalize(accrual_now(), secs.saturating_mul(1000));
+                    }
+                }
                 return Ok(Sent {
                     rsp,
                     conn,
@@ -118,4 +123,10 @@ pub(super) async fn attempt<'t>(
             Err(e) => return Err((e, endpoint)),
         }
     }
+}
+
+/// `Retry-After` as delta-seconds (RFC 9110 §10.2.3); an HTTP-date is not read.
+fn retry_after(headers: &http::HeaderMap) -> Option<u64> {
+    let v = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
+    v.trim().parse::<u64>().ok()
 }

@@ -16,6 +16,10 @@
 //!   ejected, the balancer uses them anyway (Envoy's panic mode, Linkerd's behaviour when all
 //!   endpoints are in failure accrual would be 503; meshroute prefers trying).
 //!
+//! - A **429 or 503 with `Retry-After`** (delta-seconds) penalises the endpoint for that long
+//!   (at most [`MAX_PENALTY_MS`]): it stays in rotation, but P2C prefers the other candidate
+//!   while it is penalised (Linkerd 2.20's load biaser). An HTTP-date `Retry-After` is ignored.
+//!
 //! Pure: times are milliseconds on a monotonic clock chosen by the caller. An endpoint in
 //! rotation costs one relaxed atomic load per pick and nothing else (no clock is read).
 
@@ -39,7 +43,13 @@ pub struct Health {
     failures: AtomicU32,
     /// A probe has been let through and has not reported yet.
     probing: AtomicBool,
+    /// 0: no penalty. Otherwise the endpoint asked for less traffic (429/503 with
+    /// `Retry-After`) until this time: the balancer prefers any other candidate.
+    penalized_until: AtomicU64,
 }
+
+/// Longest penalty a `Retry-After` can ask for.
+pub const MAX_PENALTY_MS: u64 = 30_000;
 
 /// What the balancer may do with an endpoint now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +93,30 @@ impl Health {
             }
             Err(_) => Admit::No,
         }
+    }
+
+    /// The endpoint answered 429 or 503 with `Retry-After: ms/1000`: penalise it until
+    /// `now + ms` (at most [`MAX_PENALTY_MS`]; a later penalty never shortens an earlier one).
+    pub fn penalize(&self, now: u64, ms: u64) {
+        let until = (now + ms.min(MAX_PENALTY_MS)).max(1);
+        self.penalized_until.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// Whether the endpoint is penalised at `now`. Reads the clock only while a penalty is
+    /// set; one that has passed is cleared.
+    #[inline]
+    pub fn penalized(&self, now: impl FnOnce() -> u64) -> bool {
+        let until = self.penalized_until.load(Ordering::Relaxed);
+        if until == 0 {
+            return false;
+        }
+        if now() < until {
+            return true;
+        }
+        let _ =
+            self.penalized_until
+                .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed);
+        false
     }
 
     /// The backoff the next ejection will use.
@@ -140,9 +174,39 @@ impl Health {
     }
 }
 
+/// P2C's comparison of two endpoints in rotation: true when `b` should take the request
+/// rather than `a`. An endpoint under a `Retry-After` penalty loses to one that is not;
+/// otherwise the one with fewer requests in flight wins (ties go to `a`).
+#[inline]
+pub fn prefer(b: &super::Endpoint, a: &super::Endpoint, now: &impl Fn() -> u64) -> bool {
+    match (a.load.health.penalized(now), b.load.health.penalized(now)) {
+        (true, false) => true,
+        (false, true) => false,
+        _ => b.load.in_flight() < a.load.in_flight(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_penalty_lasts_as_asked_up_to_its_cap_and_never_shrinks() {
+        let h = Health::default();
+        assert!(!h.penalized(|| 0));
+        h.penalize(1_000, 2_000);
+        assert!(h.penalized(|| 2_999));
+        assert!(!h.penalized(|| 3_000));
+        h.penalize(0, 10_000_000);
+        assert!(h.penalized(|| MAX_PENALTY_MS - 1));
+        h.penalize(0, 1);
+        assert!(
+            h.penalized(|| MAX_PENALTY_MS - 1),
+            "a shorter one does not shorten"
+        );
+        assert!(!h.penalized(|| MAX_PENALTY_MS));
+        assert!(h.in_rotation(), "a penalty is no ejection");
+    }
 
     #[test]
     fn connect_failure_ejects_at_once_and_a_probe_brings_it_back() {

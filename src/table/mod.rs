@@ -482,7 +482,7 @@ impl ServiceBackend {
             Admit::Probe => return Some(a),
             Admit::Yes => {
                 return Some(match b.load.health.admit(&now) {
-                    Admit::Yes if b.load.in_flight() < a.load.in_flight() => b,
+                    Admit::Yes if accrual::prefer(b, a, &now) => b,
                     Admit::Probe => b,
                     _ => a,
                 })
