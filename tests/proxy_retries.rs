@@ -505,22 +505,30 @@ async fn a_body_still_streaming_is_never_waited_for_nor_retried() {
     m.shutdown().await.unwrap();
 }
 
-#[tokio::test]
-async fn retry_after_keeps_p2c_away_from_an_endpoint_for_that_long() {
-    // Two endpoints of one Service: 127.0.0.1 and 127.0.0.2 on the same port.
-    let a = Scripted::start(&[Step::Throttle(503, 2)]).await;
+/// Service `web` (with `annotations`) whose two endpoints are `a` (127.0.0.1) and a second
+/// backend on 127.0.0.2, same port; `None` when 127.0.0.2 cannot be bound here.
+async fn two_endpoints(a: &Scripted, annotations: &str) -> Option<(Scripted, String)> {
     let port = a.addr.port();
-    let Ok(listener_b) = std::net::TcpListener::bind(("127.0.0.2", port)) else {
+    let Ok(probe) = std::net::TcpListener::bind(("127.0.0.2", port)) else {
         eprintln!("skipped: cannot bind 127.0.0.2:{port}");
-        return;
+        return None;
     };
-    drop(listener_b);
+    drop(probe);
     let b = Scripted::start_at(&format!("127.0.0.2:{port}"), &[]).await;
-    let dir = tempfile::tempdir().unwrap();
     let y = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: shop}}\nspec:\n  ports: [{{name: http, port: 80}}]\n---\n\
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: shop, annotations: {{{annotations}}}}}\nspec:\n  ports: [{{name: http, port: 80}}]\n---\n\
 apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, namespace: shop, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports: [{{name: http, port: {port}}}]\nendpoints:\n- addresses: [\"127.0.0.1\"]\n  conditions: {{ready: true}}\n- addresses: [\"127.0.0.2\"]\n  conditions: {{ready: true}}\n"
     );
+    Some((b, y))
+}
+
+#[tokio::test]
+async fn retry_after_keeps_p2c_away_from_an_endpoint_for_that_long() {
+    let a = Scripted::start(&[Step::Throttle(503, 2)]).await;
+    let Some((b, y)) = two_endpoints(&a, "").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "all.yaml", &y);
     let m = start_on(dir.path()).await;
     let c = client();
@@ -554,5 +562,54 @@ apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, n
         a.count()
     );
     assert!(b.count() > 0);
+    m.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn linkerd_failure_accrual_ejects_after_consecutive_5xx_and_a_probe_brings_it_back() {
+    let a = Scripted::start(&[]).await.then(Step::Status(500));
+    let annotations = "balancer.linkerd.io/failure-accrual: consecutive, \
+        balancer.linkerd.io/failure-accrual-consecutive-max-failures: \"3\", \
+        balancer.linkerd.io/failure-accrual-consecutive-min-penalty: 300ms, \
+        balancer.linkerd.io/failure-accrual-consecutive-max-penalty: 300ms, \
+        balancer.linkerd.io/failure-accrual-consecutive-jitter-ratio: \"0\"";
+    let Some((b, y)) = two_endpoints(&a, annotations).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "all.yaml", &y);
+    let m = start_on(dir.path()).await;
+    let c = client();
+    let started = Instant::now();
+    for _ in 0..100 {
+        get(&c, m.proxy_addr, HOST, "/").await;
+    }
+    let elapsed = started.elapsed().as_millis() as usize;
+    // 3 failures eject A; then one probe per 300 ms at most.
+    let bound = 3 + elapsed / 300 + 1;
+    assert!(
+        a.count() <= bound,
+        "A got {} of 100 requests in {elapsed} ms (at most {bound})",
+        a.count()
+    );
+    assert!(b.count() >= 100 - bound);
+    let (_, metrics) = admin(&m, "/metrics").await;
+    assert!(
+        metric(&metrics, "meshroute_endpoint_ejections_total") >= 1,
+        "{metrics}"
+    );
+
+    // A recovers: its next probe succeeds and it takes its share again.
+    *a.then.lock().unwrap() = Step::Status(200);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let before = a.count();
+    for _ in 0..60 {
+        assert_eq!(get(&c, m.proxy_addr, HOST, "/").await.status, 200);
+    }
+    assert!(
+        a.count() - before >= 10,
+        "A took {} of 60",
+        a.count() - before
+    );
     m.shutdown().await.unwrap();
 }

@@ -2,6 +2,7 @@
 //! resolves backends to endpoints, orders matches by precedence and computes each route's
 //! status. Pure and deterministic: the same objects in any order give the same table.
 
+pub mod accrual;
 pub mod publish;
 pub mod retry;
 pub mod status;
@@ -972,6 +973,7 @@ impl Cx<'_> {
             protocol,
             endpoints,
             ready,
+            accrual: accrual::for_service(svc),
         }))
     }
 }

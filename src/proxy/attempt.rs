@@ -81,8 +81,16 @@ pub(super) async fn attempt<'t>(
         let health = &endpoint.load.health;
         match sent {
             Ok((rsp, conn)) => {
-                health.success();
-                if matches!(rsp.status().as_u16(), 429 | 503) {
+                let status = rsp.status().as_u16();
+                if svc.accrual.count_5xx && status >= 500 {
+                    if health.exchange_failed_with(accrual_now(), &svc.accrual) {
+                        proxy.metrics.endpoint_ejections.inc();
+                        tracing::info!(addr = %endpoint.addr, status, "endpoint ejected");
+                    }
+                } else {
+                    health.success();
+                }
+                if matches!(status, 429 | 503) {
                     if let Some(secs) = retry_after(rsp.headers()) {
                         health.penalize(accrual_now(), secs.saturating_mul(1000));
                     }
@@ -95,7 +103,7 @@ pub(super) async fn attempt<'t>(
                 });
             }
             Err(e @ (ProxyError::Connect { .. } | ProxyError::ConnectTimeout(_))) => {
-                if health.connect_failed(accrual_now()) {
+                if health.connect_failed_with(accrual_now(), &svc.accrual) {
                     proxy.metrics.endpoint_ejections.inc();
                     tracing::info!(addr = %endpoint.addr, error = %e, "endpoint ejected");
                 }
@@ -114,7 +122,7 @@ pub(super) async fn attempt<'t>(
                 }
             }
             Err(e @ ProxyError::Upstream { .. }) => {
-                if health.exchange_failed(accrual_now()) {
+                if health.exchange_failed_with(accrual_now(), &svc.accrual) {
                     proxy.metrics.endpoint_ejections.inc();
                     tracing::info!(addr = %endpoint.addr, error = %e, "endpoint ejected");
                 }

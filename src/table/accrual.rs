@@ -8,6 +8,8 @@
 //!   nothing listens there, so every request sent its way fails the same.
 //! - Other exchange failures (a broken or malformed response) eject it after
 //!   [`CONSECUTIVE_FAILURES`] in a row; any success resets the count.
+//! - Linkerd's `balancer.linkerd.io/failure-accrual: consecutive` annotations on a Service set
+//!   its own count, backoff bounds and jitter ([`AccrualConfig`]).
 //! - An ejected endpoint gets no traffic for its backoff: 1 s after the first ejection, doubling
 //!   on every failed probe up to 30 s. When the backoff has passed, exactly one request is let
 //!   through as a probe (the first to claim it); its success returns the endpoint to rotation
@@ -31,6 +33,54 @@ pub const CONSECUTIVE_FAILURES: u32 = 7;
 pub const MIN_BACKOFF_MS: u64 = 1_000;
 /// Longest backoff between probes.
 pub const MAX_BACKOFF_MS: u64 = 30_000;
+
+/// How a backend's endpoints are ejected: meshroute's defaults above, or what Linkerd's
+/// `balancer.linkerd.io/failure-accrual: consecutive` annotations on its Service say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct AccrualConfig {
+    /// Exchange failures in a row that eject an endpoint.
+    pub max_failures: u32,
+    /// Backoff after the first ejection, doubled on each failed probe up to `max_backoff_ms`.
+    pub min_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// Each backoff is lengthened by up to this share of itself (per mille), so endpoints
+    /// ejected together are not all probed at once.
+    pub jitter_permille: u32,
+    /// A 5xx response counts as a failure too (Linkerd's HTTP classification), not only a
+    /// broken exchange.
+    pub count_5xx: bool,
+}
+
+impl AccrualConfig {
+    /// meshroute's defaults: 7 failures, 1 s doubling up to 30 s, no jitter.
+    pub const DEFAULT: AccrualConfig = AccrualConfig {
+        max_failures: CONSECUTIVE_FAILURES,
+        min_backoff_ms: MIN_BACKOFF_MS,
+        max_backoff_ms: MAX_BACKOFF_MS,
+        jitter_permille: 0,
+        count_5xx: false,
+    };
+
+    pub fn is_default(&self) -> bool {
+        *self == Self::DEFAULT
+    }
+
+    /// The backoff `b` plus its jitter, drawn from `seed` (the clock: this module is pure).
+    fn jittered(&self, b: u64, seed: u64) -> u64 {
+        let span = b.saturating_mul(u64::from(self.jitter_permille)) / 1000;
+        if span == 0 {
+            return b;
+        }
+        let r = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+        b + r % (span + 1)
+    }
+}
+
+impl Default for AccrualConfig {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
 
 /// Failure accrual state of one endpoint.
 #[derive(Debug, Default)]
@@ -72,6 +122,11 @@ impl Health {
     /// Whether an endpoint may take a request at `now`. A `Probe` answer claims the probe:
     /// other callers see `No` until the probe's outcome is recorded or another backoff passes.
     pub fn admit(&self, now: impl FnOnce() -> u64) -> Admit {
+        self.admit_with(now, &AccrualConfig::DEFAULT)
+    }
+
+    /// [`Health::admit`] under `cfg`.
+    pub fn admit_with(&self, now: impl FnOnce() -> u64, cfg: &AccrualConfig) -> Admit {
         let until = self.ejected_until.load(Ordering::Relaxed);
         if until == 0 {
             return Admit::Yes;
@@ -82,7 +137,7 @@ impl Health {
         }
         // Hold the others off for another backoff while the probe runs (a probe that never
         // reports, e.g. cancelled by its client, thus gives the next caller the next chance).
-        let next = (now + self.backoff().max(MIN_BACKOFF_MS)).max(1);
+        let next = (now + self.backoff(cfg).max(cfg.min_backoff_ms)).max(1);
         match self
             .ejected_until
             .compare_exchange(until, next, Ordering::AcqRel, Ordering::Relaxed)
@@ -120,9 +175,9 @@ impl Health {
     }
 
     /// The backoff the next ejection will use.
-    fn backoff(&self) -> u64 {
+    fn backoff(&self, cfg: &AccrualConfig) -> u64 {
         match self.backoff.load(Ordering::Relaxed) {
-            0 => MIN_BACKOFF_MS,
+            0 => cfg.min_backoff_ms,
             b => b,
         }
     }
@@ -143,14 +198,24 @@ impl Health {
     /// Connecting failed: eject at once. True when this put the endpoint out of rotation (it
     /// was in rotation, or a probe failed).
     pub fn connect_failed(&self, now: u64) -> bool {
-        self.eject(now)
+        self.eject(now, &AccrualConfig::DEFAULT)
+    }
+
+    /// [`Health::connect_failed`] under `cfg`.
+    pub fn connect_failed_with(&self, now: u64, cfg: &AccrualConfig) -> bool {
+        self.eject(now, cfg)
     }
 
     /// An exchange failed after connecting. True when this ejected the endpoint.
     pub fn exchange_failed(&self, now: u64) -> bool {
+        self.exchange_failed_with(now, &AccrualConfig::DEFAULT)
+    }
+
+    /// [`Health::exchange_failed`] under `cfg`.
+    pub fn exchange_failed_with(&self, now: u64, cfg: &AccrualConfig) -> bool {
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if n >= CONSECUTIVE_FAILURES || self.probing.load(Ordering::Acquire) {
-            return self.eject(now);
+        if n >= cfg.max_failures || self.probing.load(Ordering::Acquire) {
+            return self.eject(now, cfg);
         }
         false
     }
@@ -158,17 +223,19 @@ impl Health {
     /// Take the endpoint out of rotation for its backoff, and double the next one. Failures
     /// reported while it is out change nothing (requests sent before the ejection), except the
     /// probe's, which starts the next, longer, backoff.
-    fn eject(&self, now: u64) -> bool {
+    fn eject(&self, now: u64, cfg: &AccrualConfig) -> bool {
         let until = self.ejected_until.load(Ordering::Relaxed);
         let ejecting = until == 0;
         if !ejecting && !self.probing.swap(false, Ordering::AcqRel) {
             return false;
         }
-        let backoff = self.backoff();
+        let backoff = self.backoff(cfg).min(cfg.max_backoff_ms);
         self.ejected_until
-            .store((now + backoff).max(1), Ordering::Release);
-        self.backoff
-            .store((backoff * 2).min(MAX_BACKOFF_MS), Ordering::Relaxed);
+            .store((now + cfg.jittered(backoff, now)).max(1), Ordering::Release);
+        self.backoff.store(
+            (backoff * 2).min(cfg.max_backoff_ms).max(1),
+            Ordering::Relaxed,
+        );
         self.failures.store(0, Ordering::Relaxed);
         ejecting
     }
@@ -189,6 +256,35 @@ pub fn prefer(b: &super::Endpoint, a: &super::Endpoint, now: &impl Fn() -> u64) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_configured_accrual_ejects_after_its_own_count_and_backs_off_within_its_bounds() {
+        let cfg = AccrualConfig {
+            max_failures: 2,
+            min_backoff_ms: 100,
+            max_backoff_ms: 250,
+            jitter_permille: 500,
+            count_5xx: true,
+        };
+        let h = Health::default();
+        assert!(!h.exchange_failed_with(0, &cfg));
+        assert!(h.exchange_failed_with(0, &cfg), "second failure ejects");
+        let mut now = 0;
+        let mut waits = Vec::new();
+        for _ in 0..4 {
+            let mut waited = 0;
+            while h.admit_with(|| now + waited, &cfg) != Admit::Probe {
+                waited += 10;
+            }
+            waits.push(waited);
+            now += waited;
+            h.connect_failed_with(now, &cfg);
+        }
+        // 100, 200, 250, 250 plus up to half again of jitter.
+        for (w, base) in waits.iter().zip([100, 200, 250, 250]) {
+            assert!((base..=base + base / 2 + 10).contains(w), "{waits:?}");
+        }
+    }
 
     #[test]
     fn a_penalty_lasts_as_asked_up_to_its_cap_and_never_shrinks() {

@@ -153,6 +153,9 @@ pub struct ServiceBackend {
     /// Indices into `endpoints` of the ready ones: the only ones that take traffic.
     #[serde(skip)]
     pub ready: Vec<usize>,
+    /// How its endpoints are ejected ([`accrual`]); Linkerd's annotations on the Service.
+    #[serde(skip_serializing_if = "accrual::AccrualConfig::is_default")]
+    pub accrual: accrual::AccrualConfig,
 }
 
 impl ServiceBackend {
@@ -167,6 +170,7 @@ impl ServiceBackend {
             protocol,
             endpoints: self.endpoints.clone(),
             ready: self.ready.clone(),
+            accrual: self.accrual,
         }
     }
 }
@@ -478,10 +482,10 @@ impl ServiceBackend {
             j += 1;
         }
         let b = &self.endpoints[self.ready[j]];
-        match a.load.health.admit(&now) {
+        match a.load.health.admit_with(&now, &self.accrual) {
             Admit::Probe => return Some(a),
             Admit::Yes => {
-                return Some(match b.load.health.admit(&now) {
+                return Some(match b.load.health.admit_with(&now, &self.accrual) {
                     Admit::Yes if accrual::prefer(b, a, &now) => b,
                     Admit::Probe => b,
                     _ => a,
@@ -489,7 +493,7 @@ impl ServiceBackend {
             }
             Admit::No => {}
         }
-        if b.load.health.admit(&now) != Admit::No {
+        if b.load.health.admit_with(&now, &self.accrual) != Admit::No {
             return Some(b);
         }
         // Both candidates are out: any other that is in, else `a` (panic mode).
@@ -497,7 +501,7 @@ impl ServiceBackend {
             .ready
             .iter()
             .map(|&i| &self.endpoints[i])
-            .find(|e| e.load.health.admit(&now) != Admit::No);
+            .find(|e| e.load.health.admit_with(&now, &self.accrual) != Admit::No);
         Some(other.unwrap_or(a))
     }
 
