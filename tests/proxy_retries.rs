@@ -317,10 +317,19 @@ async fn a_dead_backend_is_retried_on_another_by_weight() {
     write(dir.path(), "all.yaml", &y);
     let m = start_on(dir.path()).await;
     let c = client();
-    // A request fails only if all 6 picks go to the dead backend (10^-6 each).
-    for _ in 0..100 {
-        let r = get(&c, m.proxy_addr, HOST, "/").await;
+    // A request fails only if all 6 picks go to the dead backend (10^-6 each). Half carry a
+    // body: one that never reached an endpoint is sent again as it is.
+    for i in 0..100 {
+        let body = Bytes::from(if i % 2 == 0 { vec![] } else { vec![b'z'; 2000] });
+        let r = send(
+            &c,
+            m.proxy_addr,
+            Request::post("/").header("host", HOST),
+            body.clone(),
+        )
+        .await;
         assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(live.bodies.lock().unwrap().last(), Some(&body));
     }
     assert_eq!(live.count(), 100);
     // About 10 requests went to the dead backend first (none at all: 0.9^100).

@@ -123,6 +123,9 @@ pub(super) async fn forward<'t>(
     .map(|(at, _)| at);
     let mut body = Some(body);
     let mut replay: Option<Replayable> = None;
+    // A body that no attempt has sent yet (the first, or one whose attempt never connected):
+    // sent as it is, before falling back to the recorded copy.
+    let mut pending: Option<RequestBody> = None;
     let mut retries = 0u32;
     loop {
         let first = retries == 0;
@@ -156,9 +159,9 @@ pub(super) async fn forward<'t>(
                     Err(e) => return Err(e.into()),
                 }
             }
-            let body = match &replay {
-                Some(r) => r.for_retry().ok_or(ProxyError::NoBackends)?,
-                None => {
+            if replay.is_none() {
+                {
+                    // Only the first pass gets here, and it has the client's body.
                     let incoming = body.take().ok_or(ProxyError::NoBackends)?;
                     let mut b = if incoming.is_end_stream() {
                         RequestBody::Empty
@@ -186,9 +189,9 @@ pub(super) async fn forward<'t>(
                     }
                     let (first, r) = Replayable::record(b, MAX_REPLAY_BODY);
                     replay = Some(r);
-                    first
+                    pending = Some(first);
                 }
-            };
+            }
             let endpoint = svc
                 .pick_endpoint(fast_rand(), fast_rand(), accrual_now)
                 .ok_or_else(|| ProxyError::NoReadyEndpoint(svc.display_name()))?;
@@ -211,8 +214,22 @@ pub(super) async fn forward<'t>(
                 dispatched,
             )
             .map(|(at, which)| Deadline::new(at, which));
+            let body = match pending.take() {
+                Some(b) => b,
+                // The loop retries only when one of the two is there ([`Replayable`]).
+                None => replay
+                    .as_ref()
+                    .and_then(Replayable::for_retry)
+                    .ok_or(ProxyError::NoBackends)?,
+            };
             let mut outgoing = Outgoing::new(parts, body, svc);
-            match attempt(proxy, live, svc, endpoint, &mut outgoing, deadline.as_mut()).await {
+            let result =
+                attempt(proxy, live, svc, endpoint, &mut outgoing, deadline.as_mut()).await;
+            if let Outgoing::Hyper(Some(unsent)) = outgoing {
+                // Never connected: the body is untouched and goes to the next attempt.
+                pending = Some(unsent.into_body());
+            }
+            match result {
                 Ok(sent) => Ok(Forwarded {
                     backend,
                     svc,
@@ -249,7 +266,7 @@ pub(super) async fn forward<'t>(
             }
             return outcome;
         }
-        let replayable = replay.as_ref().is_some_and(Replayable::replayable);
+        let replayable = pending.is_some() || replay.as_ref().is_some_and(Replayable::replayable);
         // The budget of the backend the retry would go to is not known before the pick;
         // the one just tried stands for it (the same Service unless the rule splits).
         let granted = replayable && at.backend.is_none_or(|svc| withdraw(live, svc));
