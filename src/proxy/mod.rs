@@ -2,8 +2,11 @@
 //!
 //! Read top to bottom, a request goes [`server`] (accept, HTTP/1.1 or h2c, limits) →
 //! [`route`] (which authority) → table lookup → [`filters`] → weighted backend and P2C endpoint
-//! choice in [`forward`] → [`pool`] (upstream connections) under the deadlines of
-//! [`timeout`]; every proxy-made failure goes through [`error::error_response`].
+//! choice in [`forward`] → one [`attempt`] (the upstream seam: one endpoint, one deadline,
+//! a response head or a typed error) → [`pool`] (upstream connections) under the deadlines of
+//! [`timeout`]; every proxy-made failure goes through [`error::error_response`]. Rules with a
+//! retry policy go through [`retry`] instead of the single pick and attempt: bind → pick →
+//! attempt(s) → respond.
 //!
 //! The live table is published through an [`ArcSwap`]: a request loads it once and finishes on
 //! that table even if a new one is swapped in meanwhile. Publishing also resolves the metric
