@@ -133,6 +133,8 @@ pub struct Metrics {
     retry_successes: Family<RouteLabels, Counter>,
     retry_limit_exceeded: Family<RouteLabels, Counter>,
     retry_overflow: Family<RouteLabels, Counter>,
+    hedge_requests: Family<RouteLabels, Counter>,
+    hedge_wins: Family<RouteLabels, Counter>,
     backend_requests: Family<BackendLabels, Counter>,
     backend_duration: Family<BackendLabels, AtomicHistogram>,
     endpoints_ready: Family<ServiceLabels, Gauge>,
@@ -260,6 +262,8 @@ impl Metrics {
             retry_successes: Family::default(),
             retry_limit_exceeded: Family::default(),
             retry_overflow: Family::default(),
+            hedge_requests: Family::default(),
+            hedge_wins: Family::default(),
             backend_requests: Family::default(),
             backend_duration: Family::default(),
             endpoints_ready: Family::default(),
@@ -308,6 +312,16 @@ impl Metrics {
             "outbound_http_route_retry_overflow",
             "Retryable failures not retried because the backend's retry budget was spent or the request body was too large to replay",
             m.retry_overflow.clone(),
+        );
+        r.register(
+            "outbound_http_route_hedge_requests",
+            "Hedged attempts sent (meshroute.dev/hedge), per route",
+            m.hedge_requests.clone(),
+        );
+        r.register(
+            "outbound_http_route_hedge_wins",
+            "Requests answered by a hedged attempt rather than the first, per route",
+            m.hedge_wins.clone(),
         );
         r.register(
             "outbound_http_route_backend_requests",
@@ -477,6 +491,8 @@ impl Metrics {
             successes: self.retry_successes.get_or_create_owned(labels),
             limit_exceeded: self.retry_limit_exceeded.get_or_create_owned(labels),
             overflow: self.retry_overflow.get_or_create_owned(labels),
+            hedges: self.hedge_requests.get_or_create_owned(labels),
+            hedge_wins: self.hedge_wins.get_or_create_owned(labels),
         }
     }
 
@@ -550,6 +566,8 @@ pub struct RetryMetrics {
     pub successes: Counter,
     pub limit_exceeded: Counter,
     pub overflow: Counter,
+    pub hedges: Counter,
+    pub hedge_wins: Counter,
 }
 
 impl RouteMetrics {

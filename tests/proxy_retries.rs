@@ -622,3 +622,73 @@ async fn linkerd_failure_accrual_ejects_after_consecutive_5xx_and_a_probe_brings
     );
     m.shutdown().await.unwrap();
 }
+
+/// Parent `web` → Service `web-a` = `b`, by a route with `annotations` and `rule_extra`.
+async fn setup_annotated(
+    b: &Scripted,
+    annotations: &str,
+    extra_yaml: &str,
+) -> (tempfile::TempDir, meshroute::run::Running) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut y = service("shop", "web");
+    y += &service_for("shop", "web-a", b, "");
+    y += &format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: hedged, namespace: shop, annotations: {{{annotations}}}}}\nspec:\n  parentRefs: [{{group: \"\", kind: Service, name: web, port: 80}}]\n  rules:\n  - backendRefs: [{{name: web-a, port: 80}}]\n---\n"
+    );
+    y += extra_yaml;
+    write(dir.path(), "all.yaml", &y);
+    let m = start_on(dir.path()).await;
+    (dir, m)
+}
+
+#[tokio::test]
+async fn a_slow_answer_is_hedged_and_the_first_head_wins() {
+    let b = Scripted::start(&[Step::Delay(3000)]).await;
+    let (_dir, m) = setup_annotated(&b, "meshroute.dev/hedge: 50ms", "").await;
+    let c = client();
+    let started = Instant::now();
+    let r = get(&c, m.proxy_addr, HOST, "/").await;
+    let took = started.elapsed();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(took < Duration::from_millis(1500), "not hedged: {took:?}");
+    assert_eq!(b.count(), 2, "the first attempt and one hedge");
+    let (_, metrics) = admin(&m, "/metrics").await;
+    assert_eq!(
+        metric(&metrics, "outbound_http_route_hedge_requests_total"),
+        1,
+        "{metrics}"
+    );
+    assert_eq!(metric(&metrics, "outbound_http_route_hedge_wins_total"), 1);
+    // A fast answer is never hedged.
+    let r = get(&c, m.proxy_addr, HOST, "/").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(b.count(), 3);
+
+    // A request with a body is not hedged: it waits for its one attempt.
+    b.script.lock().unwrap().push_back(Step::Delay(600));
+    let started = Instant::now();
+    let r = send(
+        &c,
+        m.proxy_addr,
+        Request::post("/").header("host", HOST),
+        Bytes::from_static(b"body"),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(550));
+    assert_eq!(b.count(), 4);
+    m.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn hedges_draw_on_the_retry_budget() {
+    let b = Scripted::start(&[Step::Delay(600)]).await;
+    let budget = "apiVersion: gateway.networking.x-k8s.io/v1alpha1\nkind: XBackendTrafficPolicy\nmetadata: {name: none, namespace: shop}\nspec:\n  targetRefs: [{group: \"\", kind: Service, name: web-a}]\n  retryConstraint:\n    budget: {percent: 0}\n    minRetryRate: {count: 0}\n";
+    let (_dir, m) = setup_annotated(&b, "meshroute.dev/hedge: \"50ms,3\"", budget).await;
+    let started = Instant::now();
+    let r = get(&client(), m.proxy_addr, HOST, "/").await;
+    assert_eq!(r.status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(550));
+    assert_eq!(b.count(), 1, "an empty budget sends no hedge");
+    m.shutdown().await.unwrap();
+}

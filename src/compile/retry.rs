@@ -15,11 +15,13 @@ use k8s_openapi::api::core::v1::Service;
 use super::validate::{is_core, parse_duration, FieldError};
 use crate::index::Index;
 use crate::model::{BackendTrafficPolicy, GatewayRetry};
-use crate::table::retry::{parse_linkerd_codes, BudgetConfig, RetryPolicy, StatusCodes};
+use crate::table::retry::{parse_linkerd_codes, BudgetConfig, Hedge, RetryPolicy, StatusCodes};
 
 pub const HTTP_ANNOTATION: &str = "retry.linkerd.io/http";
 pub const LIMIT_ANNOTATION: &str = "retry.linkerd.io/limit";
 pub const TIMEOUT_ANNOTATION: &str = "retry.linkerd.io/timeout";
+/// meshroute's own: request hedging on a route ([`crate::table::retry::Hedge`]).
+pub const HEDGE_ANNOTATION: &str = "meshroute.dev/hedge";
 
 /// Retries when neither `attempts` nor `retry.linkerd.io/limit` says (Linkerd's default).
 pub const DEFAULT_LIMIT: u32 = 1;
@@ -74,6 +76,7 @@ pub fn admit_gateway(
             codes,
             backoff,
             attempt_timeout: None,
+            hedge: None,
         })
     })
 }
@@ -131,7 +134,54 @@ pub fn from_annotations(
         codes,
         backoff: Default::default(),
         attempt_timeout,
+        hedge: None,
     })))
+}
+
+/// Parse `meshroute.dev/hedge`: `<delay>` or `<delay>,<max extra attempts>` (1-3, default 1),
+/// the delay a GEP-2257 duration of at least 1ms.
+pub fn parse_hedge(value: &str) -> Result<Hedge, String> {
+    let (delay, max) = match value.split_once(',') {
+        Some((d, m)) => (d.trim(), Some(m.trim())),
+        None => (value.trim(), None),
+    };
+    let delay = parse_duration(delay)?;
+    if delay.is_zero() {
+        return Err(format!("{value:?}: the delay must be over 0s"));
+    }
+    let max = match max {
+        None => 1,
+        Some(m) => match m.parse::<u32>() {
+            Ok(n) if (1..=3).contains(&n) => n,
+            _ => return Err(format!("{m:?} is not a number of extra attempts (1-3)")),
+        },
+    };
+    Ok(Hedge { delay, max })
+}
+
+/// A route's `meshroute.dev/hedge` added to the retry policy of one of its rules (a rule
+/// without one gets a policy that only hedges: no retries).
+pub fn with_hedge(
+    policy: Option<Arc<RetryPolicy>>,
+    annotations: Option<&BTreeMap<String, String>>,
+) -> Result<Option<Arc<RetryPolicy>>, FieldError> {
+    let Some(v) = annotations.and_then(|a| a.get(HEDGE_ANNOTATION)) else {
+        return Ok(policy);
+    };
+    let hedge = parse_hedge(v)
+        .map_err(|e| field_error(format!("metadata.annotations.{HEDGE_ANNOTATION}"), e))?;
+    let mut p = match policy {
+        Some(p) => (*p).clone(),
+        None => RetryPolicy {
+            limit: 0,
+            codes: StatusCodes::default(),
+            backoff: Default::default(),
+            attempt_timeout: None,
+            hedge: None,
+        },
+    };
+    p.hedge = Some(hedge);
+    Ok(Some(Arc::new(p)))
 }
 
 /// The policy of a parent Service's annotations. A Service is never refused for them: a bad
@@ -354,6 +404,16 @@ mod tests {
                 "spec.retryConstraint.minRetryRate.interval"
             ]
         );
+    }
+
+    #[test]
+    fn hedge_annotations_parse() {
+        let h = parse_hedge("50ms").unwrap();
+        assert_eq!((h.delay, h.max), (std::time::Duration::from_millis(50), 1));
+        assert_eq!(parse_hedge("1s, 3").unwrap().max, 3);
+        for bad in ["", "50", "0s", "50ms,0", "50ms,4", "p95", "50ms,x"] {
+            assert!(parse_hedge(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -299,6 +299,12 @@ fn admit_httproute(
             Some(own) => super::retry::admit_gateway(&f, own, errors),
             None => route_retry.clone(),
         };
+        match super::retry::with_hedge(r.retry.take(), retry.annotations) {
+            Ok(p) => r.retry = p,
+            // Said once for the route, not per rule.
+            Err(e) if i == 0 => errors.push(e),
+            Err(_) => {}
+        }
         if errors.len() == before {
             route.rules.push(r);
         }

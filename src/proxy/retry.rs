@@ -19,6 +19,7 @@
 //! backend it went to; every retry withdraws from the budget of the backend it goes to.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::request::Parts;
@@ -33,8 +34,12 @@ use super::forward::{accrual_now, has_mirror, prepare_upstream, send_mirrors, Fa
 use super::served::Served;
 use super::timeout::{self, Deadline};
 use super::{fast_rand, Live, Proxy};
-use crate::table::retry::{RetryBudget, RetryPolicy, MAX_REPLAY_BODY};
-use crate::table::{BackendTarget, ParentPort, RequestMatch, RouteTable, Rule};
+use crate::metrics::{BackendMetrics, RetryMetrics};
+use crate::table::retry::{Hedge, RetryBudget, RetryPolicy, MAX_REPLAY_BODY};
+use crate::table::{
+    Backend, BackendTarget, Endpoint, ParentPort, RequestMatch, RouteTable, Rule, ServiceBackend,
+    Timeouts,
+};
 
 /// Retry budgets by backend Service (namespace, name).
 pub type Budgets = HashMap<(Arc<str>, Arc<str>), Arc<RetryBudget>>;
@@ -121,6 +126,10 @@ pub(super) async fn forward<'t>(
         received,
     )
     .map(|(at, _)| at);
+    // Hedging is for idempotent requests only (and, below, only without a body).
+    let hedge = policy
+        .hedge
+        .filter(|_| super::h1::is_idempotent(&client_parts.method));
     let mut body = Some(body);
     let mut replay: Option<Replayable> = None;
     // A body that no attempt has sent yet (the first, or one whose attempt never connected):
@@ -207,7 +216,7 @@ pub(super) async fn forward<'t>(
                 }
             }
             let dispatched = Instant::now();
-            let mut deadline = timeout::attempt_deadline(
+            let deadline = timeout::attempt_deadline(
                 &timeouts,
                 proxy.config.default_request_timeout,
                 received,
@@ -222,23 +231,51 @@ pub(super) async fn forward<'t>(
                     .and_then(Replayable::for_retry)
                     .ok_or(ProxyError::NoBackends)?,
             };
+            let hedging = hedge.filter(|_| matches!(body, RequestBody::Empty));
             let mut outgoing = Outgoing::new(parts, body, svc);
-            let result =
-                attempt(proxy, live, svc, endpoint, &mut outgoing, deadline.as_mut()).await;
+            let mut launch = Launch {
+                backend,
+                svc,
+                endpoint,
+                dispatched,
+                deadline,
+                backend_metrics,
+                effects,
+            };
+            if let Some(h) = hedging {
+                let cx = HedgeCx {
+                    proxy,
+                    live,
+                    parent,
+                    rule,
+                    client_parts: &client_parts,
+                    rule_effects: &rule_effects,
+                    matched,
+                    timeouts: &timeouts,
+                    received,
+                };
+                return race(&cx, launch, outgoing, h, metrics)
+                    .await
+                    .map_err(|(e, addr)| {
+                        at.endpoint = Some(addr);
+                        e.into()
+                    });
+            }
+            let result = attempt(
+                proxy,
+                live,
+                svc,
+                endpoint,
+                &mut outgoing,
+                launch.deadline.as_mut(),
+            )
+            .await;
             if let Outgoing::Hyper(Some(unsent)) = outgoing {
                 // Never connected: the body is untouched and goes to the next attempt.
                 pending = Some(unsent.into_body());
             }
             match result {
-                Ok(sent) => Ok(Forwarded {
-                    backend,
-                    svc,
-                    sent,
-                    dispatched,
-                    deadline,
-                    backend_metrics,
-                    effects,
-                }),
+                Ok(sent) => Ok(launch.answered(sent)),
                 Err((e, endpoint)) => {
                     at.endpoint = Some(endpoint.addr);
                     Err(e.into())
@@ -261,7 +298,8 @@ pub(super) async fn forward<'t>(
             return outcome;
         }
         if retries >= policy.limit {
-            if let Some(m) = metrics {
+            // A policy that only hedges has no limit to exceed.
+            if let (Some(m), true) = (metrics, policy.limit > 0) {
                 m.limit_exceeded.inc();
             }
             return outcome;
@@ -299,6 +337,184 @@ pub(super) async fn forward<'t>(
             "retrying request"
         );
     }
+}
+
+/// One attempt about to be sent: where to, and what its answer is handed on with.
+struct Launch<'t> {
+    backend: &'t Backend,
+    svc: &'t Arc<ServiceBackend>,
+    endpoint: &'t Endpoint,
+    dispatched: Instant,
+    deadline: Option<Deadline>,
+    backend_metrics: Option<&'t Arc<BackendMetrics>>,
+    effects: RequestEffects,
+}
+
+impl<'t> Launch<'t> {
+    fn answered(self, sent: super::attempt::Sent<'t>) -> Forwarded<'t> {
+        Forwarded {
+            backend: self.backend,
+            svc: self.svc,
+            sent,
+            dispatched: self.dispatched,
+            deadline: self.deadline,
+            backend_metrics: self.backend_metrics,
+            effects: self.effects,
+        }
+    }
+}
+
+/// What a hedge needs to be prepared like the first attempt.
+struct HedgeCx<'a, 't> {
+    proxy: &'a Proxy,
+    live: &'t Arc<Live>,
+    parent: &'t ParentPort,
+    rule: &'t Rule,
+    client_parts: &'a Parts,
+    rule_effects: &'a RequestEffects,
+    matched: &'t RequestMatch,
+    timeouts: &'a Timeouts,
+    received: Instant,
+}
+
+/// Send `primary`, and each `hedge.delay` without a response head another attempt (up to
+/// `hedge.max`, while the budget grants them); the first response head wins and dropping the
+/// others cancels them. An error ends the race only when nothing else is still running.
+async fn race<'t>(
+    cx: &HedgeCx<'_, 't>,
+    primary: Launch<'t>,
+    outgoing: Outgoing,
+    hedge: Hedge,
+    metrics: Option<&RetryMetrics>,
+) -> Result<Forwarded<'t>, (ProxyError, SocketAddr)> {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    let mut tried = vec![primary.endpoint.addr];
+    let mut running = FuturesUnordered::new();
+    running.push(run(cx.proxy, cx.live, primary, outgoing, 0));
+    let mut hedges = 0u32;
+    let mut can_hedge = true;
+    let timer = tokio::time::sleep(hedge.delay);
+    tokio::pin!(timer);
+    let mut last_err = None;
+    loop {
+        tokio::select! {
+            next = running.next() => match next {
+                Some((i, Ok(fwd))) => {
+                    if let (Some(m), true) = (metrics, i > 0) {
+                        m.hedge_wins.inc();
+                    }
+                    return Ok(fwd);
+                }
+                Some((_, Err(e))) => {
+                    last_err = Some(e);
+                    if running.is_empty() {
+                        break;
+                    }
+                }
+                None => break,
+            },
+            () = &mut timer, if can_hedge && hedges < hedge.max => {
+                match launch_hedge(cx, &tried) {
+                    Some((launch, outgoing)) => {
+                        hedges += 1;
+                        if let Some(m) = metrics {
+                            m.hedges.inc();
+                        }
+                        tried.push(launch.endpoint.addr);
+                        running.push(run(cx.proxy, cx.live, launch, outgoing, hedges));
+                        timer.as_mut().reset(Instant::now() + hedge.delay);
+                    }
+                    None => can_hedge = false,
+                }
+            }
+        }
+    }
+    Err(last_err.unwrap_or((ProxyError::NoBackends, tried[0])))
+}
+
+/// One attempt of a race, numbered (0: the first).
+async fn run<'t>(
+    proxy: &Proxy,
+    live: &'t Live,
+    mut launch: Launch<'t>,
+    mut outgoing: Outgoing,
+    i: u32,
+) -> (u32, Result<Forwarded<'t>, (ProxyError, SocketAddr)>) {
+    let sent = attempt(
+        proxy,
+        live,
+        launch.svc,
+        launch.endpoint,
+        &mut outgoing,
+        launch.deadline.as_mut(),
+    )
+    .await;
+    match sent {
+        Ok(sent) => (i, Ok(launch.answered(sent))),
+        Err((e, endpoint)) => (i, Err((e, endpoint.addr))),
+    }
+}
+
+/// A hedge for a bodiless request: a backend by weight, an endpoint not yet tried when there
+/// is one, the budget's consent. `None` when any of them is missing.
+fn launch_hedge<'t>(cx: &HedgeCx<'_, 't>, tried: &[SocketAddr]) -> Option<(Launch<'t>, Outgoing)> {
+    let backend = cx.rule.backends.pick(fast_rand())?;
+    let BackendTarget::Service(svc) = &backend.target else {
+        return None;
+    };
+    let mut parts = copy_head(cx.client_parts);
+    let mut effects = cx.rule_effects.clone();
+    if !backend.filters.is_empty() {
+        let applied = filters::apply_request(
+            &backend.filters,
+            &mut parts,
+            cx.matched,
+            cx.parent.port,
+            &mut effects,
+        );
+        if !matches!(applied, Ok(None)) {
+            return None;
+        }
+    }
+    let mut endpoint = svc.pick_endpoint(fast_rand(), fast_rand(), accrual_now)?;
+    for _ in 0..3 {
+        if !tried.contains(&endpoint.addr) {
+            break;
+        }
+        if let Some(e) = svc.pick_endpoint(fast_rand(), fast_rand(), accrual_now) {
+            endpoint = e;
+        }
+    }
+    let authority = effects.authority.take().or_else(|| svc.authority.clone());
+    prepare_upstream(&mut parts, svc.protocol, authority).ok()?;
+    if !withdraw(cx.live, svc) {
+        return None;
+    }
+    let backend_metrics = cx.live.metrics.backend(cx.parent, backend);
+    if let Some(b) = backend_metrics {
+        b.requests.inc();
+    }
+    let dispatched = Instant::now();
+    let deadline = timeout::attempt_deadline(
+        cx.timeouts,
+        cx.proxy.config.default_request_timeout,
+        cx.received,
+        dispatched,
+    )
+    .map(|(at, which)| Deadline::new(at, which));
+    let outgoing = Outgoing::new(parts, RequestBody::Empty, svc);
+    Some((
+        Launch {
+            backend,
+            svc,
+            endpoint,
+            dispatched,
+            deadline,
+            backend_metrics,
+            effects,
+        },
+        outgoing,
+    ))
 }
 
 fn withdraw(live: &Live, svc: &crate::table::ServiceBackend) -> bool {

@@ -38,6 +38,21 @@ pub struct RetryPolicy {
     /// shorter wins).
     #[serde(with = "opt_millis")]
     pub attempt_timeout: Option<Duration>,
+    /// `meshroute.dev/hedge` on the route: request hedging for idempotent requests without
+    /// a body.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hedge: Option<Hedge>,
+}
+
+/// Request hedging: when an idempotent request without a body has no response head after
+/// `delay`, another attempt goes out (to another endpoint when the backend has one, to
+/// another backend by weight when the rule has several), up to `max` extra attempts; the
+/// first response head wins and the others are cancelled. Hedges draw on the retry budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Hedge {
+    #[serde(with = "millis")]
+    pub delay: Duration,
+    pub max: u32,
 }
 
 impl RetryPolicy {
@@ -316,6 +331,7 @@ mod tests {
             codes: StatusCodes::default(),
             backoff: Duration::from_millis(100),
             attempt_timeout: None,
+            hedge: None,
         };
         for r in [0, 7, u64::MAX] {
             assert!(p.backoff_before(1, r) >= Duration::from_millis(100));
