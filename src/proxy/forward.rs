@@ -369,7 +369,11 @@ async fn serve(
                 matched,
                 received,
             };
-            match super::retry::forward(proxy, live, parent, rule, policy, request, &mut at).await {
+            // Boxed: the retry loop's future is large, and unboxed it would grow the future
+            // of every request (hyper moves it around) whether it retries or not.
+            let retrying =
+                super::retry::forward(proxy, live, parent, rule, policy, request, &mut at);
+            match Box::pin(retrying).await {
                 Ok(fwd) => fwd,
                 Err(Failed::Error(e)) => return fail(e, at),
                 Err(Failed::Answered(rsp)) => return answered(*rsp, at),
