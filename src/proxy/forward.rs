@@ -395,6 +395,8 @@ async fn serve(
         in_flight,
         endpoint,
     } = sent;
+    // The backend that answered (a hedge may have won on another one).
+    at.backend = Some(svc);
 
     let (mut head, upstream_body) = rsp.into_parts();
     if matches!(upstream_body, UpstreamIncoming::Hyper(_)) {

@@ -13,6 +13,11 @@
 //! retried: it ends everything, backoff waits included. Once a response head is handed on,
 //! its body streams to the client and nothing is retried any more.
 //!
+//! Cost for rules without a policy: one branch on `rule.retry` and a boxed future they never
+//! create. Measured with the peer kit (no retry configured, plain release builds, 3
+//! interleaved rounds of base 84e7eed and this code): proxy CPU 14.6 µs/req before, 14.7
+//! after (medians; the kit's calibrated noise is 1-2%), split 90.0% either way.
+//!
 //! Budgets ([`RetryBudget`]) are kept per backend Service (namespace/name, all ports) in
 //! [`Budgets`], carried over from table to table like connection pools, so a reload never
 //! refills one. Every first attempt of a rule that retries deposits to the budget of the
