@@ -584,6 +584,9 @@ impl Explanation {
                     .map(|d| format!("{}ms", d.as_millis()))
                     .unwrap_or_else(|| "none".into())
             );
+            if let Some(h) = &r.hedge {
+                let _ = writeln!(out, "hedge delay={}ms max={}", h.delay.as_millis(), h.max);
+            }
         }
         for f in &self.filters {
             let _ = writeln!(
