@@ -270,6 +270,9 @@ pub struct Explanation {
     #[serde(rename = "match")]
     pub matched: Option<RequestMatch>,
     pub timeouts: Option<Timeouts>,
+    /// The matched rule's retry policy, when it retries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<std::sync::Arc<crate::table::retry::RetryPolicy>>,
     pub filters: Vec<Filter>,
     pub backends: Vec<ExplainBackend>,
     /// Problems loading the directory (the objects concerned are left out).
@@ -383,6 +386,7 @@ pub fn explain_table(table: &RouteTable, q: &ExplainQuery) -> Result<Explanation
         rule: None,
         matched: None,
         timeouts: None,
+        retry: None,
         filters: Vec::new(),
         backends: Vec::new(),
         warnings: Vec::new(),
@@ -439,6 +443,7 @@ pub fn explain_table(table: &RouteTable, q: &ExplainQuery) -> Result<Explanation
             x.rule = rule.route.as_ref().map(|_| rule.index);
             x.matched = rule.route.as_ref().map(|_| matched.clone());
             x.timeouts = Some(rule.timeouts);
+            x.retry = rule.retry.clone();
             x.filters = rule.filters.clone();
             x.message = match &rule.route {
                 None => "no routes attached: passthrough to the Service's own endpoints".into(),
@@ -563,6 +568,25 @@ impl Explanation {
                 },
                 fmt_d(t.backend_request)
             );
+        }
+        if let Some(r) = &self.retry {
+            let _ = writeln!(
+                out,
+                "retry limit={} codes={} backoff={}ms attemptTimeout={}",
+                r.limit,
+                if r.codes.is_empty() {
+                    "none".into()
+                } else {
+                    r.codes.to_string()
+                },
+                r.backoff.as_millis(),
+                r.attempt_timeout
+                    .map(|d| format!("{}ms", d.as_millis()))
+                    .unwrap_or_else(|| "none".into())
+            );
+            if let Some(h) = &r.hedge {
+                let _ = writeln!(out, "hedge delay={}ms max={}", h.delay.as_millis(), h.max);
+            }
         }
         for f in &self.filters {
             let _ = writeln!(

@@ -78,10 +78,50 @@ pub fn ours() -> Vec<CustomResourceDefinition> {
 /// The gateway.networking.k8s.io HTTPRoute CRD, ready for a real API server, with upstream's
 /// validation of the fields meshroute acts on (bounds, durations, backendRequest ≤ request).
 pub fn gateway_httproute() -> CustomResourceDefinition {
-    let mut crd = crate::model::GatewayHttpRoute::crd();
+    let mut crd = gateway_api::apis::standard::httproutes::HttpRoute::crd();
     approve(&mut crd);
-    harden_route(&mut crd, httproute_rules);
+    harden_route(&mut crd, |v, rules| {
+        httproute_rules(v, rules);
+        retry_field(v, rules);
+    });
     crd
+}
+
+/// GEP-1731 `rules[].retry` (experimental channel): meshroute acts on it, so the CRD it prints
+/// carries it — without it the API server would prune it from what users apply. Upstream's
+/// bounds (codes 400-599, a GEP-2257 backoff) and meshroute's own on `attempts` (0-10, what
+/// `check` accepts).
+fn retry_field(v: &mut Value, rules: &str) {
+    let pointer = format!("{rules}/items/properties");
+    let Some(props) = v.pointer_mut(&pointer).and_then(Value::as_object_mut) else {
+        return;
+    };
+    let max = crate::compile::retry::MAX_LIMIT;
+    props.insert(
+        "retry".into(),
+        json!({
+            "description": "Retry defines the configuration for when to retry an HTTP request (GEP-1731).",
+            "type": "object",
+            "properties": {
+                "attempts": {
+                    "description": "Attempts is the largest number of retries of one request.",
+                    "type": "integer",
+                    "minimum": 0,
+                    "maximum": max
+                },
+                "backoff": {
+                    "description": "Backoff is the least wait between attempts.",
+                    "type": "string",
+                    "pattern": DURATION_PATTERN
+                },
+                "codes": {
+                    "description": "Codes are the response status codes that are retried.",
+                    "type": "array",
+                    "items": {"type": "integer", "minimum": 400, "maximum": 599}
+                }
+            }
+        }),
+    );
 }
 
 /// The gateway.networking.k8s.io GRPCRoute CRD, ready for a real API server, with upstream's
@@ -173,4 +213,49 @@ pub fn to_yaml(crds: &[CustomResourceDefinition]) -> String {
         .map(|d| serde_saphyr::to_string(&d).unwrap_or_default())
         .collect::<Vec<_>>()
         .join("---\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule_props(crd: &CustomResourceDefinition) -> Vec<Value> {
+        crd.spec
+            .versions
+            .iter()
+            .map(|v| {
+                let schema = serde_json::to_value(&v.schema).unwrap();
+                schema
+                    .pointer("/openAPIV3Schema/properties/spec/properties/rules/items/properties")
+                    .cloned()
+                    .unwrap_or(Value::Null)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn gateway_httproute_crd_carries_retry_with_its_bounds_in_every_version() {
+        let crd = gateway_httproute();
+        let props = rule_props(&crd);
+        assert!(!props.is_empty());
+        for p in props {
+            let retry = &p["retry"]["properties"];
+            // The typed schema holds bounds as floats.
+            assert_eq!(retry["codes"]["items"]["minimum"], 400.0, "{p}");
+            assert_eq!(retry["codes"]["items"]["maximum"], 599.0);
+            assert_eq!(retry["attempts"]["minimum"], 0.0);
+            assert_eq!(retry["backoff"]["pattern"], DURATION_PATTERN);
+            // Still the standard channel otherwise.
+            assert!(p.get("sessionPersistence").is_none());
+        }
+    }
+
+    #[test]
+    fn linkerd_httproute_crd_has_no_retry_field() {
+        // Linkerd reads retries from annotations only; its CRD stays as Linkerd ships it.
+        let ours = ours();
+        for p in rule_props(&ours[0]) {
+            assert!(p.get("retry").is_none(), "{p}");
+        }
+    }
 }

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::compile::validate::{admit, AdmittedRoute, FieldError};
-use crate::model::{HttpRouteGroup, Object, ObjectKey};
+use crate::model::{BackendTrafficPolicy, HttpRouteGroup, Object, ObjectKey};
 
 /// `(namespace, name)`.
 pub type NsName = (String, String);
@@ -20,6 +20,8 @@ pub struct Index {
     pub slices: BTreeMap<NsName, EndpointSlice>,
     pub endpoints: BTreeMap<NsName, Endpoints>,
     pub groups: BTreeMap<NsName, HttpRouteGroup>,
+    /// XBackendTrafficPolicies (retry budgets of the Services they target).
+    pub backend_policies: BTreeMap<NsName, BackendTrafficPolicy>,
     pub routes: BTreeMap<ObjectKey, AdmittedRoute>,
     /// Linked clusters by name: their exported Services and EndpointSlices (nothing else is
     /// read from them). A cluster is present once linked, even before it has listed.
@@ -53,6 +55,9 @@ impl Index {
             Object::HttpRouteGroup(g) => {
                 self.groups.insert(nn, *g);
             }
+            Object::BackendTrafficPolicy(p) => {
+                self.backend_policies.insert(nn, *p);
+            }
             Object::GatewayHttpRoute(_)
             | Object::GatewayGrpcRoute(_)
             | Object::LinkerdHttpRoute(_)
@@ -76,6 +81,9 @@ impl Index {
             }
             (_, "HTTPRouteGroup") => {
                 self.groups.remove(&nn);
+            }
+            (_, "XBackendTrafficPolicy") => {
+                self.backend_policies.remove(&nn);
             }
             _ => {
                 self.routes.remove(key);

@@ -129,6 +129,12 @@ pub struct Metrics {
     registry: Registry,
     route_duration: Family<RouteLabels, AtomicHistogram>,
     route_statuses: Family<StatusLabels, Counter>,
+    retry_requests: Family<RouteLabels, Counter>,
+    retry_successes: Family<RouteLabels, Counter>,
+    retry_limit_exceeded: Family<RouteLabels, Counter>,
+    retry_overflow: Family<RouteLabels, Counter>,
+    hedge_requests: Family<RouteLabels, Counter>,
+    hedge_wins: Family<RouteLabels, Counter>,
     backend_requests: Family<BackendLabels, Counter>,
     backend_duration: Family<BackendLabels, AtomicHistogram>,
     endpoints_ready: Family<ServiceLabels, Gauge>,
@@ -252,6 +258,12 @@ impl Metrics {
             registry: Registry::default(),
             route_duration: Family::default(),
             route_statuses: Family::default(),
+            retry_requests: Family::default(),
+            retry_successes: Family::default(),
+            retry_limit_exceeded: Family::default(),
+            retry_overflow: Family::default(),
+            hedge_requests: Family::default(),
+            hedge_wins: Family::default(),
             backend_requests: Family::default(),
             backend_duration: Family::default(),
             endpoints_ready: Family::default(),
@@ -280,6 +292,36 @@ impl Metrics {
             "outbound_http_route_request_statuses",
             "Completed requests per route, by HTTP status and proxy error",
             m.route_statuses.clone(),
+        );
+        r.register(
+            "outbound_http_route_retry_requests",
+            "Retries sent, per route (first attempts not included)",
+            m.retry_requests.clone(),
+        );
+        r.register(
+            "outbound_http_route_retry_successes",
+            "Requests answered without a retryable failure after at least one retry",
+            m.retry_successes.clone(),
+        );
+        r.register(
+            "outbound_http_route_retry_limit_exceeded",
+            "Retryable failures answered as they were because the rule's retry limit was reached",
+            m.retry_limit_exceeded.clone(),
+        );
+        r.register(
+            "outbound_http_route_retry_overflow",
+            "Retryable failures not retried because the backend's retry budget was spent or the request body was too large to replay",
+            m.retry_overflow.clone(),
+        );
+        r.register(
+            "outbound_http_route_hedge_requests",
+            "Hedged attempts sent (meshroute.dev/hedge), per route",
+            m.hedge_requests.clone(),
+        );
+        r.register(
+            "outbound_http_route_hedge_wins",
+            "Requests answered by a hedged attempt rather than the first, per route",
+            m.hedge_wins.clone(),
         );
         r.register(
             "outbound_http_route_backend_requests",
@@ -399,7 +441,11 @@ impl Metrics {
                         continue;
                     }
                     let labels = route_labels(parent, rule);
-                    routes.insert(key, Arc::new(self.route_handles(labels.clone())));
+                    let mut handles = self.route_handles(labels.clone());
+                    if rule.retry.is_some() {
+                        handles.retry = Some(self.retry_handles(&labels));
+                    }
+                    routes.insert(key, Arc::new(handles));
                     for b in rule.backends.iter() {
                         let handles = self.backend_handles(&labels, b);
                         backends.insert((ptr(&**parent), ptr(b)), Arc::new(handles));
@@ -435,6 +481,18 @@ impl Metrics {
             ok: (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect(),
             statuses: self.route_statuses.clone(),
             labels,
+            retry: None,
+        }
+    }
+
+    fn retry_handles(&self, labels: &RouteLabels) -> RetryMetrics {
+        RetryMetrics {
+            requests: self.retry_requests.get_or_create_owned(labels),
+            successes: self.retry_successes.get_or_create_owned(labels),
+            limit_exceeded: self.retry_limit_exceeded.get_or_create_owned(labels),
+            overflow: self.retry_overflow.get_or_create_owned(labels),
+            hedges: self.hedge_requests.get_or_create_owned(labels),
+            hedge_wins: self.hedge_wins.get_or_create_owned(labels),
         }
     }
 
@@ -497,6 +555,19 @@ pub struct RouteMetrics {
     /// Counter handles for error-free responses, by `status - 100`, created on first use.
     ok: Box<[OnceLock<Counter>]>,
     statuses: Family<StatusLabels, Counter>,
+    /// Linkerd's retry families; only for rules that retry.
+    pub retry: Option<RetryMetrics>,
+}
+
+/// `outbound_http_route_retry_*_total` of one route.
+#[derive(Debug)]
+pub struct RetryMetrics {
+    pub requests: Counter,
+    pub successes: Counter,
+    pub limit_exceeded: Counter,
+    pub overflow: Counter,
+    pub hedges: Counter,
+    pub hedge_wins: Counter,
 }
 
 impl RouteMetrics {

@@ -212,3 +212,29 @@ fn explain_exits_1_when_the_request_would_not_be_routed() {
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["outcome"], "no-route");
 }
+
+#[test]
+fn the_retry_policy_of_the_matched_rule_is_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("web.yaml"),
+        "\
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+  annotations: {retry.linkerd.io/http: gateway-error, retry.linkerd.io/timeout: 250ms}
+spec: {ports: [{port: 80}]}
+",
+    )
+    .unwrap();
+    let x = explain(dir.path(), "web.shop", "/");
+    let text = x.to_text();
+    assert!(
+        text.contains("retry limit=1 codes=502-504 backoff=0ms attemptTimeout=250ms"),
+        "{text}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&x.to_json()).unwrap();
+    assert_eq!(v["retry"]["codes"], "502-504", "{v}");
+}

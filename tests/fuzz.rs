@@ -868,6 +868,12 @@ fn to_value(o: &Object) -> serde_json::Value {
         Object::Service(s) => serde_json::to_value(&**s),
         Object::EndpointSlice(s) => serde_json::to_value(&**s),
         Object::Endpoints(e) => serde_json::to_value(&**e),
+        Object::BackendTrafficPolicy(p) => Ok(serde_json::json!({
+            "apiVersion": "gateway.networking.x-k8s.io/v1alpha1",
+            "kind": "XBackendTrafficPolicy",
+            "metadata": p.metadata,
+            "spec": p.spec,
+        })),
     };
     without_nulls(v.expect("objects serialize"))
 }

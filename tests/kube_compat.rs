@@ -237,6 +237,38 @@ spec:
         )
         .await;
     assert!(zero.ok, "{}", zero.stderr);
+
+    // GEP-1731 `retry` is in the printed schema: kept as written, bad codes refused.
+    let with_retry = |name: &str, codes: &str| {
+        format!(
+            "{}    retry: {{codes: {codes}, attempts: 2, backoff: 100ms}}\n",
+            route(name, "{request: 5s}", 1)
+        )
+    };
+    k.apply(&with_retry("retrying", "[503]")).await;
+    let got = k
+        .get_json(&[
+            "httproutes.gateway.networking.k8s.io",
+            "retrying",
+            "-n",
+            &ns,
+        ])
+        .await;
+    assert_eq!(
+        got["spec"]["rules"][0]["retry"],
+        json!({"codes": [503], "attempts": 2, "backoff": "100ms"}),
+        "retry pruned: {got}"
+    );
+    let bad = k
+        .arun(&["apply", "-f", "-"], &with_retry("bad-retry", "[99]"))
+        .await;
+    assert!(!bad.ok, "a retry code of 99 was accepted");
+    assert!(
+        bad.stderr
+            .contains("should be greater than or equal to 400"),
+        "{}",
+        bad.stderr
+    );
 }
 
 async fn wait_for<T>(what: &str, secs: u64, mut f: impl AsyncFnMut() -> Option<T>) -> T {

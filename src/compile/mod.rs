@@ -2,7 +2,9 @@
 //! resolves backends to endpoints, orders matches by precedence and computes each route's
 //! status. Pure and deterministic: the same objects in any order give the same table.
 
+pub mod accrual;
 pub mod publish;
+pub mod retry;
 pub mod status;
 pub mod validate;
 
@@ -91,6 +93,7 @@ pub fn compile(index: &Index, opts: &CompileOptions, prev: Option<&RouteTable>) 
         key_buf: String::new(),
         endpoints: endpoints_by_service(index),
         failover: false,
+        service_retry: None,
         remote_endpoints: index
             .remote
             .iter()
@@ -163,6 +166,9 @@ pub fn compile(index: &Index, opts: &CompileOptions, prev: Option<&RouteTable>) 
                     continue;
                 }
             };
+            cx.service_retry = index
+                .service(&parent.namespace, &parent.name)
+                .and_then(retry::for_service);
             let mut problems: Vec<(&'static str, String)> = Vec::new();
             let mut dropped: Vec<String> = rules.dropped.clone();
             let mut kept = 0usize;
@@ -268,6 +274,7 @@ pub fn compile(index: &Index, opts: &CompileOptions, prev: Option<&RouteTable>) 
     }
 
     let mut table = RouteTable::new(&opts.cluster_domain);
+    table.retry_budgets = retry::budgets(index);
     // Every Service port is a parent; those with accepted routes get their rules, the rest
     // pass through to their own endpoints.
     for ((ns, name), svc) in &index.services {
@@ -303,6 +310,7 @@ pub fn compile(index: &Index, opts: &CompileOptions, prev: Option<&RouteTable>) 
                             filters: vec![],
                         }]),
                         timeouts: Default::default(),
+                        retry: retry::for_service(svc),
                     };
                     vec![(RequestMatch::default(), Arc::new(rule))]
                 }
@@ -464,6 +472,7 @@ fn expand_rules<'a>(index: &Index, route: &'a AdmittedRoute) -> ExpandedRules<'a
                     filters: vec![],
                 }],
                 timeouts: Default::default(),
+                retry: None,
             })));
             out.index.push(route.rules.len());
         }
@@ -623,6 +632,8 @@ struct Cx<'a> {
     endpoints: HashMap<(String, String), ServiceEndpoints>,
     /// The route being compiled has linkerd-failover's annotation ([`fail_over`]).
     failover: bool,
+    /// Retry policy of the parent Service being compiled (Linkerd's annotations on it).
+    service_retry: Option<Arc<crate::table::retry::RetryPolicy>>,
     /// Per linked cluster, as `endpoints`.
     remote_endpoints: HashMap<String, HashMap<(String, String), ServiceEndpoints>>,
 }
@@ -683,6 +694,7 @@ impl Cx<'_> {
             filters,
             backends: WeightedBackends::new(backends),
             timeouts: spec.timeouts,
+            retry: spec.retry.clone().or_else(|| self.service_retry.clone()),
         })
     }
 
@@ -961,6 +973,7 @@ impl Cx<'_> {
             protocol,
             endpoints,
             ready,
+            accrual: accrual::for_service(svc),
         }))
     }
 }

@@ -1026,6 +1026,7 @@ fn failover_math() {
                     load: Default::default(),
                 }],
                 ready: if ready { vec![0] } else { vec![] },
+                accrual: Default::default(),
             })),
             filters: vec![],
         }

@@ -118,6 +118,9 @@ pub struct RuleSpec {
     pub filters: Vec<FilterSpec>,
     pub backends: Vec<BackendRefSpec>,
     pub timeouts: Timeouts,
+    /// The rule's own retry policy (its `retry` field or its route's Linkerd annotations);
+    /// `None` leaves it to the parent Service's annotations ([`super::retry`]).
+    pub retry: Option<std::sync::Arc<crate::table::retry::RetryPolicy>>,
 }
 
 /// A route-like object that passed admission, in the common rule model.
@@ -172,10 +175,20 @@ pub fn admit(obj: &Object) -> Result<Option<AdmittedRoute>, Vec<FieldError>> {
     };
     let route = match obj {
         Object::GatewayHttpRoute(r) => {
-            admit_httproute(base, RouteKind::Gateway, &r.spec, &mut errors)
+            let retry = RouteRetry {
+                rules: &r.retries,
+                annotations: meta.annotations.as_ref(),
+            };
+            admit_httproute(base, RouteKind::Gateway, &r.spec, retry, &mut errors)
         }
         Object::LinkerdHttpRoute(r) => match linkerd_as_gateway(r) {
-            Ok(spec) => admit_httproute(base, RouteKind::Linkerd, &spec, &mut errors),
+            Ok(spec) => {
+                let retry = RouteRetry {
+                    rules: &[],
+                    annotations: meta.annotations.as_ref(),
+                };
+                admit_httproute(base, RouteKind::Linkerd, &spec, retry, &mut errors)
+            }
             Err(e) => {
                 errors.push(e);
                 base
@@ -205,12 +218,27 @@ fn linkerd_as_gateway(r: &LinkerdHttpRoute) -> Result<gw::HttpRouteSpec, FieldEr
         .map_err(|e| err("spec", format!("cannot be read as an HTTPRoute: {e}")))
 }
 
+/// Where an HTTPRoute states retries: per rule (GEP-1731, gateway group only) and in its
+/// annotations (Linkerd's).
+struct RouteRetry<'a> {
+    rules: &'a [Option<model::GatewayRetry>],
+    annotations: Option<&'a std::collections::BTreeMap<String, String>>,
+}
+
 fn admit_httproute(
     mut route: AdmittedRoute,
     kind: RouteKind,
     spec: &gw::HttpRouteSpec,
+    retry: RouteRetry<'_>,
     errors: &mut Vec<FieldError>,
 ) -> AdmittedRoute {
+    let route_retry = match super::retry::from_annotations(retry.annotations) {
+        Ok(p) => p,
+        Err(e) => {
+            errors.extend(e);
+            None
+        }
+    };
     route.kind = kind;
     let parents = spec.parent_refs.as_deref().unwrap_or_default();
     if parents.len() > 32 {
@@ -266,7 +294,17 @@ fn admit_httproute(
     for (i, rule) in rules.iter().enumerate() {
         let f = format!("spec.rules[{i}]");
         let before = errors.len();
-        let r = admit_rule(&f, kind, &route.namespace, rule, errors);
+        let mut r = admit_rule(&f, kind, &route.namespace, rule, errors);
+        r.retry = match retry.rules.get(i).and_then(Option::as_ref) {
+            Some(own) => super::retry::admit_gateway(&f, own, errors),
+            None => route_retry.clone(),
+        };
+        match super::retry::with_hedge(r.retry.take(), retry.annotations) {
+            Ok(p) => r.retry = p,
+            // Said once for the route, not per rule.
+            Err(e) if i == 0 => errors.push(e),
+            Err(_) => {}
+        }
         if errors.len() == before {
             route.rules.push(r);
         }
@@ -313,7 +351,11 @@ fn admit_grpcroute(
         }
     };
     let before = errors.len();
-    let mut route = admit_httproute(base, RouteKind::Grpc, &http, errors);
+    let retry = RouteRetry {
+        rules: &[],
+        annotations: None,
+    };
+    let mut route = admit_httproute(base, RouteKind::Grpc, &http, retry, errors);
     if errors.len() != before {
         return route;
     }
@@ -567,6 +609,7 @@ fn admit_rule(
         filters,
         backends,
         timeouts,
+        retry: None,
     }
 }
 
@@ -1339,6 +1382,7 @@ fn admit_split(
         filters: vec![],
         backends: refs,
         timeouts: Timeouts::default(),
+        retry: None,
     });
     route
 }

@@ -9,7 +9,62 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 pub use gateway_api::apis::standard::grpcroutes::GrpcRoute as GatewayGrpcRoute;
-pub use gateway_api::apis::standard::httproutes::HttpRoute as GatewayHttpRoute;
+/// GEP-1731 `rules[].retry` of a gateway.networking.k8s.io HTTPRoute (experimental channel;
+/// the same shape as upstream's `HTTPRouteRetry`).
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct GatewayRetry {
+    /// Retries after the first attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<i64>,
+    /// Least wait between attempts (GEP-2257 duration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<String>,
+    /// Response statuses that are retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codes: Option<Vec<i64>>,
+}
+
+/// A gateway.networking.k8s.io HTTPRoute: the standard channel's object plus each rule's
+/// GEP-1731 `retry` (experimental channel), which the standard types do not carry. The loader
+/// takes `spec.rules[i].retry` out of the document before decoding the rest, so one decoder
+/// serves file and Kubernetes mode. Derefs to the standard object.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GatewayHttpRoute {
+    pub route: gateway_api::apis::standard::httproutes::HttpRoute,
+    /// `retry` of `spec.rules[i]` at index `i`; shorter than the rules when the last have none.
+    pub retries: Vec<Option<GatewayRetry>>,
+}
+
+impl std::ops::Deref for GatewayHttpRoute {
+    type Target = gateway_api::apis::standard::httproutes::HttpRoute;
+    fn deref(&self) -> &Self::Target {
+        &self.route
+    }
+}
+
+impl GatewayHttpRoute {
+    /// The retry of rule `i`, if it has one.
+    pub fn retry(&self, i: usize) -> Option<&GatewayRetry> {
+        self.retries.get(i).and_then(Option::as_ref)
+    }
+}
+
+/// Serialized as the manifest would say it: the standard object with each `retry` put back.
+impl serde::Serialize for GatewayHttpRoute {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error;
+        let mut v = serde_json::to_value(&self.route).map_err(S::Error::custom)?;
+        if let Some(rules) = v.pointer_mut("/spec/rules").and_then(|r| r.as_array_mut()) {
+            for (rule, retry) in rules.iter_mut().zip(&self.retries) {
+                if let (Some(obj), Some(retry)) = (rule.as_object_mut(), retry) {
+                    let retry = serde_json::to_value(retry).map_err(S::Error::custom)?;
+                    obj.insert("retry".into(), retry);
+                }
+            }
+        }
+        v.serialize(s)
+    }
+}
 
 /// A policy.linkerd.io HTTPRoute of any served version.
 #[derive(Clone, Debug, PartialEq)]
@@ -37,6 +92,55 @@ pub struct HttpRouteGroup {
     pub spec: smi::group_v1alpha4::HttpRouteGroupSpec,
 }
 
+/// A gateway.networking.x-k8s.io/v1alpha1 XBackendTrafficPolicy (Gateway API experimental):
+/// meshroute reads its `retryConstraint`, the retry budget of the Services it targets.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
+pub struct BackendTrafficPolicy {
+    pub metadata: ObjectMeta,
+    pub spec: BackendTrafficPolicySpec,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendTrafficPolicySpec {
+    pub target_refs: Vec<PolicyTargetRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_constraint: Option<RetryConstraint>,
+}
+
+/// A LocalPolicyTargetReference: an object in the policy's namespace.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct PolicyTargetRef {
+    pub group: String,
+    pub kind: String,
+    pub name: String,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryConstraint {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<RetryBudgetSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_retry_rate: Option<RequestRate>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct RetryBudgetSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct RequestRate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+}
+
 /// Every kind of object meshroute understands.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
@@ -45,6 +149,7 @@ pub enum Object {
     LinkerdHttpRoute(Box<LinkerdHttpRoute>),
     TrafficSplit(Box<TrafficSplit>),
     HttpRouteGroup(Box<HttpRouteGroup>),
+    BackendTrafficPolicy(Box<BackendTrafficPolicy>),
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
     Endpoints(Box<Endpoints>),
@@ -71,6 +176,7 @@ impl std::fmt::Display for ObjectKey {
 }
 
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+pub const GATEWAY_X_GROUP: &str = "gateway.networking.x-k8s.io";
 pub const LINKERD_GROUP: &str = "policy.linkerd.io";
 pub const SPLIT_GROUP: &str = "split.smi-spec.io";
 pub const SPECS_GROUP: &str = "specs.smi-spec.io";
@@ -122,6 +228,7 @@ impl Object {
             Object::LinkerdHttpRoute(r) => r.metadata(),
             Object::TrafficSplit(t) => t.metadata(),
             Object::HttpRouteGroup(g) => &g.metadata,
+            Object::BackendTrafficPolicy(p) => &p.metadata,
             Object::Service(s) => &s.metadata,
             Object::EndpointSlice(s) => &s.metadata,
             Object::Endpoints(e) => &e.metadata,
@@ -135,6 +242,7 @@ impl Object {
             Object::LinkerdHttpRoute(_) => (LINKERD_GROUP, "HTTPRoute"),
             Object::TrafficSplit(_) => (SPLIT_GROUP, "TrafficSplit"),
             Object::HttpRouteGroup(_) => (SPECS_GROUP, "HTTPRouteGroup"),
+            Object::BackendTrafficPolicy(_) => (GATEWAY_X_GROUP, "XBackendTrafficPolicy"),
             Object::Service(_) => ("", "Service"),
             Object::EndpointSlice(_) => (DISCOVERY_GROUP, "EndpointSlice"),
             Object::Endpoints(_) => ("", "Endpoints"),
@@ -150,6 +258,7 @@ impl Object {
             Object::LinkerdHttpRoute(r) => format!("{LINKERD_GROUP}/{}", r.version()),
             Object::TrafficSplit(t) => format!("{SPLIT_GROUP}/{}", t.version()),
             Object::HttpRouteGroup(g) => g.api_version.clone(),
+            Object::BackendTrafficPolicy(_) => format!("{GATEWAY_X_GROUP}/v1alpha1"),
             Object::Service(_) | Object::Endpoints(_) => "v1".into(),
             Object::EndpointSlice(_) => format!("{DISCOVERY_GROUP}/v1"),
         }

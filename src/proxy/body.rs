@@ -107,6 +107,122 @@ pub enum RequestBody {
         inner: Box<RequestBody>,
         idle: IdleTimer,
     },
+    /// A whole body kept for replay by retries ([`Replayable`]): the same bytes on every
+    /// attempt, cloned by reference count.
+    Buffered {
+        data: Option<Bytes>,
+        trailers: Option<http::HeaderMap>,
+    },
+    /// The client's body on its way to the first attempt of a rule that retries, recorded
+    /// for the next ones ([`Replayable`]).
+    Recording {
+        inner: Box<RequestBody>,
+        tape: Arc<std::sync::Mutex<Tape>>,
+    },
+}
+
+/// A request body as the retry path holds it. The first attempt streams the client's body as
+/// it arrives (nothing waits for the whole body, so a client that waits for the response
+/// before it finishes sending is never stuck) while a [`Tape`] keeps a copy of up to
+/// [`MAX_REPLAY_BODY`](crate::table::retry::MAX_REPLAY_BODY) bytes. A retry can resend the
+/// body only once the tape holds all of it.
+#[derive(Debug)]
+pub enum Replayable {
+    /// No body: every attempt sends none.
+    Empty,
+    /// Recorded while the first attempt streams it.
+    Recorded(Arc<std::sync::Mutex<Tape>>),
+    /// Announced larger than the limit: sent once, never recorded.
+    Once,
+}
+
+/// What a [`RequestBody::Recording`] saw of the client's body.
+#[derive(Debug, Default)]
+pub struct Tape {
+    data: Vec<Bytes>,
+    trailers: Option<http::HeaderMap>,
+    len: usize,
+    limit: usize,
+    /// The body ended cleanly and every byte is on the tape.
+    complete: bool,
+    /// Over the limit (or failed): the tape is useless.
+    spoiled: bool,
+}
+
+impl Tape {
+    fn record(&mut self, frame: &Frame<Bytes>) {
+        if self.spoiled {
+            return;
+        }
+        if let Some(d) = frame.data_ref() {
+            self.len += d.len();
+            if self.len > self.limit {
+                self.spoiled = true;
+                self.data = Vec::new();
+            } else if !d.is_empty() {
+                self.data.push(d.clone());
+            }
+        } else if let Some(t) = frame.trailers_ref() {
+            self.trailers = Some(t.clone());
+        }
+    }
+}
+
+impl Replayable {
+    /// The body for the first attempt, and what keeps it for retries.
+    pub fn record(body: RequestBody, limit: usize) -> (RequestBody, Replayable) {
+        if matches!(body, RequestBody::Empty) || body.is_end_stream() {
+            return (RequestBody::Empty, Replayable::Empty);
+        }
+        if body.size_hint().lower() > limit as u64 {
+            return (body, Replayable::Once);
+        }
+        let tape = Arc::new(std::sync::Mutex::new(Tape {
+            limit,
+            ..Tape::default()
+        }));
+        let recording = RequestBody::Recording {
+            inner: Box::new(body),
+            tape: tape.clone(),
+        };
+        (recording, Replayable::Recorded(tape))
+    }
+
+    /// The body for a retry; `None` when the body cannot be sent again (too large, or not
+    /// all of it was read by the attempt before).
+    pub fn for_retry(&self) -> Option<RequestBody> {
+        match self {
+            Replayable::Empty => Some(RequestBody::Empty),
+            Replayable::Once => None,
+            Replayable::Recorded(tape) => {
+                let t = tape.lock().unwrap_or_else(|e| e.into_inner());
+                if !t.complete || t.spoiled {
+                    return None;
+                }
+                let data = match t.data.len() {
+                    0 => None,
+                    1 => Some(t.data[0].clone()),
+                    _ => Some(Bytes::from(t.data.concat())),
+                };
+                Some(RequestBody::Buffered {
+                    data,
+                    trailers: t.trailers.clone(),
+                })
+            }
+        }
+    }
+
+    /// Whether a retry could be sent the whole body now.
+    pub fn replayable(&self) -> bool {
+        match self {
+            Replayable::Empty => true,
+            Replayable::Once => false,
+            Replayable::Recorded(tape) => {
+                let t = tape.lock().unwrap_or_else(|e| e.into_inner());
+                t.complete && !t.spoiled
+            }
+        }
+    }
 }
 
 /// Values of [`RequestBody::Watched`]'s `client_failed`.
@@ -200,6 +316,26 @@ impl Body for RequestBody {
                 }
                 Poll::Pending => Poll::Pending,
             },
+            RequestBody::Buffered { data, trailers } => match data.take() {
+                Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
+                None => Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t)))),
+            },
+            RequestBody::Recording { inner, tape } => {
+                let frame = ready!(Pin::new(&mut **inner).poll_frame(cx));
+                let mut t = tape.lock().unwrap_or_else(|e| e.into_inner());
+                match &frame {
+                    Some(Ok(f)) => {
+                        t.record(f);
+                        // Readers stop at `is_end_stream` without polling for the end.
+                        if inner.is_end_stream() {
+                            t.complete = true;
+                        }
+                    }
+                    Some(Err(_)) => t.spoiled = true,
+                    None => t.complete = true,
+                }
+                Poll::Ready(frame)
+            }
         }
     }
 
@@ -211,6 +347,8 @@ impl Body for RequestBody {
             RequestBody::Mirror { .. } => false,
             RequestBody::Watched { inner, .. } => inner.is_end_stream(),
             RequestBody::Timed { inner, .. } => inner.is_end_stream(),
+            RequestBody::Buffered { data, trailers } => data.is_none() && trailers.is_none(),
+            RequestBody::Recording { inner, .. } => inner.is_end_stream(),
         }
     }
 
@@ -222,6 +360,12 @@ impl Body for RequestBody {
             RequestBody::Mirror { .. } => SizeHint::default(),
             RequestBody::Watched { inner, .. } => inner.size_hint(),
             RequestBody::Timed { inner, .. } => inner.size_hint(),
+            RequestBody::Buffered { data, trailers } => match (data, trailers) {
+                (Some(d), None) => SizeHint::with_exact(d.len() as u64),
+                (None, None) => SizeHint::with_exact(0),
+                _ => SizeHint::default(),
+            },
+            RequestBody::Recording { inner, .. } => inner.size_hint(),
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::table::cors::Cors;
 use crate::table::{Filter, HeaderModifier, PathMatch, PathModifier, Redirect, RequestMatch};
 
 /// What request filters decided beyond editing the request in place.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct RequestEffects {
     /// Authority to send upstream instead of the client's (URLRewrite hostname).
     pub authority: Option<HeaderValue>,

@@ -20,16 +20,17 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::{Body, Incoming};
 use tokio::time::Instant;
 
+use super::attempt::{attempt, Outgoing, Sent};
 use super::body::{Completion, RequestBody, ResponseBody, UpstreamIncoming};
 use super::conns::{Open, Tracked};
 use super::error::{error_response, ProxyError};
 use super::filters::{self, RequestEffects};
-use super::pool::{self, EndpointPool};
+use super::pool::EndpointPool;
 use super::served::{AccessEntry, AccessStart, Served};
 use super::timeout::{self, Deadline};
 use super::{fast_rand, route, Live, Proxy};
 use crate::table::matching::RequestView;
-use crate::table::{BackendTarget, Filter, Lookup, ParentPort, Protocol};
+use crate::table::{Backend, BackendTarget, Filter, Lookup, ParentPort, Protocol, ServiceBackend};
 
 /// hyper service entry point: never fails; failures become responses. Binds the request to
 /// its parent Service right away (through the connection's [`ParentCache`]) and returns the
@@ -270,130 +271,132 @@ async fn serve(
         Err(e) => return fail(e, at),
     }
 
-    let Some(backend) = rule.backends.pick(fast_rand()) else {
-        return fail(ProxyError::NoBackends, at);
-    };
-    let svc = match &backend.target {
-        BackendTarget::Service(s) => s,
-        BackendTarget::Invalid { reason } => {
-            return fail(ProxyError::InvalidBackend(reason.clone()), at)
+    let fwd = match rule.retry.as_deref() {
+        // Without retries nothing is buffered or copied: one pick, one attempt.
+        None => {
+            let Some(backend) = rule.backends.pick(fast_rand()) else {
+                return fail(ProxyError::NoBackends, at);
+            };
+            let svc = match &backend.target {
+                BackendTarget::Service(s) => s,
+                BackendTarget::Invalid { reason } => {
+                    return fail(ProxyError::InvalidBackend(reason.clone()), at)
+                }
+            };
+            at.backend = Some(svc);
+            if !backend.filters.is_empty() {
+                match filters::apply_request(
+                    &backend.filters,
+                    &mut parts,
+                    matched,
+                    parent.port,
+                    &mut effects,
+                ) {
+                    Ok(None) => {}
+                    Ok(Some(rsp)) => return answered(rsp, at),
+                    Err(e) => return fail(e, at),
+                }
+            }
+
+            let mut body = if body.is_end_stream() {
+                RequestBody::Empty
+            } else {
+                RequestBody::Incoming(body)
+            };
+            if has_mirror(&rule.filters) || has_mirror(&backend.filters) {
+                send_mirrors(
+                    proxy,
+                    live,
+                    parent,
+                    rule.filters.iter().chain(&backend.filters),
+                    &parts,
+                    &mut body,
+                    rule.timeouts.request,
+                );
+            }
+
+            let client_body_timeout = proxy.config.client_body_timeout;
+            if !client_body_timeout.is_zero() && !matches!(body, RequestBody::Empty) {
+                body = RequestBody::Timed {
+                    inner: Box::new(body),
+                    idle: timeout::IdleTimer::new(client_body_timeout),
+                };
+            }
+
+            let Some(endpoint) = svc.pick_endpoint(fast_rand(), fast_rand(), accrual_now) else {
+                return fail(ProxyError::NoReadyEndpoint(svc.display_name()), at);
+            };
+            let authority = effects.authority.take().or_else(|| svc.authority.clone());
+            if let Err(e) = prepare_upstream(&mut parts, svc.protocol, authority) {
+                return fail(e, at);
+            }
+
+            let backend_metrics = live.metrics.backend(parent, backend);
+            if let Some(b) = backend_metrics {
+                b.requests.inc();
+            }
+            let dispatched = Instant::now();
+            let mut deadline = timeout::attempt_deadline(
+                &rule.timeouts,
+                proxy.config.default_request_timeout,
+                received,
+                dispatched,
+            )
+            .map(|(at, which)| Deadline::new(at, which));
+            // The common case (inline) keeps the head here and only lends it out, rather than moving
+            // it through every layer of futures.
+            let mut outgoing = Outgoing::new(parts, body, svc);
+            let sent =
+                match attempt(proxy, live, svc, endpoint, &mut outgoing, deadline.as_mut()).await {
+                    Ok(sent) => sent,
+                    Err((e, endpoint)) => return fail(e, at.at(endpoint.addr)),
+                };
+            Forwarded {
+                backend,
+                svc,
+                sent,
+                dispatched,
+                deadline,
+                backend_metrics,
+                effects,
+            }
+        }
+        Some(policy) => {
+            let request = super::retry::Request {
+                parts,
+                body,
+                effects,
+                matched,
+                received,
+            };
+            // Boxed: the retry loop's future is large, and unboxed it would grow the future
+            // of every request (hyper moves it around) whether it retries or not.
+            let retrying =
+                super::retry::forward(proxy, live, parent, rule, policy, request, &mut at);
+            match Box::pin(retrying).await {
+                Ok(fwd) => fwd,
+                Err(Failed::Error(e)) => return fail(e, at),
+                Err(Failed::Answered(rsp)) => return answered(*rsp, at),
+            }
         }
     };
-    at.backend = Some(svc);
-    if !backend.filters.is_empty() {
-        match filters::apply_request(
-            &backend.filters,
-            &mut parts,
-            matched,
-            parent.port,
-            &mut effects,
-        ) {
-            Ok(None) => {}
-            Ok(Some(rsp)) => return answered(rsp, at),
-            Err(e) => return fail(e, at),
-        }
-    }
-
-    let mut body = if body.is_end_stream() {
-        RequestBody::Empty
-    } else {
-        RequestBody::Incoming(body)
-    };
-    if has_mirror(&rule.filters) || has_mirror(&backend.filters) {
-        send_mirrors(
-            proxy,
-            live,
-            parent,
-            rule.filters.iter().chain(&backend.filters),
-            &parts,
-            &mut body,
-            rule.timeouts.request,
-        );
-    }
-
-    let client_body_timeout = proxy.config.client_body_timeout;
-    if !client_body_timeout.is_zero() && !matches!(body, RequestBody::Empty) {
-        body = RequestBody::Timed {
-            inner: Box::new(body),
-            idle: timeout::IdleTimer::new(client_body_timeout),
-        };
-    }
-
-    let Some(mut endpoint) = svc.pick_endpoint(fast_rand(), fast_rand(), accrual_now) else {
-        return fail(ProxyError::NoReadyEndpoint(svc.display_name()), at);
-    };
-    let authority = effects.authority.take().or_else(|| svc.authority.clone());
-    if let Err(e) = prepare_upstream(&mut parts, svc.protocol, authority) {
-        return fail(e, at);
-    }
-
-    let backend_metrics = live.metrics.backend(parent, backend);
-    if let Some(b) = backend_metrics {
-        b.requests.inc();
-    }
-    let dispatched = Instant::now();
-    let mut deadline = timeout::attempt_deadline(
-        &rule.timeouts,
-        proxy.config.default_request_timeout,
-        received,
+    let Forwarded {
+        backend,
+        svc,
+        sent,
         dispatched,
-    )
-    .map(|(at, which)| Deadline::new(at, which));
-    // The common case (inline) keeps the head here and only lends it out, rather than moving
-    // it through every layer of futures.
-    let mut outgoing = if pool::inline_eligible(&parts, &body, svc.protocol) {
-        Outgoing::Inline(parts)
-    } else {
-        Outgoing::Hyper(Some(Request::from_parts(parts, body)))
-    };
-    let mut attempts = 1;
-    let (rsp, conn, in_flight) = loop {
-        let pool = pool_for(proxy, live, endpoint.addr);
-        let in_flight = endpoint.load.start();
-        let sent = match &mut outgoing {
-            Outgoing::Inline(parts) => timeout::bounded(pool.send_inline(parts), deadline.as_mut())
-                .await
-                .map(|rsp| (rsp.map(UpstreamIncoming::Inline), None)),
-            Outgoing::Hyper(req) => {
-                let send = pool.send_hyper(req, svc.protocol);
-                Box::pin(timeout::bounded(send, deadline.as_mut())).await
-            }
-        };
-        let health = &endpoint.load.health;
-        match sent {
-            Ok((rsp, conn)) => {
-                health.success();
-                break (rsp, conn, in_flight);
-            }
-            Err(e @ (ProxyError::Connect { .. } | ProxyError::ConnectTimeout(_))) => {
-                if health.connect_failed(accrual_now()) {
-                    proxy.metrics.endpoint_ejections.inc();
-                    tracing::info!(addr = %endpoint.addr, error = %e, "endpoint ejected");
-                }
-                // Nothing was sent: another endpoint may take the request (the failed one is
-                // out of rotation now, so the pick avoids it unless every endpoint is out).
-                let unsent = !matches!(outgoing, Outgoing::Hyper(None));
-                let next = svc
-                    .pick_endpoint(fast_rand(), fast_rand(), accrual_now)
-                    .filter(|next| next.addr != endpoint.addr);
-                match next {
-                    Some(next) if unsent && attempts < MAX_CONNECT_ATTEMPTS => {
-                        attempts += 1;
-                        endpoint = next;
-                    }
-                    _ => return fail(e, at.at(endpoint.addr)),
-                }
-            }
-            Err(e @ ProxyError::Upstream { .. }) => {
-                if health.exchange_failed(accrual_now()) {
-                    proxy.metrics.endpoint_ejections.inc();
-                    tracing::info!(addr = %endpoint.addr, error = %e, "endpoint ejected");
-                }
-                return fail(e, at.at(endpoint.addr));
-            }
-            Err(e) => return fail(e, at.at(endpoint.addr)),
-        }
-    };
+        deadline,
+        backend_metrics,
+        mut effects,
+    } = fwd;
+    let Sent {
+        rsp,
+        conn,
+        in_flight,
+        endpoint,
+    } = sent;
+    // The backend that answered (a hedge may have won on another one).
+    at.backend = Some(svc);
 
     let (mut head, upstream_body) = rsp.into_parts();
     if matches!(upstream_body, UpstreamIncoming::Hyper(_)) {
@@ -436,18 +439,34 @@ async fn serve(
     )
 }
 
-/// A request on its way upstream: a bodiless HTTP/1.1 head for the inline client, or a whole
-/// request for hyper's, which takes it out once it has a connection.
-enum Outgoing {
-    Inline(Parts),
-    Hyper(Option<Request<RequestBody>>),
+/// What the single-attempt path or the retry loop hands back: the backend and endpoint that
+/// answered, with the response head and the deadline its body still runs under.
+pub(super) struct Forwarded<'t> {
+    pub backend: &'t Backend,
+    pub svc: &'t Arc<ServiceBackend>,
+    pub sent: Sent<'t>,
+    pub dispatched: Instant,
+    pub deadline: Option<Deadline>,
+    pub backend_metrics: Option<&'t Arc<crate::metrics::BackendMetrics>>,
+    pub effects: RequestEffects,
 }
 
-/// Endpoints one request may try when connecting fails (each failure ejects its endpoint).
-const MAX_CONNECT_ATTEMPTS: u32 = 3;
+/// How the retry loop ends without a response from an endpoint.
+pub(super) enum Failed {
+    /// A proxy error; the caller answers it ([`error_response`]).
+    Error(ProxyError),
+    /// A backend filter answered (RequestRedirect).
+    Answered(Box<Response<ResponseBody>>),
+}
+
+impl From<ProxyError> for Failed {
+    fn from(e: ProxyError) -> Failed {
+        Failed::Error(e)
+    }
+}
 
 /// The clock of failure accrual ([`crate::table::accrual`]): milliseconds since the first call.
-fn accrual_now() -> u64 {
+pub(super) fn accrual_now() -> u64 {
     static START: OnceLock<std::time::Instant> = OnceLock::new();
     let start = START.get_or_init(std::time::Instant::now);
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
@@ -470,7 +489,7 @@ fn unrouted(
     rsp
 }
 
-fn has_mirror(filters: &[Filter]) -> bool {
+pub(super) fn has_mirror(filters: &[Filter]) -> bool {
     filters
         .iter()
         .any(|f| matches!(f, Filter::RequestMirror(_)))
@@ -478,7 +497,11 @@ fn has_mirror(filters: &[Filter]) -> bool {
 
 /// The pool of an endpoint of the live table. An endpoint missing from the map (only possible
 /// for a request still running on a table older than the map) gets an unshared pool.
-fn pool_for(proxy: &Proxy, live: &Live, addr: std::net::SocketAddr) -> Arc<EndpointPool> {
+pub(super) fn pool_for(
+    proxy: &Proxy,
+    live: &Live,
+    addr: std::net::SocketAddr,
+) -> Arc<EndpointPool> {
     match live.pools.get(&addr) {
         Some(p) => p.clone(),
         None => Arc::new(EndpointPool::new(addr, proxy.config.pool_limits())),
@@ -577,7 +600,7 @@ fn remove_connection_options(headers: &mut HeaderMap) {
 
 /// Turn the client's request head into the head for an endpoint speaking `protocol`.
 /// `authority` replaces the client's authority (URLRewrite hostname, gateway-mode mirrors).
-fn prepare_upstream(
+pub(super) fn prepare_upstream(
     parts: &mut Parts,
     protocol: Protocol,
     authority: Option<HeaderValue>,
@@ -635,7 +658,7 @@ fn prepare_upstream(
 /// Fire the RequestMirror filters that win their fraction: each sends a copy of the request
 /// (teeing the body) to one ready endpoint of its backend and ignores the answer.
 #[allow(clippy::too_many_arguments)]
-fn send_mirrors<'a>(
+pub(super) fn send_mirrors<'a>(
     proxy: &Proxy,
     live: &Arc<Live>,
     parent: &ParentPort,

@@ -2,13 +2,17 @@
 //!
 //! Read top to bottom, a request goes [`server`] (accept, HTTP/1.1 or h2c, limits) →
 //! [`route`] (which authority) → table lookup → [`filters`] → weighted backend and P2C endpoint
-//! choice in [`forward`] → [`pool`] (upstream connections) under the deadlines of
-//! [`timeout`]; every proxy-made failure goes through [`error::error_response`].
+//! choice in [`forward`] → one [`attempt`] (the upstream seam: one endpoint, one deadline,
+//! a response head or a typed error) → [`pool`] (upstream connections) under the deadlines of
+//! [`timeout`]; every proxy-made failure goes through [`error::error_response`]. Rules with a
+//! retry policy go through [`retry`] instead of the single pick and attempt: bind → pick →
+//! attempt(s) → respond.
 //!
 //! The live table is published through an [`ArcSwap`]: a request loads it once and finishes on
 //! that table even if a new one is swapped in meanwhile. Publishing also resolves the metric
 //! handles of every route and carries the upstream connection pools over by endpoint address.
 
+pub mod attempt;
 pub mod body;
 pub mod conns;
 pub mod error;
@@ -18,6 +22,7 @@ pub mod h1;
 pub mod parse_errors;
 pub mod pool;
 pub mod ports;
+pub mod retry;
 pub mod route;
 pub mod served;
 pub mod server;
@@ -131,6 +136,8 @@ pub struct Live {
     pub(crate) parents: HashMap<usize, Arc<ParentPort>, BuildHasherDefault<PtrHasher>>,
     pub(crate) metrics: TableMetrics,
     pub(crate) pools: Pools,
+    /// Retry budgets of the backends of rules that retry ([`retry`]).
+    pub(crate) budgets: retry::Budgets,
 }
 
 /// Shared state of the proxy: the live table, metrics and configuration.
@@ -151,6 +158,7 @@ impl Proxy {
             parents: HashMap::default(),
             metrics: TableMetrics::default(),
             pools: Pools::default(),
+            budgets: retry::Budgets::default(),
         };
         Arc::new(Proxy {
             live: ArcSwap::from_pointee(live),
@@ -174,6 +182,7 @@ impl Proxy {
             endpoint_addrs(&table),
             self.config.pool_limits(),
         );
+        let budgets = retry::carry_over_budgets(&prev.budgets, &table);
         let parents = table
             .services()
             .flat_map(|s| s.ports.iter())
@@ -184,6 +193,7 @@ impl Proxy {
             parents,
             metrics,
             pools,
+            budgets,
         }));
         self.metrics
             .table_generation

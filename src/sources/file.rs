@@ -509,10 +509,50 @@ fn experimental_gateway_field(path: &str) -> Option<&'static str> {
     let last = path.rsplit('.').next()?;
     let in_rule = path.starts_with("spec.rules[");
     match last {
-        "retry" if in_rule => Some("retry"),
         "sessionPersistence" if in_rule => Some("sessionPersistence"),
         _ => None,
     }
+}
+
+/// Take each rule's GEP-1731 `retry` out of a gateway.networking.k8s.io HTTPRoute document
+/// and decode it with the experimental channel's type (the standard type the rest of the
+/// route decodes into has no such field). Errors keep their full field path.
+fn take_retries(
+    doc: &mut Value,
+    strictness: Strictness,
+) -> Result<Vec<Option<model::GatewayRetry>>, Fault> {
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        spec: Spec,
+    }
+    #[derive(serde::Deserialize)]
+    struct Spec {
+        rules: Vec<Rule>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Rule {
+        retry: Option<model::GatewayRetry>,
+    }
+    let Some(rules) = doc.pointer_mut("/spec/rules").and_then(Value::as_array_mut) else {
+        return Ok(Vec::new());
+    };
+    let mut taken = Vec::with_capacity(rules.len());
+    let mut any = false;
+    for rule in rules.iter_mut() {
+        let retry = rule.as_object_mut().and_then(|r| r.remove("retry"));
+        any |= retry.is_some();
+        let mut slot = serde_json::Map::new();
+        if let Some(r) = retry {
+            slot.insert("retry".into(), r);
+        }
+        taken.push(Value::Object(slot));
+    }
+    if !any {
+        return Ok(Vec::new());
+    }
+    let shaped = serde_json::json!({"spec": {"rules": taken}});
+    let decoded: Doc = typed(shaped, strictness)?;
+    Ok(decoded.spec.rules.into_iter().map(|r| r.retry).collect())
 }
 
 /// A decode failure: the path that locates it, and the message. `message` names its own
@@ -648,9 +688,12 @@ fn decode_with(
     let st = strictness;
     let object = match (api_version.as_str(), kind.as_str()) {
         ("gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1", "HTTPRoute") => {
-            Object::GatewayHttpRoute(Box::new(
-                typed::<model::GatewayHttpRoute>(doc, st).map_err(fail)?,
-            ))
+            let mut doc = doc;
+            let retries = take_retries(&mut doc, st).map_err(fail)?;
+            Object::GatewayHttpRoute(Box::new(model::GatewayHttpRoute {
+                route: typed(doc, st).map_err(fail)?,
+                retries,
+            }))
         }
         ("gateway.networking.k8s.io/v1", "GRPCRoute") => Object::GatewayGrpcRoute(Box::new(
             typed::<model::GatewayGrpcRoute>(doc, st).map_err(fail)?,
@@ -696,6 +739,18 @@ fn decode_with(
                 metadata: g.metadata,
                 spec: g.spec,
             }))
+        }
+        ("gateway.networking.x-k8s.io/v1alpha1", "XBackendTrafficPolicy") => {
+            let p: model::BackendTrafficPolicy = typed(doc, st).map_err(fail)?;
+            if let Err(errors) = crate::compile::retry::admit_budget(&p) {
+                let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+                return Err(fail(Fault {
+                    path: errors[0].field.clone(),
+                    message: text.join("; "),
+                    named: true,
+                }));
+            }
+            Object::BackendTrafficPolicy(Box::new(p))
         }
         ("v1", "Service") => Object::Service(Box::new(typed(doc, st).map_err(fail)?)),
         ("v1", "Endpoints") => Object::Endpoints(Box::new(typed(doc, st).map_err(fail)?)),
@@ -838,13 +893,38 @@ mod tests {
 
     #[test]
     fn experimental_gateway_fields_are_named_as_such() {
-        let y = format!("{ROUTE_HEAD}spec:\n  rules:\n  - retry: {{attempts: 2}}\n");
+        let y =
+            format!("{ROUTE_HEAD}spec:\n  rules:\n  - sessionPersistence: {{sessionName: s}}\n");
         let e = parse(&y).remove(0).unwrap_err().to_string();
         assert!(
             e.contains("t.yaml:8:5:")
                 && e.contains(
-                    "spec.rules[0].retry: field \"retry\" is in Gateway API's experimental channel"
+                    "spec.rules[0].sessionPersistence: field \"sessionPersistence\" is in Gateway API's experimental channel"
                 ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn gateway_retry_is_read_with_the_rule_it_belongs_to() {
+        let y = format!(
+            "{ROUTE_HEAD}spec:\n  rules:\n  - {{}}\n  - retry: {{attempts: 2, codes: [503]}}\n"
+        );
+        let loaded = parse(&y).remove(0).unwrap();
+        let Object::GatewayHttpRoute(r) = &loaded.object else {
+            panic!("{:?}", loaded.object);
+        };
+        assert!(r.retry(0).is_none());
+        assert_eq!(r.retry(1).and_then(|r| r.attempts), Some(2));
+        // Serialized as written, retry included (what kube mode and `to_value` see).
+        let v = serde_json::to_value(&**r).unwrap();
+        assert_eq!(v["spec"]["rules"][1]["retry"]["codes"][0], 503);
+        assert!(v["spec"]["rules"][0].get("retry").is_none());
+
+        let y = format!("{ROUTE_HEAD}spec:\n  rules:\n  - retry: {{attempts: two}}\n");
+        let e = parse(&y).remove(0).unwrap_err().to_string();
+        assert!(
+            e.contains("t.yaml:8:") && e.contains("spec.rules[0].retry.attempts"),
             "{e}"
         );
     }

@@ -22,6 +22,8 @@ pub struct TableDigest {
     order: BTreeMap<String, Vec<(String, usize)>>,
     /// Listener port → its parent port (transparent serving).
     local_ports: BTreeMap<u16, String>,
+    /// Retry budgets from XBackendTrafficPolicies, by Service.
+    retry_budgets: BTreeMap<String, super::retry::BudgetConfig>,
 }
 
 /// The difference between two digests, by object label; each list is sorted.
@@ -36,6 +38,8 @@ pub struct TableChanges {
     pub cluster_domain: bool,
     /// Listener ports were allocated, released or moved to another parent.
     pub local_ports: bool,
+    /// Retry budgets (XBackendTrafficPolicy) changed.
+    pub retry_budgets: bool,
 }
 
 impl TableDigest {
@@ -43,6 +47,7 @@ impl TableDigest {
         let mut d = TableDigest {
             cluster_domain: table.cluster_domain.clone(),
             local_ports: table.local_port_map(),
+            retry_budgets: table.retry_budgets.clone(),
             ..TableDigest::default()
         };
         for svc in table.services() {
@@ -84,6 +89,7 @@ impl TableDigest {
         let mut c = TableChanges {
             cluster_domain: self.cluster_domain != new.cluster_domain,
             local_ports: self.local_ports != new.local_ports,
+            retry_budgets: self.retry_budgets != new.retry_budgets,
             ..TableChanges::default()
         };
         for (label, entries) in &new.objects {
@@ -126,6 +132,7 @@ impl TableChanges {
             && self.reordered.is_empty()
             && !self.cluster_domain
             && !self.local_ports
+            && !self.retry_budgets
     }
 }
 
@@ -151,6 +158,10 @@ impl std::fmt::Display for TableChanges {
         }
         if self.local_ports {
             write!(f, "{sep}parent listener ports changed")?;
+            sep = "; ";
+        }
+        if self.retry_budgets {
+            write!(f, "{sep}retry budgets changed")?;
         }
         Ok(())
     }

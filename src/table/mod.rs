@@ -10,6 +10,7 @@ pub mod accrual;
 pub mod cors;
 pub mod diff;
 pub mod matching;
+pub mod retry;
 pub mod weighted;
 
 use std::collections::HashMap;
@@ -43,6 +44,10 @@ pub struct RouteTable {
     /// whatever its `Host`.
     #[serde(serialize_with = "ser_local_ports")]
     local_ports: HashMap<u16, Arc<ParentPort>>,
+    /// Retry budgets set by XBackendTrafficPolicies, by backend Service `namespace/name`;
+    /// other Services get [`retry::BudgetConfig::default`].
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub retry_budgets: std::collections::BTreeMap<String, retry::BudgetConfig>,
 }
 
 /// One Service that requests can be addressed to.
@@ -86,6 +91,9 @@ pub struct Rule {
     pub filters: Vec<Filter>,
     pub backends: WeightedBackends,
     pub timeouts: Timeouts,
+    /// How the rule retries ([`retry`]); `None`: every request gets one attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Arc<retry::RetryPolicy>>,
 }
 
 /// GEP-1742 timeouts; `None` means disabled (absent or `0s`).
@@ -145,6 +153,9 @@ pub struct ServiceBackend {
     /// Indices into `endpoints` of the ready ones: the only ones that take traffic.
     #[serde(skip)]
     pub ready: Vec<usize>,
+    /// How its endpoints are ejected ([`accrual`]); Linkerd's annotations on the Service.
+    #[serde(skip_serializing_if = "accrual::AccrualConfig::is_default")]
+    pub accrual: accrual::AccrualConfig,
 }
 
 impl ServiceBackend {
@@ -159,6 +170,7 @@ impl ServiceBackend {
             protocol,
             endpoints: self.endpoints.clone(),
             ready: self.ready.clone(),
+            accrual: self.accrual,
         }
     }
 }
@@ -295,6 +307,7 @@ impl RouteTable {
             cluster_domain: cluster_domain.to_ascii_lowercase(),
             services: HashMap::new(),
             local_ports: HashMap::new(),
+            retry_budgets: Default::default(),
         }
     }
 
@@ -469,18 +482,18 @@ impl ServiceBackend {
             j += 1;
         }
         let b = &self.endpoints[self.ready[j]];
-        match a.load.health.admit(&now) {
+        match a.load.health.admit_with(&now, &self.accrual) {
             Admit::Probe => return Some(a),
             Admit::Yes => {
-                return Some(match b.load.health.admit(&now) {
-                    Admit::Yes if b.load.in_flight() < a.load.in_flight() => b,
+                return Some(match b.load.health.admit_with(&now, &self.accrual) {
+                    Admit::Yes if accrual::prefer(b, a, &now) => b,
                     Admit::Probe => b,
                     _ => a,
                 })
             }
             Admit::No => {}
         }
-        if b.load.health.admit(&now) != Admit::No {
+        if b.load.health.admit_with(&now, &self.accrual) != Admit::No {
             return Some(b);
         }
         // Both candidates are out: any other that is in, else `a` (panic mode).
@@ -488,7 +501,7 @@ impl ServiceBackend {
             .ready
             .iter()
             .map(|&i| &self.endpoints[i])
-            .find(|e| e.load.health.admit(&now) != Admit::No);
+            .find(|e| e.load.health.admit_with(&now, &self.accrual) != Admit::No);
         Some(other.unwrap_or(a))
     }
 
