@@ -19,12 +19,12 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
 use super::kube::{Rejected, RouteInfo, Slot, Snapshot};
-use crate::compile::{compile, CompileOptions};
+use crate::compile::incremental::Incremental;
+use crate::compile::CompileOptions;
 use crate::index::Index;
 use crate::model::{Object, ObjectKey};
 use crate::proxy::Proxy;
 use crate::sources::watch::ReloadStatus;
-use crate::table::diff::TableDigest;
 
 /// One object as a source read it: decoded, or why it could not be.
 #[derive(Debug)]
@@ -149,12 +149,16 @@ pub(crate) struct State {
     /// Refusals not yet reported ([`SourceEvent::Refused`]).
     pub(crate) refused: Vec<String>,
     pub(crate) dirty: bool,
+    /// The compile state carried between tables (created at the first publish).
+    pub(crate) compiled: Option<Incremental>,
 }
 
 impl State {
     pub(crate) fn new(expected: BTreeSet<Feed>) -> Self {
+        let mut index = Index::new();
+        index.track_changes();
         State {
-            index: Index::new(),
+            index,
             known: BTreeMap::new(),
             buffers: BTreeMap::new(),
             synced: BTreeSet::new(),
@@ -164,6 +168,7 @@ impl State {
             problems: BTreeMap::new(),
             refused: Vec::new(),
             dirty: false,
+            compiled: None,
         }
     }
 
@@ -309,7 +314,7 @@ impl State {
                 self.known.retain(|f, _| f.origin != origin);
                 self.buffers.retain(|f, _| f.origin != origin);
                 self.synced.retain(|f| f.origin != origin);
-                self.index.remote.remove(&*cluster);
+                self.index.unlink(&cluster);
                 self.dirty = true;
             }
         }
@@ -390,14 +395,17 @@ fn refused(state: &mut State, sinks: &Sinks) {
     });
 }
 
-fn publish(state: &State, sinks: &Sinks) {
-    let first = !sinks.proxy.is_ready();
-    let prev = sinks.proxy.table();
-    let compiled = compile(&state.index, &sinks.compile, Some(&prev));
+fn publish(state: &mut State, sinks: &Sinks) {
+    let started = std::time::Instant::now();
+    let compiled = state
+        .compiled
+        .get_or_insert_with(|| Incremental::new(sinks.compile.clone()));
+    let update = compiled.update(&mut state.index);
+    let compiled = &*compiled;
     let route_problems = compiled.route_problems();
-    let parents = compiled.table.parent_count();
+    let parents = update.table.parent_count();
     let publish = if sinks.compile.publish_endpoints {
-        crate::compile::publish::candidates(&state.index, &compiled.table)
+        crate::compile::publish::candidates(&state.index, &update.table)
     } else {
         Vec::new()
     };
@@ -417,9 +425,11 @@ fn publish(state: &State, sinks: &Sinks) {
     metrics.config_ok.set(i64::from(errors.is_empty()));
     // Resyncs, relists and rewrites with the same content must not churn generations, pools
     // and logs.
-    let changes =
-        (!first).then(|| TableDigest::of(&prev).changes(&TableDigest::of(&compiled.table)));
-    drop(prev);
+    let changes = if sinks.proxy.is_ready() {
+        update.changes
+    } else {
+        None
+    };
     let generation = match &changes {
         Some(c) if c.is_empty() => {
             let generation = sinks.proxy.table().generation;
@@ -430,8 +440,8 @@ fn publish(state: &State, sinks: &Sinks) {
             for p in &route_problems {
                 tracing::warn!("route not fully accepted: {p}");
             }
-            let ports = compiled.table.local_port_numbers();
-            let generation = sinks.proxy.publish(compiled.table);
+            let ports = update.table.local_port_numbers();
+            let generation = sinks.proxy.publish(update.table);
             // After the table: a connection to a new port must find its parent.
             if let Some(tx) = &sinks.parent_ports {
                 tx.send_if_modified(|have| {
@@ -448,9 +458,15 @@ fn publish(state: &State, sinks: &Sinks) {
                     parents,
                     "every source has listed; first routing table published"
                 ),
-                Some(c) => {
-                    tracing::info!(generation, parents, changes = %c, "routing table published")
-                }
+                Some(c) => tracing::info!(
+                    generation,
+                    parents,
+                    routes_recompiled = update.routes,
+                    parents_rebuilt = update.parents,
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    changes = %c,
+                    "routing table published"
+                ),
             }
             generation
         }
@@ -464,7 +480,7 @@ fn publish(state: &State, sinks: &Sinks) {
         s.last_reload_unix = unix_now();
     });
     sinks.snapshots.send_replace(Arc::new(Snapshot {
-        statuses: compiled.statuses,
+        statuses: compiled.statuses().cloned().collect(),
         infos: state.infos.clone(),
         rejected,
         publish,
