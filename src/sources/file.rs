@@ -422,7 +422,7 @@ fn str_at<'v>(v: &'v Value, path: &[&str]) -> Option<&'v str> {
     cur.as_str()
 }
 
-fn info_of(obj: &Object) -> ObjectInfo {
+pub(crate) fn info_of(obj: &Object) -> ObjectInfo {
     let key = obj.key();
     ObjectInfo {
         api_version: obj.api_version(),

@@ -118,6 +118,9 @@ pub enum SourceEvent {
     Synced(Feed),
     Apply(Feed, Item),
     Delete(Feed, ObjectKey),
+    /// Several applies and deletes taken together (file mode: what the files a change
+    /// touched hold now), never compiled half-way.
+    Patch(Feed, Vec<Item>, Vec<ObjectKey>),
     /// A linked cluster joins (a `Link` appeared): mirrors of it now resolve, to nothing until
     /// its feeds have listed.
     Linked(Arc<str>),
@@ -252,6 +255,7 @@ impl State {
             | SourceEvent::Synced(f)
             | SourceEvent::Apply(f, _)
             | SourceEvent::Delete(f, _)
+            | SourceEvent::Patch(f, _, _)
             | SourceEvent::Problems(f, _)
             | SourceEvent::Refused(f, _) => Some(f),
             SourceEvent::Linked(_) | SourceEvent::Unlinked(_) => None,
@@ -272,13 +276,20 @@ impl State {
             }
             SourceEvent::ResetApply(feed, item) => self.buffers.entry(feed).or_default().push(item),
             SourceEvent::Synced(feed) => {
-                let items = self.buffers.remove(&feed).unwrap_or_default();
+                // Without a relist in progress (file mode sends patches), the feed holds
+                // what it applied.
+                let relisted = self.buffers.remove(&feed);
+                let relist = relisted.is_some();
+                let items = relisted.unwrap_or_default();
                 let listed: BTreeSet<ObjectKey> = items.iter().map(|i| i.key.clone()).collect();
-                let gone: Vec<ObjectKey> = self
-                    .known
-                    .get(&feed)
-                    .map(|k| k.difference(&listed).cloned().collect())
-                    .unwrap_or_default();
+                let gone: Vec<ObjectKey> = if relist {
+                    self.known
+                        .get(&feed)
+                        .map(|k| k.difference(&listed).cloned().collect())
+                        .unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
                 for key in &gone {
                     self.remove(&feed, key);
                 }
@@ -286,7 +297,8 @@ impl State {
                     self.upsert(&feed, item);
                 }
                 if !self.synced.contains(&feed) {
-                    tracing::info!(kind = %feed.slot, source = %feed.origin, objects = listed.len(), "initial list complete");
+                    let objects = self.known.get(&feed).map_or(0, BTreeSet::len);
+                    tracing::info!(kind = %feed.slot, source = %feed.origin, objects, "initial list complete");
                     self.synced.insert(feed);
                 }
                 self.dirty = true;
@@ -297,6 +309,15 @@ impl State {
             }
             SourceEvent::Delete(feed, key) => {
                 self.remove(&feed, &key);
+                self.dirty = true;
+            }
+            SourceEvent::Patch(feed, apply, delete) => {
+                for key in &delete {
+                    self.remove(&feed, key);
+                }
+                for item in apply {
+                    self.upsert(&feed, item);
+                }
                 self.dirty = true;
             }
             SourceEvent::Linked(cluster) => {
