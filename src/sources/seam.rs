@@ -356,6 +356,9 @@ pub struct Sinks {
     /// Listener ports named by our EndpointSlices, for the parent port listeners (only when
     /// publishing is on).
     pub parent_ports: Option<watch::Sender<crate::proxy::ports::PortSet>>,
+    /// Someone reads routes' statuses from the snapshots (the Kubernetes status writer); file
+    /// mode needs only their problems, and keeps nothing else per route.
+    pub statuses: bool,
 }
 
 /// Apply events as they come until the channel closes or `shutdown` resolves; compile and
@@ -418,9 +421,9 @@ fn refused(state: &mut State, sinks: &Sinks) {
 
 fn publish(state: &mut State, sinks: &Sinks) {
     let started = std::time::Instant::now();
-    let compiled = state
-        .compiled
-        .get_or_insert_with(|| Incremental::new(sinks.compile.clone()));
+    let compiled = state.compiled.get_or_insert_with(|| {
+        Incremental::new(sinks.compile.clone()).keep_statuses(sinks.statuses)
+    });
     let update = compiled.update(&mut state.index);
     let compiled = &*compiled;
     let route_problems = compiled.route_problems();
