@@ -81,6 +81,26 @@ fn is_own_slice(slice: &EndpointSlice) -> bool {
     crate::compile::publish::is_ours(slice)
 }
 
+/// Give back what admission's vectors grew but do not use: a route is held as long as it
+/// exists, and at 100k routes spare capacity is a large part of the index.
+fn compact(route: &mut AdmittedRoute) {
+    route.parents.shrink_to_fit();
+    route.smi_groups.shrink_to_fit();
+    route.rules.shrink_to_fit();
+    for rule in &mut route.rules {
+        rule.matches.shrink_to_fit();
+        for m in &mut rule.matches {
+            m.headers.shrink_to_fit();
+            m.query.shrink_to_fit();
+        }
+        rule.filters.shrink_to_fit();
+        rule.backends.shrink_to_fit();
+        for b in &mut rule.backends {
+            b.filters.shrink_to_fit();
+        }
+    }
+}
+
 impl Index {
     pub fn new() -> Self {
         Self::default()
@@ -149,7 +169,8 @@ impl Index {
     pub fn apply(&mut self, obj: Object) -> Result<(), Vec<FieldError>> {
         let key = obj.key();
         let nn = (key.namespace.clone(), key.name.clone());
-        if let Some(route) = admit(&obj)? {
+        if let Some(mut route) = admit(&obj)? {
+            compact(&mut route);
             if let Some(c) = &mut self.changes {
                 c.routes.insert(key.clone());
             }

@@ -2,9 +2,11 @@
 //!
 //! Route and backend families use Linkerd's outbound names and labels
 //! (`outbound_http_route_*`) so existing dashboards and Flagger/Argo queries keep working.
-//! The request path never hashes a label set: when a table is published, [`TableMetrics`]
-//! resolves a handle for every (parent, rule) and (parent, backend) once, and requests look the
-//! handle up by the address of the table entry (a pointer-sized key) and bump atomics.
+//! The request path never hashes a label set: the first request a parent port of a published
+//! table serves resolves a handle for each of its (rule) and (backend) once ([`TableMetrics`]),
+//! and requests look the handle up by the address of the table entry (a pointer-sized key) and
+//! bump atomics. Parent ports that never serve cost no series (100k idle routes would
+//! otherwise hold several KiB each).
 //!
 //! Histograms are [`AtomicHistogram`]s — fixed buckets of atomics instead of
 //! prometheus-client's lock-protected histogram — so observing a latency never takes a lock.
@@ -390,9 +392,11 @@ impl Metrics {
         self.unrouted.get_or_create(&UnroutedLabels { error }).inc();
     }
 
-    /// Resolve handles for every route and backend of `table` (done once per publish).
-    /// Parent ports `prev` (the live table's handles) already has, the same `Arc` in both
-    /// tables, keep their handles: an incremental publish costs what it rebuilt.
+    /// Describe `table` for the request path: every parent port gets a slot whose route and
+    /// backend handles are resolved when it first serves a request (an idle route costs no
+    /// metric series), and the ready-endpoint gauges of its backends. Parent ports `prev` (the
+    /// live table's metrics) already has, the same `Arc` in both tables, keep their slot:
+    /// an incremental publish costs what it rebuilt.
     pub fn for_table(
         self: &Arc<Self>,
         table: &RouteTable,
@@ -404,15 +408,18 @@ impl Metrics {
                 let key = ptr(&**parent);
                 // `prev`'s table is alive while this runs, so an address it knows is still
                 // the same parent port.
-                let handles = match prev.and_then(|p| p.parents.get(&key)) {
+                let slot = match prev.and_then(|p| p.parents.get(&key)) {
                     Some(h) => h.clone(),
                     None => {
-                        let h = Arc::new(self.parent_handles(parent));
+                        let h = Arc::new(ParentSlot {
+                            ready: ready_gauges(parent),
+                            handles: OnceLock::new(),
+                        });
                         self.gauges_hold(&h.ready);
                         h
                     }
                 };
-                parents.insert(key, handles);
+                parents.insert(key, slot);
             }
         }
         for (key, h) in prev.map(|p| &p.parents).into_iter().flatten() {
@@ -420,7 +427,10 @@ impl Metrics {
                 self.gauges_release(&h.ready);
             }
         }
-        TableMetrics { parents }
+        TableMetrics {
+            metrics: Some(self.clone()),
+            parents,
+        }
     }
 
     fn parent_handles(self: &Arc<Self>, parent: &ParentPort) -> ParentMetrics {
@@ -436,12 +446,6 @@ impl Metrics {
             for b in rule.backends.iter() {
                 let handles = self.backend_handles(&labels, b);
                 h.backends.insert(ptr(b), Arc::new(handles));
-                if let BackendTarget::Service(s) = &b.target {
-                    h.ready.push((
-                        service_labels(s),
-                        i64::try_from(s.ready.len()).unwrap_or(i64::MAX),
-                    ));
-                }
             }
             let rule_mirrors = rule.filters.iter();
             let backend_mirrors = rule.backends.iter().flat_map(|b| b.filters.iter());
@@ -536,6 +540,22 @@ impl Metrics {
     }
 }
 
+/// The ready-endpoint count of every Service a parent port's rules send to, once each.
+fn ready_gauges(parent: &ParentPort) -> Box<[(ServiceLabels, i64)]> {
+    let mut out: Vec<(ServiceLabels, i64)> = Vec::new();
+    for (_, rule) in &parent.matches {
+        for b in rule.backends.iter() {
+            if let BackendTarget::Service(s) = &b.target {
+                let labels = service_labels(s);
+                if !out.iter().any(|(l, _)| *l == labels) {
+                    out.push((labels, i64::try_from(s.ready.len()).unwrap_or(i64::MAX)));
+                }
+            }
+        }
+    }
+    out.into_boxed_slice()
+}
+
 fn service_labels(s: &ServiceBackend) -> ServiceLabels {
     ServiceLabels {
         backend_namespace: s.namespace.clone(),
@@ -611,7 +631,16 @@ pub struct BackendMetrics {
 /// mirror.
 #[derive(Debug, Default)]
 pub struct TableMetrics {
-    parents: PtrMap<Arc<ParentMetrics>>,
+    metrics: Option<Arc<Metrics>>,
+    parents: PtrMap<Arc<ParentSlot>>,
+}
+
+/// One parent port: the ready-endpoint gauges it holds (with their values), and its handles
+/// once it has served.
+#[derive(Debug)]
+struct ParentSlot {
+    ready: Box<[(ServiceLabels, i64)]>,
+    handles: OnceLock<ParentMetrics>,
 }
 
 /// Handles of one parent port's rules, backends and mirrors.
@@ -619,23 +648,28 @@ pub struct TableMetrics {
 struct ParentMetrics {
     routes: PtrMap<Arc<RouteMetrics>>,
     backends: PtrMap<Arc<BackendMetrics>>,
-    /// The ready-endpoint gauges this parent port holds, with their values.
-    ready: Vec<(ServiceLabels, i64)>,
 }
 
 impl TableMetrics {
+    /// The handles of `parent`, resolved on first use.
+    fn handles(&self, parent: &ParentPort) -> Option<&ParentMetrics> {
+        let slot = self.parents.get(&ptr(parent))?;
+        let metrics = self.metrics.as_ref()?;
+        Some(slot.handles.get_or_init(|| metrics.parent_handles(parent)))
+    }
+
     /// Handles for `rule` served under `parent`. Both must belong to the table these metrics
     /// were built for.
     pub fn route(&self, parent: &ParentPort, rule: &Rule) -> Option<&Arc<RouteMetrics>> {
-        self.parents.get(&ptr(parent))?.routes.get(&ptr(rule))
+        self.handles(parent)?.routes.get(&ptr(rule))
     }
 
     pub fn backend(&self, parent: &ParentPort, backend: &Backend) -> Option<&Arc<BackendMetrics>> {
-        self.parents.get(&ptr(parent))?.backends.get(&ptr(backend))
+        self.handles(parent)?.backends.get(&ptr(backend))
     }
 
     pub fn mirror(&self, parent: &ParentPort, mirror: &Mirror) -> Option<&Arc<BackendMetrics>> {
-        self.parents.get(&ptr(parent))?.backends.get(&ptr(mirror))
+        self.handles(parent)?.backends.get(&ptr(mirror))
     }
 }
 

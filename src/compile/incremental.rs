@@ -46,13 +46,13 @@ pub struct Incremental {
     problems: BTreeMap<Key, Vec<String>>,
     /// What compiling each route read, and the other way round. Keys, dependencies and
     /// parents are shared (`Arc`) between these maps: a few words per route and edge.
-    route_deps: HashMap<Key, Vec<Arc<Dep>>>,
+    route_deps: HashMap<Key, Box<[Arc<Dep>]>>,
     route_readers: HashMap<Arc<Dep>, HashSet<Key>>,
     /// Service parentRefs of each route, and the other way round.
-    route_parents: HashMap<Key, Vec<Arc<NsName>>>,
+    route_parents: HashMap<Key, Box<[Arc<NsName>]>>,
     on_parent: HashMap<Arc<NsName>, BTreeSet<Key>>,
     /// What building each parent read (its passthrough backends), and the other way round.
-    parent_deps: HashMap<NsName, Vec<Dep>>,
+    parent_deps: HashMap<NsName, Box<[Dep]>>,
     parent_readers: HashMap<Dep, HashSet<NsName>>,
     /// Load counters of endpoints in live tables, so load-aware balancing carries over.
     loads: HashMap<SocketAddr, Weak<EndpointLoad>>,
@@ -152,24 +152,24 @@ impl Incremental {
         for key in &dirty {
             // Forget what it read and where it was.
             if let Some(deps) = self.route_deps.remove(key) {
-                for d in deps {
-                    if let Some(r) = self.route_readers.get_mut(&d) {
+                for d in deps.iter() {
+                    if let Some(r) = self.route_readers.get_mut(d) {
                         r.remove(key);
                         if r.is_empty() {
-                            self.route_readers.remove(&d);
+                            self.route_readers.remove(d);
                         }
                     }
                 }
             }
             if let Some(ps) = self.route_parents.remove(key) {
-                for p in ps {
-                    if let Some(on) = self.on_parent.get_mut(&p) {
+                for p in ps.iter() {
+                    if let Some(on) = self.on_parent.get_mut(p) {
                         on.remove(key);
                         if on.is_empty() {
-                            self.on_parent.remove(&p);
+                            self.on_parent.remove(p);
                         }
                     }
-                    parents.insert((*p).clone());
+                    parents.insert((**p).clone());
                 }
             }
             let Some((key, route)) = index.routes.get_key_value(key) else {
@@ -185,7 +185,7 @@ impl Incremental {
             let mut deps = std::mem::take(&mut cx.deps);
             deps.sort_unstable();
             deps.dedup();
-            let deps: Vec<Arc<Dep>> = deps
+            let deps: Box<[Arc<Dep>]> = deps
                 .into_iter()
                 .map(|d| {
                     let d = match self.route_readers.get_key_value(&d) {
@@ -208,7 +208,7 @@ impl Incremental {
                 .collect();
             ps.sort_unstable();
             ps.dedup();
-            let ps: Vec<Arc<NsName>> = ps
+            let ps: Box<[Arc<NsName>]> = ps
                 .into_iter()
                 .map(|p| {
                     parents.insert(p.clone());
@@ -265,11 +265,11 @@ impl Incremental {
             .collect();
         for p in &parents {
             if let Some(deps) = self.parent_deps.remove(p) {
-                for d in deps {
-                    if let Some(r) = self.parent_readers.get_mut(&d) {
+                for d in deps.iter() {
+                    if let Some(r) = self.parent_readers.get_mut(d) {
                         r.remove(p);
                         if r.is_empty() {
-                            self.parent_readers.remove(&d);
+                            self.parent_readers.remove(d);
                         }
                     }
                 }
@@ -293,7 +293,7 @@ impl Incremental {
                     .or_default()
                     .insert(p.clone());
             }
-            self.parent_deps.insert(p.clone(), deps);
+            self.parent_deps.insert(p.clone(), deps.into_boxed_slice());
         }
         let new_loads = std::mem::take(&mut cx.loads);
         drop(cx);
