@@ -556,4 +556,27 @@ mod tests {
         assert_eq!(st.index.services.len(), 1);
         assert_eq!(st.refused, ["t.yaml:1: bad"]);
     }
+
+    #[test]
+    fn file_mode_patches_apply_and_delete_together_and_synced_without_a_relist_keeps_them() {
+        let svc = |n: &str| {
+            format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {n}, namespace: ns}}\n---\n")
+        };
+        let mut st = State::new([Feed::files()].into());
+        st.handle(SourceEvent::Patch(Feed::files(), items(&svc("a")), vec![]));
+        st.handle(SourceEvent::Patch(Feed::files(), items(&svc("b")), vec![]));
+        assert!(!st.all_synced());
+        st.handle(SourceEvent::Synced(Feed::files()));
+        assert!(st.all_synced());
+        assert_eq!(
+            st.index.services.len(),
+            2,
+            "a Synced without a Reset removes nothing"
+        );
+        let a = items(&svc("a")).remove(0).key;
+        st.handle(SourceEvent::Patch(Feed::files(), items(&svc("c")), vec![a]));
+        let names: Vec<_> = st.index.services.keys().map(|(_, n)| n.clone()).collect();
+        assert_eq!(names, ["b", "c"]);
+        assert_eq!(st.known[&Feed::files()].len(), 2);
+    }
 }
