@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use crate::compile::validate::admit;
 use crate::model::{Object, ObjectKey};
-use crate::sources::file::{list_files, read_file, LoadError, Loaded};
+use crate::sources::file::{list_files, read_file_with, LoadError, Loaded, Locate};
 
 /// How to find the files a round reads.
 #[derive(Debug, Clone)]
@@ -93,6 +93,10 @@ pub struct DirState {
     pub listed: bool,
 }
 
+/// How a whole read locates objects: clean files are parsed once; a duplicate found that way
+/// (whose first definition would lack its line) has the directory read again, located.
+const FAST: Locate = Locate::OnError;
+
 impl DirState {
     pub fn new(dir: PathBuf) -> Self {
         DirState {
@@ -150,7 +154,7 @@ impl DirState {
     /// of files is read, and the returned patch holds only the rest.
     pub fn round(&mut self, scan: Scan, early: &mut dyn FnMut(Vec<Object>)) -> RoundOutcome {
         if self.whole || !self.listed {
-            return self.read_whole(list_files(&self.dir), early);
+            return self.read_whole(list_files(&self.dir), FAST, early);
         }
         let mut touched: BTreeSet<PathBuf> = std::mem::take(&mut self.pending);
         let mut stamps = matches!(scan, Scan::Stamps);
@@ -168,15 +172,15 @@ impl DirState {
         if stamps {
             match list_files(&self.dir) {
                 Ok(listed) => touched.extend(self.changed_stamps(&listed)),
-                Err(e) => return self.read_whole(Err(e), early),
+                Err(e) => return self.read_whole(Err(e), FAST, early),
             }
         }
         if touched.iter().any(|p| is_symlink(p)) {
-            return self.read_whole(list_files(&self.dir), early);
+            return self.read_whole(list_files(&self.dir), FAST, early);
         }
         // Read every touched file that is still there; the others are gone.
         let to_read: Vec<PathBuf> = touched.iter().filter(|p| listable(p)).cloned().collect();
-        let read = read_parallel(&to_read);
+        let read = read_parallel(&to_read, Locate::Always);
         let mut fresh: BTreeMap<PathBuf, (Vec<Object>, FileState)> = BTreeMap::new();
         let mut keys_here: HashMap<ObjectKey, &Path> = HashMap::new();
         for (p, items) in to_read.iter().zip(read) {
@@ -195,7 +199,7 @@ impl DirState {
                         let elsewhere = self.owner.get(&key).is_some_and(|o| **o != **p);
                         if elsewhere || keys_here.insert(key.clone(), p).is_some() {
                             self.pending.extend(touched);
-                            return self.read_whole(list_files(&self.dir), early);
+                            return self.read_whole(list_files(&self.dir), FAST, early);
                         }
                         match admitted(loaded) {
                             Ok(object) => {
@@ -281,8 +285,10 @@ impl DirState {
     fn read_whole(
         &mut self,
         listing: std::io::Result<Vec<PathBuf>>,
+        locate: Locate,
         early: &mut dyn FnMut(Vec<Object>),
     ) -> RoundOutcome {
+        let again = listing.as_ref().ok().cloned();
         let mut errors: Vec<LoadError> = Vec::new();
         let mut files = match listing {
             Ok(f) => f,
@@ -310,7 +316,7 @@ impl DirState {
         let mut duplicates = false;
         let mut symlinks = false;
         for chunk in files.chunks(CHUNK) {
-            let read = read_parallel(chunk);
+            let read = read_parallel(chunk, locate);
             for (p, items) in chunk.iter().zip(read) {
                 symlinks |= is_symlink(p);
                 let mut state = FileState {
@@ -351,6 +357,12 @@ impl DirState {
             }
             if stream {
                 early(std::mem::take(&mut apply));
+            }
+        }
+        if duplicates && locate != Locate::Always {
+            // "already defined at" must name the first definition's line.
+            if let Some(listing) = again {
+                return self.read_whole(Ok(listing), Locate::Always, early);
             }
         }
         let settling = fresh.values().any(|s| s.errors.iter().any(|e| e.transient));
@@ -438,19 +450,26 @@ fn admitted(loaded: Loaded) -> Result<Object, LoadError> {
 }
 
 /// Read files on every core, results in the order given.
-fn read_parallel(files: &[PathBuf]) -> Vec<Vec<Result<Loaded, LoadError>>> {
+fn read_parallel(files: &[PathBuf], locate: Locate) -> Vec<Vec<Result<Loaded, LoadError>>> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .min(files.len());
     if threads <= 1 {
-        return files.iter().map(|f| read_file(f)).collect();
+        return files.iter().map(|f| read_file_with(f, locate)).collect();
     }
     let per = files.len().div_ceil(threads);
     std::thread::scope(|s| {
         let handles: Vec<_> = files
             .chunks(per)
-            .map(|chunk| s.spawn(move || chunk.iter().map(|f| read_file(f)).collect::<Vec<_>>()))
+            .map(|chunk| {
+                s.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|f| read_file_with(f, locate))
+                        .collect::<Vec<_>>()
+                })
+            })
             .collect();
         handles
             .into_iter()
@@ -583,9 +602,36 @@ mod tests {
                 assert!(
                     e[0].contains("duplicate object: already defined at"),
                     "{e:?}"
-                )
+                );
+                assert!(
+                    e[0].contains("a.yaml:1:1"),
+                    "the first definition's line: {e:?}"
+                );
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn clean_files_are_parsed_once_but_every_error_still_names_its_line() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        write(dir, "a.yaml", &svc("a"));
+        write(
+            dir,
+            "b.yaml",
+            &format!(
+                "{}{}",
+                svc("b"),
+                svc("c").replace("spec:", "bogus: 1\nspec:")
+            ),
+        );
+        let mut st = DirState::new(dir.to_path_buf());
+        let mut streamed = Vec::new();
+        let out = st.round(Scan::Stamps, &mut |o| streamed.extend(names(&o)));
+        assert_eq!(streamed, ["a", "b"]);
+        let (_, _, problems) = patch(out);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("b.yaml:9:1"), "{problems:?}");
     }
 }
