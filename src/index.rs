@@ -1,8 +1,12 @@
 //! The index: the current set of objects from a source, keyed the way the API server keys them.
 //! Routes are stored admitted (see `compile::validate`); everything else is stored as read.
 //! Sorted maps make every walk deterministic, so compiling is independent of arrival order.
+//!
+//! An index that [tracks changes](Index::track_changes) also records what each apply or
+//! delete touched ([`Changes`]), so that an incremental compile
+//! ([`crate::compile::incremental`]) rebuilds only what depends on it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -12,6 +16,39 @@ use crate::model::{BackendTrafficPolicy, HttpRouteGroup, Object, ObjectKey};
 
 /// `(namespace, name)`.
 pub type NsName = (String, String);
+
+/// Label naming the Service an EndpointSlice belongs to.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Something a compile reads besides the route itself; what an index change touches.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Dep {
+    /// A local Service together with its endpoints (EndpointSlices labelled for it, or its
+    /// Endpoints).
+    Service(NsName),
+    /// An SMI HTTPRouteGroup.
+    Group(NsName),
+    /// A Service of linked cluster `.0` together with its endpoints there.
+    Remote(String, NsName),
+    /// Whether cluster `.0` is linked.
+    Cluster(String),
+}
+
+/// What changed in an index since the last [`Index::take_changes`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    pub deps: BTreeSet<Dep>,
+    /// Routes applied (admitted) or deleted.
+    pub routes: BTreeSet<ObjectKey>,
+    /// One of meshroute's own EndpointSlices (listener ports of transparent serving).
+    pub own_slices: bool,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.deps.is_empty() && self.routes.is_empty() && !self.own_slices
+    }
+}
 
 #[derive(Debug, Default, Clone)]
 pub struct Index {
@@ -26,6 +63,44 @@ pub struct Index {
     /// Linked clusters by name: their exported Services and EndpointSlices (nothing else is
     /// read from them). A cluster is present once linked, even before it has listed.
     pub remote: BTreeMap<String, Index>,
+    /// `(namespace, service)` → names of the EndpointSlices labelled for it. Kept by
+    /// `apply`/`delete`; never mutate `slices` directly.
+    slices_by_service: BTreeMap<NsName, BTreeSet<String>>,
+    /// What changed since the last [`Index::take_changes`] (`None`: not tracked).
+    changes: Option<Changes>,
+}
+
+fn slice_service(slice: &EndpointSlice) -> Option<&str> {
+    slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .map(String::as_str)
+}
+
+fn is_own_slice(slice: &EndpointSlice) -> bool {
+    crate::compile::publish::is_ours(slice)
+}
+
+/// Give back what admission's vectors grew but do not use: a route is held as long as it
+/// exists, and at 100k routes spare capacity is a large part of the index.
+fn compact(route: &mut AdmittedRoute) {
+    route.parents.shrink_to_fit();
+    route.smi_groups.shrink_to_fit();
+    route.rules.shrink_to_fit();
+    for rule in &mut route.rules {
+        rule.matches.shrink_to_fit();
+        for m in &mut rule.matches {
+            m.headers.shrink_to_fit();
+            m.query.shrink_to_fit();
+        }
+        rule.filters.shrink_to_fit();
+        rule.backends.shrink_to_fit();
+        for b in &mut rule.backends {
+            b.filters.shrink_to_fit();
+        }
+    }
 }
 
 impl Index {
@@ -33,26 +108,103 @@ impl Index {
         Self::default()
     }
 
+    /// Record what every apply and delete touches from now on (see [`Index::take_changes`]).
+    /// Linked clusters' indexes created later track too.
+    pub fn track_changes(&mut self) {
+        self.changes.get_or_insert_with(Changes::default);
+        for r in self.remote.values_mut() {
+            r.track_changes();
+        }
+    }
+
+    /// What changed since the last call (or since tracking began), linked clusters included;
+    /// tracking goes on.
+    pub fn take_changes(&mut self) -> Changes {
+        let mut out = self
+            .changes
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
+        for (cluster, r) in &mut self.remote {
+            let theirs = r.take_changes();
+            for d in theirs.deps {
+                if let Dep::Service(nn) = d {
+                    out.deps.insert(Dep::Remote(cluster.clone(), nn));
+                }
+            }
+        }
+        out
+    }
+
+    fn touch(&mut self, dep: Dep) {
+        if let Some(c) = &mut self.changes {
+            c.deps.insert(dep);
+        }
+    }
+
+    fn touch_slice(&mut self, ns: &str, slice: &EndpointSlice) {
+        if let Some(c) = &mut self.changes {
+            if is_own_slice(slice) {
+                c.own_slices = true;
+            }
+            if let Some(svc) = slice_service(slice) {
+                c.deps
+                    .insert(Dep::Service((ns.to_string(), svc.to_string())));
+            }
+        }
+    }
+
+    fn unlist_slice(&mut self, nn: &NsName, slice: &EndpointSlice) {
+        if let Some(svc) = slice_service(slice) {
+            let key = (nn.0.clone(), svc.to_string());
+            if let Some(names) = self.slices_by_service.get_mut(&key) {
+                names.remove(&nn.1);
+                if names.is_empty() {
+                    self.slices_by_service.remove(&key);
+                }
+            }
+        }
+    }
+
     /// Insert or replace an object. A route that fails admission is refused (and, like an edit
     /// the API server refuses, leaves any earlier version in place).
     pub fn apply(&mut self, obj: Object) -> Result<(), Vec<FieldError>> {
         let key = obj.key();
         let nn = (key.namespace.clone(), key.name.clone());
-        if let Some(route) = admit(&obj)? {
+        if let Some(mut route) = admit(&obj)? {
+            compact(&mut route);
+            if let Some(c) = &mut self.changes {
+                c.routes.insert(key.clone());
+            }
             self.routes.insert(key, route);
             return Ok(());
         }
         match obj {
             Object::Service(s) => {
+                self.touch(Dep::Service(nn.clone()));
                 self.services.insert(nn, *s);
             }
             Object::EndpointSlice(s) => {
-                self.slices.insert(nn, *s);
+                self.touch_slice(&nn.0, &s);
+                if let Some(svc) = slice_service(&s) {
+                    self.slices_by_service
+                        .entry((nn.0.clone(), svc.to_string()))
+                        .or_default()
+                        .insert(nn.1.clone());
+                }
+                if let Some(old) = self.slices.insert(nn.clone(), *s) {
+                    self.touch_slice(&nn.0, &old);
+                    if slice_service(&old) != self.slices.get(&nn).and_then(slice_service) {
+                        self.unlist_slice(&nn, &old);
+                    }
+                }
             }
             Object::Endpoints(e) => {
+                self.touch(Dep::Service(nn.clone()));
                 self.endpoints.insert(nn, *e);
             }
             Object::HttpRouteGroup(g) => {
+                self.touch(Dep::Group(nn.clone()));
                 self.groups.insert(nn, *g);
             }
             Object::BackendTrafficPolicy(p) => {
@@ -71,29 +223,57 @@ impl Index {
         let nn = (key.namespace.clone(), key.name.clone());
         match (key.group, key.kind) {
             ("", "Service") => {
-                self.services.remove(&nn);
+                if self.services.remove(&nn).is_some() {
+                    self.touch(Dep::Service(nn));
+                }
             }
             (_, "EndpointSlice") => {
-                self.slices.remove(&nn);
+                if let Some(old) = self.slices.remove(&nn) {
+                    self.touch_slice(&nn.0, &old);
+                    self.unlist_slice(&nn, &old);
+                }
             }
             ("", "Endpoints") => {
-                self.endpoints.remove(&nn);
+                if self.endpoints.remove(&nn).is_some() {
+                    self.touch(Dep::Service(nn));
+                }
             }
             (_, "HTTPRouteGroup") => {
-                self.groups.remove(&nn);
+                if self.groups.remove(&nn).is_some() {
+                    self.touch(Dep::Group(nn));
+                }
             }
             (_, "XBackendTrafficPolicy") => {
                 self.backend_policies.remove(&nn);
             }
             _ => {
-                self.routes.remove(key);
+                if self.routes.remove(key).is_some() {
+                    if let Some(c) = &mut self.changes {
+                        c.routes.insert(key.clone());
+                    }
+                }
             }
         }
     }
 
     /// The index of linked cluster `name`, created empty on first use.
     pub fn linked(&mut self, name: &str) -> &mut Index {
+        if !self.remote.contains_key(name) {
+            self.touch(Dep::Cluster(name.to_string()));
+            let mut linked = Index::new();
+            if self.changes.is_some() {
+                linked.track_changes();
+            }
+            self.remote.insert(name.to_string(), linked);
+        }
         self.remote.entry(name.to_string()).or_default()
+    }
+
+    /// Forget linked cluster `name` and everything read from it.
+    pub fn unlink(&mut self, name: &str) {
+        if self.remote.remove(name).is_some() {
+            self.touch(Dep::Cluster(name.to_string()));
+        }
     }
 
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
@@ -107,16 +287,10 @@ impl Index {
         namespace: &'a str,
         service: &'a str,
     ) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
-        self.slices
-            .range((namespace.to_string(), String::new())..)
-            .take_while(move |((ns, _), _)| ns == namespace)
-            .map(|(_, s)| s)
-            .filter(move |s| {
-                s.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get("kubernetes.io/service-name"))
-                    .is_some_and(|n| n == service)
-            })
+        self.slices_by_service
+            .get(&(namespace.to_string(), service.to_string()))
+            .into_iter()
+            .flatten()
+            .filter_map(move |n| self.slices.get(&(namespace.to_string(), n.clone())))
     }
 }

@@ -2,9 +2,11 @@
 //!
 //! Route and backend families use Linkerd's outbound names and labels
 //! (`outbound_http_route_*`) so existing dashboards and Flagger/Argo queries keep working.
-//! The request path never hashes a label set: when a table is published, [`TableMetrics`]
-//! resolves a handle for every (parent, rule) and (parent, backend) once, and requests look the
-//! handle up by the address of the table entry (a pointer-sized key) and bump atomics.
+//! The request path never hashes a label set: the first request a parent port of a published
+//! table serves resolves a handle for each of its (rule) and (backend) once ([`TableMetrics`]),
+//! and requests look the handle up by the address of the table entry (a pointer-sized key) and
+//! bump atomics. Parent ports that never serve cost no series (100k idle routes would
+//! otherwise hold several KiB each).
 //!
 //! Histograms are [`AtomicHistogram`]s — fixed buckets of atomics instead of
 //! prometheus-client's lock-protected histogram — so observing a latency never takes a lock.
@@ -138,6 +140,8 @@ pub struct Metrics {
     backend_requests: Family<BackendLabels, Counter>,
     backend_duration: Family<BackendLabels, AtomicHistogram>,
     endpoints_ready: Family<ServiceLabels, Gauge>,
+    /// How many parent ports of the live table send to each Service of `endpoints_ready`.
+    gauge_refs: std::sync::Mutex<HashMap<ServiceLabels, usize>>,
     pub open_connections: Gauge,
     pub connections_total: Counter,
     pub bytes_in: Counter,
@@ -267,6 +271,7 @@ impl Metrics {
             backend_requests: Family::default(),
             backend_duration: Family::default(),
             endpoints_ready: Family::default(),
+            gauge_refs: Default::default(),
             open_connections: Gauge::default(),
             connections_total: Counter::default(),
             bytes_in: Counter::default(),
@@ -429,42 +434,99 @@ impl Metrics {
         self.unrouted.get_or_create(&UnroutedLabels { error }).inc();
     }
 
-    /// Resolve handles for every route and backend of `table` (done once per publish).
-    pub fn for_table(self: &Arc<Self>, table: &RouteTable) -> TableMetrics {
-        let mut routes = PtrMap::default();
-        let mut backends = PtrMap::default();
+    /// Describe `table` for the request path: every parent port gets a slot whose route and
+    /// backend handles are resolved when it first serves a request (an idle route costs no
+    /// metric series), and the ready-endpoint gauges of its backends. Parent ports `prev` (the
+    /// live table's metrics) already has, the same `Arc` in both tables, keep their slot:
+    /// an incremental publish costs what it rebuilt.
+    pub fn for_table(
+        self: &Arc<Self>,
+        table: &RouteTable,
+        prev: Option<&TableMetrics>,
+    ) -> TableMetrics {
+        let mut parents = PtrMap::default();
         for svc in table.services() {
             for parent in &svc.ports {
-                for (_, rule) in &parent.matches {
-                    let key = (ptr(&**parent), ptr(&**rule));
-                    if routes.contains_key(&key) {
-                        continue;
+                let key = ptr(&**parent);
+                // `prev`'s table is alive while this runs, so an address it knows is still
+                // the same parent port.
+                let slot = match prev.and_then(|p| p.parents.get(&key)) {
+                    Some(h) => h.clone(),
+                    None => {
+                        let h = Arc::new(ParentSlot {
+                            ready: ready_gauges(parent),
+                            handles: OnceLock::new(),
+                        });
+                        self.gauges_hold(&h.ready);
+                        h
                     }
-                    let labels = route_labels(parent, rule);
-                    let mut handles = self.route_handles(labels.clone());
-                    if rule.retry.is_some() {
-                        handles.retry = Some(self.retry_handles(&labels));
-                    }
-                    routes.insert(key, Arc::new(handles));
-                    for b in rule.backends.iter() {
-                        let handles = self.backend_handles(&labels, b);
-                        backends.insert((ptr(&**parent), ptr(b)), Arc::new(handles));
-                        if let BackendTarget::Service(s) = &b.target {
-                            self.track_ready(s);
-                        }
-                    }
-                    let rule_mirrors = rule.filters.iter();
-                    let backend_mirrors = rule.backends.iter().flat_map(|b| b.filters.iter());
-                    for f in rule_mirrors.chain(backend_mirrors) {
-                        if let crate::table::Filter::RequestMirror(m) = f {
-                            let h = self.mirror_handles(&labels, m);
-                            backends.insert((ptr(&**parent), ptr(m)), Arc::new(h));
-                        }
-                    }
+                };
+                parents.insert(key, slot);
+            }
+        }
+        for (key, h) in prev.map(|p| &p.parents).into_iter().flatten() {
+            if !parents.contains_key(key) {
+                self.gauges_release(&h.ready);
+            }
+        }
+        TableMetrics {
+            metrics: Some(self.clone()),
+            parents,
+        }
+    }
+
+    fn parent_handles(self: &Arc<Self>, parent: &ParentPort) -> ParentMetrics {
+        let mut h = ParentMetrics::default();
+        for (_, rule) in &parent.matches {
+            let key = ptr(&**rule);
+            if h.routes.contains_key(&key) {
+                continue;
+            }
+            let labels = route_labels(parent, rule);
+            let mut handles = self.route_handles(labels.clone());
+            if rule.retry.is_some() {
+                handles.retry = Some(self.retry_handles(&labels));
+            }
+            h.routes.insert(key, Arc::new(handles));
+            for b in rule.backends.iter() {
+                let handles = self.backend_handles(&labels, b);
+                h.backends.insert(ptr(b), Arc::new(handles));
+            }
+            let rule_mirrors = rule.filters.iter();
+            let backend_mirrors = rule.backends.iter().flat_map(|b| b.filters.iter());
+            for f in rule_mirrors.chain(backend_mirrors) {
+                if let crate::table::Filter::RequestMirror(m) = f {
+                    let handles = self.mirror_handles(&labels, m);
+                    h.backends.insert(ptr(m), Arc::new(handles));
                 }
             }
         }
-        TableMetrics { routes, backends }
+        h
+    }
+
+    /// A parent port entered the table: the ready-endpoint gauges of its backends are set and
+    /// held.
+    fn gauges_hold(&self, ready: &[(ServiceLabels, i64)]) {
+        let mut refs = self.gauge_refs.lock().unwrap_or_else(|e| e.into_inner());
+        for (labels, n) in ready {
+            *refs.entry(labels.clone()).or_default() += 1;
+            self.endpoints_ready.get_or_create(labels).set(*n);
+        }
+    }
+
+    /// A parent port left the table: a Service no parent port sends to any more stops being
+    /// reported.
+    fn gauges_release(&self, ready: &[(ServiceLabels, i64)]) {
+        let mut refs = self.gauge_refs.lock().unwrap_or_else(|e| e.into_inner());
+        for (labels, _) in ready {
+            if let Some(n) = refs.get_mut(labels) {
+                *n -= 1;
+                if *n == 0 {
+                    refs.remove(labels);
+                    self.endpoints_ready.remove(labels);
+                }
+            }
+        }
     }
 
     fn route_handles(&self, labels: RouteLabels) -> RouteMetrics {
@@ -478,7 +540,7 @@ impl Metrics {
         RouteMetrics {
             stats,
             duration: self.route_duration.get_or_create_owned(&labels),
-            ok: (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect(),
+            ok: OnceLock::new(),
             statuses: self.route_statuses.clone(),
             labels,
             retry: None,
@@ -524,22 +586,39 @@ impl Metrics {
         }
     }
 
-    fn track_ready(&self, s: &ServiceBackend) {
-        let labels = ServiceLabels {
-            backend_namespace: s.namespace.clone(),
-            backend_name: s.name.clone(),
-            backend_port: s.port,
-            backend_cluster: s.cluster.clone().unwrap_or_else(|| Arc::from("")),
-        };
-        self.endpoints_ready
-            .get_or_create(&labels)
-            .set(i64::try_from(s.ready.len()).unwrap_or(i64::MAX));
-    }
-
-    /// Forget per-Service gauges before a new table re-registers what it still has, so a
-    /// Service that left the table stops being reported.
+    /// Forget per-Service gauges (and what holds them) before a table is described from
+    /// scratch.
     pub fn reset_endpoint_gauges(&self) {
         self.endpoints_ready.clear();
+        self.gauge_refs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
+/// The ready-endpoint count of every Service a parent port's rules send to, once each.
+fn ready_gauges(parent: &ParentPort) -> Box<[(ServiceLabels, i64)]> {
+    let mut out: Vec<(ServiceLabels, i64)> = Vec::new();
+    for (_, rule) in &parent.matches {
+        for b in rule.backends.iter() {
+            if let BackendTarget::Service(s) = &b.target {
+                let labels = service_labels(s);
+                if !out.iter().any(|(l, _)| *l == labels) {
+                    out.push((labels, i64::try_from(s.ready.len()).unwrap_or(i64::MAX)));
+                }
+            }
+        }
+    }
+    out.into_boxed_slice()
+}
+
+fn service_labels(s: &ServiceBackend) -> ServiceLabels {
+    ServiceLabels {
+        backend_namespace: s.namespace.clone(),
+        backend_name: s.name.clone(),
+        backend_port: s.port,
+        backend_cluster: s.cluster.clone().unwrap_or_else(|| Arc::from("")),
     }
 }
 
@@ -552,8 +631,9 @@ pub struct RouteMetrics {
     pub labels: RouteLabels,
     stats: Arc<RouteStats>,
     duration: AtomicHistogram,
-    /// Counter handles for error-free responses, by `status - 100`, created on first use.
-    ok: Box<[OnceLock<Counter>]>,
+    /// Counter handles for error-free responses, by `status - 100`, created on first use
+    /// (the slots too: a route that never served costs no 8 KiB of them).
+    ok: OnceLock<Box<[OnceLock<Counter>]>>,
     statuses: Family<StatusLabels, Counter>,
     /// Linkerd's retry families; only for rules that retry.
     pub retry: Option<RetryMetrics>,
@@ -579,7 +659,8 @@ impl RouteMetrics {
         }
         match (error, usize::from(status).checked_sub(100)) {
             (None, Some(i)) if i < STATUS_SLOTS => {
-                self.ok[i]
+                self.ok
+                    .get_or_init(|| (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect())[i]
                     .get_or_init(|| self.status_counter(status, ""))
                     .inc();
             }
@@ -615,26 +696,50 @@ pub struct BackendMetrics {
     pub duration: AtomicHistogram,
 }
 
-/// Metric handles of one published table, keyed by the address of table entries.
+/// Metric handles of one published table, keyed by the address of table entries: per parent
+/// port (shared with the previous table's when the parent port is), then per rule, backend or
+/// mirror.
 #[derive(Debug, Default)]
 pub struct TableMetrics {
+    metrics: Option<Arc<Metrics>>,
+    parents: PtrMap<Arc<ParentSlot>>,
+}
+
+/// One parent port: the ready-endpoint gauges it holds (with their values), and its handles
+/// once it has served.
+#[derive(Debug)]
+struct ParentSlot {
+    ready: Box<[(ServiceLabels, i64)]>,
+    handles: OnceLock<ParentMetrics>,
+}
+
+/// Handles of one parent port's rules, backends and mirrors.
+#[derive(Debug, Default)]
+struct ParentMetrics {
     routes: PtrMap<Arc<RouteMetrics>>,
     backends: PtrMap<Arc<BackendMetrics>>,
 }
 
 impl TableMetrics {
+    /// The handles of `parent`, resolved on first use.
+    fn handles(&self, parent: &ParentPort) -> Option<&ParentMetrics> {
+        let slot = self.parents.get(&ptr(parent))?;
+        let metrics = self.metrics.as_ref()?;
+        Some(slot.handles.get_or_init(|| metrics.parent_handles(parent)))
+    }
+
     /// Handles for `rule` served under `parent`. Both must belong to the table these metrics
     /// were built for.
     pub fn route(&self, parent: &ParentPort, rule: &Rule) -> Option<&Arc<RouteMetrics>> {
-        self.routes.get(&(ptr(parent), ptr(rule)))
+        self.handles(parent)?.routes.get(&ptr(rule))
     }
 
     pub fn backend(&self, parent: &ParentPort, backend: &Backend) -> Option<&Arc<BackendMetrics>> {
-        self.backends.get(&(ptr(parent), ptr(backend)))
+        self.handles(parent)?.backends.get(&ptr(backend))
     }
 
     pub fn mirror(&self, parent: &ParentPort, mirror: &Mirror) -> Option<&Arc<BackendMetrics>> {
-        self.backends.get(&(ptr(parent), ptr(mirror)))
+        self.handles(parent)?.backends.get(&ptr(mirror))
     }
 }
 
@@ -670,8 +775,7 @@ fn backend_labels(route: &RouteLabels, s: &ServiceBackend, mirror: bool) -> Back
     }
 }
 
-type PtrKey = (usize, usize);
-type PtrMap<V> = HashMap<PtrKey, V, BuildHasherDefault<PtrHasher>>;
+type PtrMap<V> = HashMap<usize, V, BuildHasherDefault<PtrHasher>>;
 
 fn ptr<T>(r: &T) -> usize {
     r as *const T as usize

@@ -154,6 +154,7 @@ pub async fn start(config: RunConfig) -> anyhow::Result<Running> {
             status: status.clone(),
             snapshots: snap_tx,
             parent_ports: None,
+            statuses: false,
         };
         let rx_stop = stop_rx.clone();
         others.push(tokio::spawn(async move {
@@ -275,6 +276,7 @@ async fn start_kube(config: RunConfig) -> anyhow::Result<Running> {
         status: status.clone(),
         snapshots: snap_tx,
         parent_ports: publishing.then_some(ports_tx),
+        statuses: true,
     };
     others.push(tokio::spawn(source::run(
         client.clone(),

@@ -3,6 +3,7 @@
 //! status. Pure and deterministic: the same objects in any order give the same table.
 
 pub mod accrual;
+pub mod incremental;
 pub mod publish;
 pub mod retry;
 pub mod status;
@@ -12,12 +13,12 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use http::HeaderValue;
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 
-use crate::index::Index;
+use crate::index::{Dep, Index};
 use crate::model::ObjectKey;
 use crate::table::{
     Backend, BackendTarget, Endpoint, EndpointLoad, Filter, Mirror, ParentPort, Protocol,
@@ -84,193 +85,24 @@ impl Compiled {
 
 /// Compile the index. `prev` (the live table, if any) lends its endpoint load counters so
 /// load-aware balancing carries over a swap.
+///
+/// This is the full compile; [`incremental::Incremental`] gives the same table and statuses
+/// rebuilding only what a change touches (and is tested against this).
 pub fn compile(index: &Index, opts: &CompileOptions, prev: Option<&RouteTable>) -> Compiled {
     let loads = prev.map(|t| t.endpoint_loads()).unwrap_or_default();
-    let mut cx = Cx {
-        index,
-        loads,
-        backends: HashMap::new(),
-        key_buf: String::new(),
-        endpoints: endpoints_by_service(index),
-        failover: false,
-        service_retry: None,
-        remote_endpoints: index
-            .remote
-            .iter()
-            .map(|(c, i)| (c.clone(), endpoints_by_service(i)))
-            .collect(),
-    };
+    let mut cx = Cx::new(index, loads, None);
 
     // (parent ns, parent name, port) → matches collected from every accepted route.
     let mut buckets: HashMap<(&str, &str, u16), Vec<Entry>> = HashMap::new();
     let mut statuses = Vec::new();
-
     for (key, route) in &index.routes {
-        let mut rs = RouteStatus {
-            kind: route.kind,
-            api_version: route.api_version.clone(),
-            namespace: route.namespace.clone(),
-            name: route.name.clone(),
-            generation: route.generation,
-            parents: vec![],
-            notes: vec![],
-        };
-        let route_ref = RouteRef {
-            kind: route.kind.kind(),
-            group: route.kind.group(),
-            namespace: route.namespace.as_str().into(),
-            name: route.name.as_str().into(),
-        };
-        let rules = expand_rules(index, route);
-        cx.failover = route.failover;
-        for parent in &route.parents {
-            let g = route.generation;
-            let mut conds = Vec::new();
-            if !(is_core(&parent.group) && parent.kind.eq_ignore_ascii_case("Service")) {
-                // Gateways and other parents belong to other controllers. But a core-group
-                // parent that is not a Service, or a "Service" outside the core group, is
-                // nobody's: a typo that would silently detach the route.
-                if let Some(msg) = misspelled_service_parent(&parent.group, &parent.kind) {
-                    conds.push(condition("Accepted", false, "NoMatchingParent", msg, g));
-                    conds.push(condition(
-                        "ResolvedRefs",
-                        true,
-                        "ResolvedRefs",
-                        "not evaluated: parent not accepted",
-                        g,
-                    ));
-                    rs.parents.push(ParentStatus {
-                        parent_ref: parent.into(),
-                        controller_name: CONTROLLER_NAME,
-                        conditions: conds,
-                    });
-                }
-                continue;
-            }
-            let ports = match parent_ports(index, &parent.namespace, &parent.name, parent.port) {
-                Ok(p) => p,
-                Err(msg) => {
-                    conds.push(condition("Accepted", false, "NoMatchingParent", msg, g));
-                    conds.push(condition(
-                        "ResolvedRefs",
-                        true,
-                        "ResolvedRefs",
-                        "not evaluated: parent not accepted",
-                        g,
-                    ));
-                    rs.parents.push(ParentStatus {
-                        parent_ref: parent.into(),
-                        controller_name: CONTROLLER_NAME,
-                        conditions: conds,
-                    });
-                    continue;
-                }
-            };
-            cx.service_retry = index
-                .service(&parent.namespace, &parent.name)
-                .and_then(retry::for_service);
-            let mut problems: Vec<(&'static str, String)> = Vec::new();
-            let mut dropped: Vec<String> = rules.dropped.clone();
-            let mut kept = 0usize;
-            let mut notes: Vec<String> = Vec::new();
-            for port in &ports {
-                let bucket = buckets
-                    .entry((parent.namespace.as_str(), parent.name.as_str(), *port))
-                    .or_default();
-                for (ri, rule) in rules.rules.iter().enumerate() {
-                    let Some(rule) = rule else { continue };
-                    let compiled = cx.rule(
-                        route_ref.clone(),
-                        rules.index[ri],
-                        rule,
-                        *port,
-                        &mut problems,
-                        &mut notes,
-                    );
-                    if *port == ports[0] {
-                        kept += 1;
-                    }
-                    for (mi, m) in rule.matches.iter().enumerate() {
-                        bucket.push(Entry {
-                            m: m.clone(),
-                            rule: compiled.clone(),
-                            created: route.created,
-                            key,
-                            rule_index: rules.index[ri],
-                            match_index: mi,
-                        });
-                    }
-                }
-            }
-            problems.sort();
-            problems.dedup();
-            notes.sort();
-            notes.dedup();
-            if kept == 0 {
-                if dropped.is_empty() {
-                    dropped.push("route has no rules".into());
-                }
-                conds.push(condition(
-                    "Accepted",
-                    false,
-                    "UnsupportedValue",
-                    format!("no valid rules: {}", dropped.join("; ")),
-                    g,
-                ));
-            } else {
-                let mut msg = String::from("route accepted by meshroute");
-                for n in &notes {
-                    msg.push_str("; ");
-                    msg.push_str(n);
-                }
-                if opts.publish_endpoints {
-                    if let Some(why) = index
-                        .service(&parent.namespace, &parent.name)
-                        .and_then(|svc| publish::refusal(index, svc))
-                    {
-                        let _ = write!(msg, "; meshroute does not publish endpoints for it: {why}");
-                    }
-                }
-                conds.push(condition("Accepted", true, "Accepted", msg, g));
-                rs.notes.extend(notes);
-            }
-            if problems.is_empty() {
-                conds.push(condition(
-                    "ResolvedRefs",
-                    true,
-                    "ResolvedRefs",
-                    "all references resolved",
-                    g,
-                ));
-            } else {
-                let reason = if problems.iter().any(|(r, _)| *r == "InvalidKind") {
-                    "InvalidKind"
-                } else {
-                    problems[0].0
-                };
-                let msg = problems
-                    .iter()
-                    .map(|(_, m)| m.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                conds.push(condition("ResolvedRefs", false, reason, msg, g));
-            }
-            if kept > 0 && !dropped.is_empty() {
-                conds.push(condition(
-                    "PartiallyInvalid",
-                    true,
-                    "UnsupportedValue",
-                    format!("rules dropped: {}", dropped.join("; ")),
-                    g,
-                ));
-            }
-            rs.parents.push(ParentStatus {
-                parent_ref: parent.into(),
-                controller_name: CONTROLLER_NAME,
-                conditions: conds,
-            });
-        }
-        statuses.push(rs);
+        statuses.push(compile_route(
+            &mut cx,
+            opts,
+            key,
+            route,
+            |ns, name, port, e| buckets.entry((ns, name, port)).or_default().push(e),
+        ));
     }
 
     let mut table = RouteTable::new(&opts.cluster_domain);
@@ -278,55 +110,258 @@ pub fn compile(index: &Index, opts: &CompileOptions, prev: Option<&RouteTable>) 
     // Every Service port is a parent; those with accepted routes get their rules, the rest
     // pass through to their own endpoints.
     for ((ns, name), svc) in &index.services {
-        if service_type(svc) == "ExternalName" {
-            continue;
-        }
-        for sp in svc
-            .spec
-            .as_ref()
-            .and_then(|s| s.ports.as_ref())
-            .into_iter()
-            .flatten()
-        {
-            let Ok(port) = u16::try_from(sp.port) else {
-                continue;
-            };
-            let entries = buckets.remove(&(ns.as_str(), name.as_str(), port));
-            let matches = match entries {
-                Some(mut entries) => {
-                    entries.sort_by(Entry::cmp);
-                    entries.into_iter().map(|e| (e.m, e.rule)).collect()
-                }
-                None => {
-                    let mut problems = Vec::new();
-                    let target = cx.backend(ns, name, Some(port), port, &mut problems);
-                    let rule = Rule {
-                        route: None,
-                        index: 0,
-                        filters: vec![],
-                        backends: WeightedBackends::new(vec![Backend {
-                            weight: 1,
-                            target,
-                            filters: vec![],
-                        }]),
-                        timeouts: Default::default(),
-                        retry: retry::for_service(svc),
-                    };
-                    vec![(RequestMatch::default(), Arc::new(rule))]
-                }
-            };
-            table.insert_parent(ParentPort {
-                namespace: ns.as_str().into(),
-                name: name.as_str().into(),
-                port,
-                matches,
-            });
+        for parent in build_parent(&mut cx, ns, name, svc, |port| {
+            buckets.remove(&(ns.as_str(), name.as_str(), port))
+        }) {
+            table.insert_parent(parent);
         }
     }
     for lp in publish::local_ports(index) {
         table.set_local_port(lp.local, &lp.namespace, &lp.name, lp.port);
     }
     Compiled { table, statuses }
+}
+
+/// Compile one route: its status, and every (match, rule) it adds to a parent port, given to
+/// `emit` with the parent's namespace, name and port. What it reads besides the route is
+/// recorded in `cx.deps`.
+fn compile_route<'a>(
+    cx: &mut Cx<'_>,
+    opts: &CompileOptions,
+    key: &'a ObjectKey,
+    route: &'a AdmittedRoute,
+    mut emit: impl FnMut(&'a str, &'a str, u16, Entry<'a>),
+) -> RouteStatus {
+    let mut rs = RouteStatus {
+        kind: route.kind,
+        api_version: route.api_version.clone(),
+        namespace: route.namespace.clone(),
+        name: route.name.clone(),
+        generation: route.generation,
+        parents: vec![],
+        notes: vec![],
+    };
+    let route_ref = RouteRef {
+        kind: route.kind.kind(),
+        group: route.kind.group(),
+        namespace: route.namespace.as_str().into(),
+        name: route.name.as_str().into(),
+    };
+    if route.kind == RouteKind::TrafficSplit {
+        for g in &route.smi_groups {
+            cx.deps
+                .push(Dep::Group((route.namespace.clone(), g.clone())));
+        }
+    }
+    let rules = expand_rules(cx.index, route);
+    cx.failover = route.failover;
+    for parent in &route.parents {
+        let g = route.generation;
+        let mut conds = Vec::new();
+        if !(is_core(&parent.group) && parent.kind.eq_ignore_ascii_case("Service")) {
+            // Gateways and other parents belong to other controllers. But a core-group
+            // parent that is not a Service, or a "Service" outside the core group, is
+            // nobody's: a typo that would silently detach the route.
+            if let Some(msg) = misspelled_service_parent(&parent.group, &parent.kind) {
+                conds.push(condition("Accepted", false, "NoMatchingParent", msg, g));
+                conds.push(condition(
+                    "ResolvedRefs",
+                    true,
+                    "ResolvedRefs",
+                    "not evaluated: parent not accepted",
+                    g,
+                ));
+                rs.parents.push(ParentStatus {
+                    parent_ref: parent.into(),
+                    controller_name: CONTROLLER_NAME,
+                    conditions: conds,
+                });
+            }
+            continue;
+        }
+        cx.deps.push(Dep::Service((
+            parent.namespace.clone(),
+            parent.name.clone(),
+        )));
+        let ports = match parent_ports(cx.index, &parent.namespace, &parent.name, parent.port) {
+            Ok(p) => p,
+            Err(msg) => {
+                conds.push(condition("Accepted", false, "NoMatchingParent", msg, g));
+                conds.push(condition(
+                    "ResolvedRefs",
+                    true,
+                    "ResolvedRefs",
+                    "not evaluated: parent not accepted",
+                    g,
+                ));
+                rs.parents.push(ParentStatus {
+                    parent_ref: parent.into(),
+                    controller_name: CONTROLLER_NAME,
+                    conditions: conds,
+                });
+                continue;
+            }
+        };
+        cx.service_retry = cx
+            .index
+            .service(&parent.namespace, &parent.name)
+            .and_then(retry::for_service);
+        let mut problems: Vec<(&'static str, String)> = Vec::new();
+        let mut dropped: Vec<String> = rules.dropped.clone();
+        let mut kept = 0usize;
+        let mut notes: Vec<String> = Vec::new();
+        for port in &ports {
+            for (ri, rule) in rules.rules.iter().enumerate() {
+                let Some(rule) = rule else { continue };
+                let compiled = cx.rule(
+                    route_ref.clone(),
+                    rules.index[ri],
+                    rule,
+                    *port,
+                    &mut problems,
+                    &mut notes,
+                );
+                if *port == ports[0] {
+                    kept += 1;
+                }
+                for (mi, m) in rule.matches.iter().enumerate() {
+                    emit(
+                        parent.namespace.as_str(),
+                        parent.name.as_str(),
+                        *port,
+                        Entry {
+                            m: m.clone(),
+                            rule: compiled.clone(),
+                            created: route.created,
+                            key,
+                            rule_index: rules.index[ri],
+                            match_index: mi,
+                        },
+                    );
+                }
+            }
+        }
+        problems.sort();
+        problems.dedup();
+        notes.sort();
+        notes.dedup();
+        if kept == 0 {
+            if dropped.is_empty() {
+                dropped.push("route has no rules".into());
+            }
+            conds.push(condition(
+                "Accepted",
+                false,
+                "UnsupportedValue",
+                format!("no valid rules: {}", dropped.join("; ")),
+                g,
+            ));
+        } else {
+            let mut msg = String::from("route accepted by meshroute");
+            for n in &notes {
+                msg.push_str("; ");
+                msg.push_str(n);
+            }
+            if opts.publish_endpoints {
+                if let Some(why) = cx
+                    .index
+                    .service(&parent.namespace, &parent.name)
+                    .and_then(|svc| publish::refusal(cx.index, svc))
+                {
+                    let _ = write!(msg, "; meshroute does not publish endpoints for it: {why}");
+                }
+            }
+            conds.push(condition("Accepted", true, "Accepted", msg, g));
+            rs.notes.extend(notes);
+        }
+        if problems.is_empty() {
+            conds.push(condition(
+                "ResolvedRefs",
+                true,
+                "ResolvedRefs",
+                "all references resolved",
+                g,
+            ));
+        } else {
+            let reason = if problems.iter().any(|(r, _)| *r == "InvalidKind") {
+                "InvalidKind"
+            } else {
+                problems[0].0
+            };
+            let msg = problems
+                .iter()
+                .map(|(_, m)| m.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            conds.push(condition("ResolvedRefs", false, reason, msg, g));
+        }
+        if kept > 0 && !dropped.is_empty() {
+            conds.push(condition(
+                "PartiallyInvalid",
+                true,
+                "UnsupportedValue",
+                format!("rules dropped: {}", dropped.join("; ")),
+                g,
+            ));
+        }
+        rs.parents.push(ParentStatus {
+            parent_ref: parent.into(),
+            controller_name: CONTROLLER_NAME,
+            conditions: conds,
+        });
+    }
+    rs
+}
+
+/// The ports of parent Service `ns/name` (none for an ExternalName Service): each port's
+/// entries (`take(port)`) in precedence order, or, without any, a passthrough rule to the
+/// Service's own endpoints.
+fn build_parent<'a>(
+    cx: &mut Cx<'_>,
+    ns: &str,
+    name: &str,
+    svc: &Service,
+    mut take: impl FnMut(u16) -> Option<Vec<Entry<'a>>>,
+) -> Vec<ParentPort> {
+    let mut out = Vec::new();
+    if service_type(svc) == "ExternalName" {
+        return out;
+    }
+    for sp in service_ports(svc) {
+        let Ok(port) = u16::try_from(sp.port) else {
+            continue;
+        };
+        let matches = match take(port) {
+            Some(mut entries) => {
+                entries.sort_by(Entry::cmp);
+                entries.into_iter().map(|e| (e.m, e.rule)).collect()
+            }
+            None => {
+                let mut problems = Vec::new();
+                let target = cx.backend(ns, name, Some(port), port, &mut problems);
+                let rule = Rule {
+                    route: None,
+                    index: 0,
+                    filters: vec![],
+                    backends: WeightedBackends::new(vec![Backend {
+                        weight: 1,
+                        target,
+                        filters: vec![],
+                    }]),
+                    timeouts: Default::default(),
+                    retry: retry::for_service(svc),
+                };
+                vec![(RequestMatch::default(), Arc::new(rule))]
+            }
+        };
+        out.push(ParentPort {
+            namespace: ns.into(),
+            name: name.into(),
+            port,
+            matches,
+        });
+    }
+    out
 }
 
 /// Why a parentRef that is not a core Service looks like a mistaken one, if it does: a kind
@@ -390,6 +425,9 @@ impl Entry<'_> {
             .then_with(|| a.key.group.cmp(b.key.group))
             .then_with(|| a.rule_index.cmp(&b.rule_index))
             .then_with(|| a.match_index.cmp(&b.match_index))
+            // Two kinds of one group and name (an HTTPRoute and a GRPCRoute): key order, as
+            // the index walks them.
+            .then_with(|| a.key.kind.cmp(b.key.kind))
     }
 }
 
@@ -534,29 +572,23 @@ fn parent_ports(
 }
 
 /// Endpoints of one Service, merged from its EndpointSlices (or Endpoints when it has none).
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct ServiceEndpoints {
     /// (port name, port number, address, ready)
     entries: Vec<(String, u16, IpAddr, bool)>,
     remote_fq_name: Option<String>,
 }
 
-fn endpoints_by_service(index: &Index) -> HashMap<(String, String), ServiceEndpoints> {
-    let mut out: HashMap<(String, String), ServiceEndpoints> = HashMap::new();
-    for ((ns, _), slice) in &index.slices {
+/// The endpoints of Service `ns/name` in `index`: from its EndpointSlices (meshroute's own
+/// left out: they lead to meshroute itself), or from its Endpoints when it has none; `None`
+/// when it has neither.
+fn service_endpoints(index: &Index, ns: &str, name: &str) -> Option<ServiceEndpoints> {
+    let mut e: Option<ServiceEndpoints> = None;
+    for slice in index.slices_for(ns, name) {
         if publish::is_ours(slice) {
-            // They lead to meshroute itself.
             continue;
         }
-        let Some(svc) = slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("kubernetes.io/service-name"))
-        else {
-            continue;
-        };
-        let e = out.entry((ns.clone(), svc.clone())).or_default();
+        let e = e.get_or_insert_with(ServiceEndpoints::default);
         if let Some(fq) = slice
             .metadata
             .annotations
@@ -581,42 +613,41 @@ fn endpoints_by_service(index: &Index) -> HashMap<(String, String), ServiceEndpo
             }
         }
     }
-    for ((ns, name), eps) in &index.endpoints {
-        let key = (ns.clone(), name.clone());
-        if out.contains_key(&key) {
-            continue; // EndpointSlices win, as they do for kube-proxy.
-        }
-        let e = out.entry(key).or_default();
-        if let Some(fq) = eps
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(REMOTE_FQ_NAME))
-        {
-            e.remote_fq_name = Some(fq.clone());
-        }
-        for subset in eps.subsets.iter().flatten() {
-            let lists = [
-                (subset.addresses.as_ref(), true),
-                (subset.not_ready_addresses.as_ref(), false),
-            ];
-            for (addrs, ready) in lists {
-                for a in addrs.into_iter().flatten() {
-                    let Ok(ip) = a.ip.parse::<IpAddr>() else {
+    if e.is_some() {
+        // EndpointSlices win, as they do for kube-proxy.
+        return e;
+    }
+    let eps = index.endpoints.get(&(ns.to_string(), name.to_string()))?;
+    let mut e = ServiceEndpoints::default();
+    if let Some(fq) = eps
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(REMOTE_FQ_NAME))
+    {
+        e.remote_fq_name = Some(fq.clone());
+    }
+    for subset in eps.subsets.iter().flatten() {
+        let lists = [
+            (subset.addresses.as_ref(), true),
+            (subset.not_ready_addresses.as_ref(), false),
+        ];
+        for (addrs, ready) in lists {
+            for a in addrs.into_iter().flatten() {
+                let Ok(ip) = a.ip.parse::<IpAddr>() else {
+                    continue;
+                };
+                for p in subset.ports.iter().flatten() {
+                    let Ok(port) = u16::try_from(p.port) else {
                         continue;
                     };
-                    for p in subset.ports.iter().flatten() {
-                        let Ok(port) = u16::try_from(p.port) else {
-                            continue;
-                        };
-                        e.entries
-                            .push((p.name.clone().unwrap_or_default(), port, ip, ready));
-                    }
+                    e.entries
+                        .push((p.name.clone().unwrap_or_default(), port, ip, ready));
                 }
             }
         }
     }
-    out
+    Some(e)
 }
 
 /// A backend resolution: the backend, or (status reason, message).
@@ -625,20 +656,41 @@ type Resolved = Result<Arc<ServiceBackend>, (&'static str, String)>;
 struct Cx<'a> {
     index: &'a Index,
     loads: HashMap<SocketAddr, Arc<EndpointLoad>>,
-    /// Resolved backends by (namespace, name, port), shared between rules.
-    backends: HashMap<String, Resolved>,
+    /// Load counters of endpoints in tables still alive (incremental compiles), for
+    /// endpoints `loads` does not have.
+    live_loads: Option<&'a HashMap<SocketAddr, Weak<EndpointLoad>>>,
+    /// Resolved backends by (namespace, name, port), shared between rules, with what
+    /// resolving them read.
+    backends: HashMap<String, (Resolved, Vec<Dep>)>,
     /// Scratch buffer for `ns/name:port` cache keys.
     key_buf: String,
-    endpoints: HashMap<(String, String), ServiceEndpoints>,
     /// The route being compiled has linkerd-failover's annotation ([`fail_over`]).
     failover: bool,
     /// Retry policy of the parent Service being compiled (Linkerd's annotations on it).
     service_retry: Option<Arc<crate::table::retry::RetryPolicy>>,
-    /// Per linked cluster, as `endpoints`.
-    remote_endpoints: HashMap<String, HashMap<(String, String), ServiceEndpoints>>,
+    /// What was read since last cleared (besides routes): Services, their endpoints,
+    /// HTTPRouteGroups, linked clusters.
+    deps: Vec<Dep>,
 }
 
-impl Cx<'_> {
+impl<'a> Cx<'a> {
+    fn new(
+        index: &'a Index,
+        loads: HashMap<SocketAddr, Arc<EndpointLoad>>,
+        live_loads: Option<&'a HashMap<SocketAddr, Weak<EndpointLoad>>>,
+    ) -> Self {
+        Cx {
+            index,
+            loads,
+            live_loads,
+            backends: HashMap::new(),
+            key_buf: String::new(),
+            failover: false,
+            service_retry: None,
+            deps: Vec::new(),
+        }
+    }
+
     fn rule(
         &mut self,
         route: RouteRef,
@@ -650,6 +702,13 @@ impl Cx<'_> {
     ) -> Arc<Rule> {
         let filters = self.filters(&spec.filters, parent_port, problems);
         let smi = route.kind == "TrafficSplit";
+        if smi {
+            // Whether a backend has the apex's port (below).
+            for b in spec.backends.iter().filter(|b| b.port.is_none()) {
+                self.deps
+                    .push(Dep::Service((b.namespace.clone(), b.name.clone())));
+            }
+        }
         let backends = spec
             .backends
             .iter()
@@ -746,11 +805,17 @@ impl Cx<'_> {
         let port = port.unwrap_or(parent_port);
         self.key_buf.clear();
         let _ = write!(self.key_buf, "{ns}/{name}:{port}");
-        if !self.backends.contains_key(self.key_buf.as_str()) {
-            let resolved = self.resolve(ns, name, port);
-            self.backends.insert(self.key_buf.clone(), resolved);
+        match self.backends.get(self.key_buf.as_str()) {
+            Some((_, deps)) => self.deps.extend(deps.iter().cloned()),
+            None => {
+                let start = self.deps.len();
+                let key = self.key_buf.clone();
+                let resolved = self.resolve(ns, name, port);
+                let deps = self.deps[start..].to_vec();
+                self.backends.insert(key, (resolved, deps));
+            }
         }
-        match &self.backends[self.key_buf.as_str()] {
+        match &self.backends[self.key_buf.as_str()].0 {
             Ok(b) => BackendTarget::Service(b.clone()),
             Err((reason, msg)) => {
                 problems.push((reason, msg.clone()));
@@ -765,7 +830,7 @@ impl Cx<'_> {
     /// local port `port` (`sp`), if the cluster is linked and exports it (for federation:
     /// `mirror.linkerd.io/federated: member` also counts); else why not.
     fn remote_member(
-        &self,
+        &mut self,
         cluster: &str,
         ns: &str,
         name: &str,
@@ -773,7 +838,9 @@ impl Cx<'_> {
         sp: &ServicePort,
         federation: bool,
     ) -> Result<(String, bool), String> {
-        let Some(linked) = self.index.remote.get(cluster) else {
+        self.deps.push(Dep::Cluster(cluster.to_string()));
+        let index = self.index;
+        let Some(linked) = index.remote.get(cluster) else {
             return Err(format!(
                 "{ns}/{name} in cluster {cluster:?}, which is not linked (--link {cluster}=KUBECONFIG)"
             ));
@@ -784,6 +851,10 @@ impl Cx<'_> {
             matches!(v(EXPORTED_LABEL), Some("remote-discovery" | "true"))
                 || (federation && v(FEDERATED_LABEL) == Some("member"))
         };
+        self.deps.push(Dep::Remote(
+            cluster.to_string(),
+            (ns.to_string(), name.to_string()),
+        ));
         let Some(rsvc) = linked.service(ns, name).filter(|s| exported(s)) else {
             return Err(format!(
                 "{ns}/{name}, which is not found (or not exported) in linked cluster {cluster}"
@@ -800,7 +871,10 @@ impl Cx<'_> {
         name: &str,
         port: u16,
     ) -> Result<Arc<ServiceBackend>, (&'static str, String)> {
-        let Some(svc) = self.index.service(ns, name) else {
+        self.deps
+            .push(Dep::Service((ns.to_string(), name.to_string())));
+        let index = self.index;
+        let Some(svc) = index.service(ns, name) else {
             return Err((
                 "BackendNotFound",
                 format!("backend Service {ns}/{name} not found"),
@@ -831,27 +905,22 @@ impl Cx<'_> {
         let mut cluster = label(CLUSTER_LABEL)
             .filter(|_| mirrored)
             .map(Arc::<str>::from);
-        let local_eps = self.endpoints.get(&(ns.to_string(), name.to_string()));
+        let local_eps = service_endpoints(index, ns, name);
         // Where the endpoints come from: (linked cluster or local, endpoints, port name, the
         // Service has a single port).
-        let mut members: Vec<(Option<&str>, Option<&ServiceEndpoints>, String, bool)> = Vec::new();
+        let mut members: Vec<(Option<&str>, Option<ServiceEndpoints>, String, bool)> = Vec::new();
         let federated_remote = annotation(REMOTE_DISCOVERY_LABEL);
         let federated_local = annotation(LOCAL_DISCOVERY_ANNOTATION);
         if federated_remote.is_some() || federated_local.is_some() {
             // A federated Service: the union of its members' endpoints, local ones first.
             let mut missing = Vec::new();
             if let Some(local) = federated_local.filter(|l| !l.is_empty()) {
-                match self
-                    .index
-                    .service(ns, local)
-                    .map(|s| member_port(s, port, sp))
-                {
-                    Some(Some((pn, single))) => members.push((
-                        None,
-                        self.endpoints.get(&(ns.to_string(), local.to_string())),
-                        pn,
-                        single,
-                    )),
+                self.deps
+                    .push(Dep::Service((ns.to_string(), local.to_string())));
+                match index.service(ns, local).map(|s| member_port(s, port, sp)) {
+                    Some(Some((pn, single))) => {
+                        members.push((None, service_endpoints(index, ns, local), pn, single))
+                    }
                     _ => missing.push(format!("{ns}/{local} (local): not found or no port {port}")),
                 }
             }
@@ -862,9 +931,10 @@ impl Cx<'_> {
                 match self.remote_member(rcluster, ns, rname, port, sp, true) {
                     Ok((pn, single)) => members.push((
                         Some(rcluster),
-                        self.remote_endpoints
+                        index
+                            .remote
                             .get(rcluster)
-                            .and_then(|e| e.get(&(ns.to_string(), rname.to_string()))),
+                            .and_then(|i| service_endpoints(i, ns, rname)),
                         pn,
                         single,
                     )),
@@ -896,16 +966,17 @@ impl Cx<'_> {
             cluster = Some(Arc::from(remote_cluster));
             members.push((
                 Some(remote_cluster),
-                self.remote_endpoints
+                index
+                    .remote
                     .get(remote_cluster)
-                    .and_then(|m| m.get(&(ns.to_string(), remote_name.to_string()))),
+                    .and_then(|i| service_endpoints(i, ns, remote_name)),
                 pn,
                 single,
             ));
         } else {
             members.push((
                 None,
-                local_eps,
+                local_eps.clone(),
                 sp.name.clone().unwrap_or_default(),
                 service_ports(svc).len() == 1,
             ));
@@ -914,7 +985,11 @@ impl Cx<'_> {
         // (endpoint, member cluster) in member order.
         let mut found: Vec<(Endpoint, Option<&str>)> = Vec::new();
         for (member_cluster, eps, port_name, single_port) in &members {
-            for (pname, pnum, ip, ready) in eps.map(|e| e.entries.as_slice()).unwrap_or_default() {
+            for (pname, pnum, ip, ready) in eps
+                .as_ref()
+                .map(|e| e.entries.as_slice())
+                .unwrap_or_default()
+            {
                 // A single unnamed port matches the Service's only port, named or not.
                 if pname != port_name && !(pname.is_empty() && *single_port) {
                     continue;
@@ -923,7 +998,16 @@ impl Cx<'_> {
                 if found.iter().any(|(e, _)| e.addr == addr) {
                     continue;
                 }
-                let load = self.loads.entry(addr).or_default().clone();
+                let live = self.live_loads;
+                let load = self
+                    .loads
+                    .entry(addr)
+                    .or_insert_with(|| {
+                        live.and_then(|l| l.get(&addr))
+                            .and_then(Weak::upgrade)
+                            .unwrap_or_default()
+                    })
+                    .clone();
                 found.push((
                     Endpoint {
                         addr,
@@ -951,8 +1035,7 @@ impl Cx<'_> {
             cluster = (!used.is_empty()).then(|| Arc::from(used.join(",")));
         }
         let endpoints: Vec<Endpoint> = found.into_iter().map(|(e, _)| e).collect();
-        let eps = local_eps;
-        let remote = eps.and_then(|e| e.remote_fq_name.clone()).or_else(|| {
+        let remote = local_eps.and_then(|e| e.remote_fq_name).or_else(|| {
             svc.metadata
                 .annotations
                 .as_ref()

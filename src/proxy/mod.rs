@@ -147,7 +147,9 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     pub config: ProxyConfig,
     ready: AtomicBool,
-    publishing: Mutex<()>,
+    /// Serialises publishes; holds how many parent ports of the live table send to each
+    /// endpoint (its pool lives while some do).
+    publishing: Mutex<HashMap<std::net::SocketAddr, usize>>,
 }
 
 impl Proxy {
@@ -165,29 +167,66 @@ impl Proxy {
             metrics,
             config,
             ready: AtomicBool::new(false),
-            publishing: Mutex::new(()),
+            publishing: Mutex::new(HashMap::new()),
         })
     }
 
     /// Make `table` the live table. Assigns and returns its generation (previous + 1).
+    ///
+    /// A table that shares parent ports (`Arc`) with the live one (an incremental compile)
+    /// costs what differs: their metric handles and connection pools carry over untouched.
     pub fn publish(&self, mut table: RouteTable) -> u64 {
-        let _serial = self.publishing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pool_refs = self.publishing.lock().unwrap_or_else(|e| e.into_inner());
         let prev = self.live.load_full();
         table.generation = prev.table.generation + 1;
         let generation = table.generation;
-        self.metrics.reset_endpoint_gauges();
-        let metrics = self.metrics.for_table(&table);
-        let pools = pool::carry_over(
-            Some(&prev.pools),
-            endpoint_addrs(&table),
-            self.config.pool_limits(),
-        );
-        let budgets = retry::carry_over_budgets(&prev.budgets, &table);
-        let parents = table
+        let metrics = self.metrics.for_table(&table, Some(&prev.metrics));
+        let parents: HashMap<usize, Arc<ParentPort>, BuildHasherDefault<PtrHasher>> = table
             .services()
             .flat_map(|s| s.ports.iter())
             .map(|p| (Arc::as_ptr(p) as usize, p.clone()))
             .collect();
+        // Pools of the endpoints that parent ports entering the table send to, and none for
+        // endpoints no parent port sends to any more.
+        let mut added = Vec::new();
+        for (key, p) in &parents {
+            if !prev.parents.contains_key(key) {
+                added.extend(endpoint_addrs(p));
+            }
+        }
+        let mut removed = Vec::new();
+        for (key, p) in &prev.parents {
+            if !parents.contains_key(key) {
+                removed.extend(endpoint_addrs(p));
+            }
+        }
+        let mut pools = prev.pools.clone();
+        for addr in &added {
+            *pool_refs.entry(*addr).or_default() += 1;
+        }
+        pools.extend(pool::carry_over(
+            Some(&prev.pools),
+            added,
+            self.config.pool_limits(),
+        ));
+        for addr in removed {
+            if let Some(n) = pool_refs.get_mut(&addr) {
+                *n -= 1;
+                if *n == 0 {
+                    pool_refs.remove(&addr);
+                    pools.remove(&addr);
+                }
+            }
+        }
+        let budgets = retry::carry_over_budgets(
+            &prev.budgets,
+            &prev.table,
+            &table,
+            parents
+                .iter()
+                .filter(|(key, _)| !prev.parents.contains_key(key))
+                .map(|(_, p)| &**p),
+        );
         self.live.store(Arc::new(Live {
             table: Arc::new(table),
             parents,
@@ -217,26 +256,24 @@ impl Proxy {
     }
 }
 
-/// Every endpoint address the table can send to (backends and mirror targets).
-fn endpoint_addrs(table: &RouteTable) -> Vec<std::net::SocketAddr> {
+/// Every endpoint address a parent port can send to (backends and mirror targets), once.
+fn endpoint_addrs(parent: &ParentPort) -> Vec<std::net::SocketAddr> {
     let mut out = Vec::new();
-    for svc in table.services() {
-        for parent in &svc.ports {
-            for (_, rule) in &parent.matches {
-                let backend_filters = rule.backends.iter().flat_map(|b| b.filters.iter());
-                for f in rule.filters.iter().chain(backend_filters) {
-                    if let Filter::RequestMirror(m) = f {
-                        out.extend(m.backend.endpoints.iter().map(|e| e.addr));
-                    }
-                }
-                for b in rule.backends.iter() {
-                    if let BackendTarget::Service(s) = &b.target {
-                        out.extend(s.endpoints.iter().map(|e| e.addr));
-                    }
-                }
+    for (_, rule) in &parent.matches {
+        let backend_filters = rule.backends.iter().flat_map(|b| b.filters.iter());
+        for f in rule.filters.iter().chain(backend_filters) {
+            if let Filter::RequestMirror(m) = f {
+                out.extend(m.backend.endpoints.iter().map(|e| e.addr));
+            }
+        }
+        for b in rule.backends.iter() {
+            if let BackendTarget::Service(s) = &b.target {
+                out.extend(s.endpoints.iter().map(|e| e.addr));
             }
         }
     }
+    out.sort_unstable();
+    out.dedup();
     out
 }
 

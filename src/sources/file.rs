@@ -270,6 +270,22 @@ fn whole_file_error(file: &Path, message: String) -> LoadError {
 /// modification time changed while it was read, or it is empty and was written less than
 /// [`SETTLE`] ago. Those errors are [`LoadError::transient`], so the watcher reads again soon.
 pub fn read_file(file: &Path) -> Vec<Result<Loaded, LoadError>> {
+    read_file_with(file, Locate::Always)
+}
+
+/// Whether objects are located (line and column of the document and of every field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Locate {
+    Always,
+    /// Only when something in the file is wrong: a clean file is parsed once instead of twice
+    /// (locating is a second pass over the text), and its objects carry document numbers
+    /// only. A file with any error is parsed again, located, so every error still names
+    /// `file:line:column`.
+    OnError,
+}
+
+/// [`read_file`], locating objects as `locate` says.
+pub fn read_file_with(file: &Path, locate: Locate) -> Vec<Result<Loaded, LoadError>> {
     let stamp = |m: &std::fs::Metadata| (m.len(), m.modified().ok());
     let before = match std::fs::metadata(file) {
         Ok(m) => m,
@@ -306,7 +322,39 @@ pub fn read_file(file: &Path) -> Vec<Result<Loaded, LoadError>> {
         e.transient = true;
         return vec![Err(e)];
     }
-    parse_documents(file, &text)
+    match locate {
+        Locate::Always => parse_documents(file, &text),
+        Locate::OnError => {
+            parse_unlocated(file, &text).unwrap_or_else(|| parse_documents(file, &text))
+        }
+    }
+}
+
+/// Parse without locating; `None` when anything in the text is wrong (a YAML error, a
+/// repeated key, an object that does not decode or is not admitted).
+fn parse_unlocated(file: &Path, text: &str) -> Option<Vec<Result<Loaded, LoadError>>> {
+    if alias_expansion(text).is_some_and(|n| n > MAX_ALIAS_EXPANSION) {
+        return None;
+    }
+    let docs: Vec<Value> = serde_saphyr::from_multiple_with_options(text, yaml_options()).ok()?;
+    let mut out = Vec::new();
+    for (i, doc) in docs.into_iter().enumerate() {
+        let location = Location {
+            file: file.to_path_buf(),
+            document: i + 1,
+            pos: None,
+        };
+        if doc.is_null() {
+            continue;
+        }
+        if doc.get("kind").and_then(Value::as_str) == Some("List") {
+            return None;
+        }
+        let loaded = decode_strict(&location, doc, None).ok()?;
+        crate::compile::validate::admit(&loaded.object).ok()?;
+        out.push(Ok(loaded));
+    }
+    Some(out)
 }
 
 fn yaml_options() -> serde_saphyr::Options {
@@ -422,7 +470,7 @@ fn str_at<'v>(v: &'v Value, path: &[&str]) -> Option<&'v str> {
     cur.as_str()
 }
 
-fn info_of(obj: &Object) -> ObjectInfo {
+pub(crate) fn info_of(obj: &Object) -> ObjectInfo {
     let key = obj.key();
     ObjectInfo {
         api_version: obj.api_version(),

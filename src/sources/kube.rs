@@ -469,7 +469,7 @@ pub struct Rejected {
 /// Published after every compile for the status writer.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    pub statuses: Vec<RouteStatus>,
+    pub statuses: Vec<Arc<RouteStatus>>,
     pub infos: BTreeMap<ObjectKey, RouteInfo>,
     /// Objects that could not be used (an earlier good version, if any, keeps serving).
     pub rejected: Vec<Rejected>,

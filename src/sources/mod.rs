@@ -3,6 +3,7 @@
 //! transparent serving).
 
 pub mod file;
+pub mod file_state;
 pub mod kube;
 pub mod kube_endpoints;
 pub mod kube_links;

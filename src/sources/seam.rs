@@ -19,12 +19,12 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
 use super::kube::{Rejected, RouteInfo, Slot, Snapshot};
-use crate::compile::{compile, CompileOptions};
+use crate::compile::incremental::Incremental;
+use crate::compile::CompileOptions;
 use crate::index::Index;
 use crate::model::{Object, ObjectKey};
 use crate::proxy::Proxy;
 use crate::sources::watch::ReloadStatus;
-use crate::table::diff::TableDigest;
 
 /// One object as a source read it: decoded, or why it could not be.
 #[derive(Debug)]
@@ -118,6 +118,9 @@ pub enum SourceEvent {
     Synced(Feed),
     Apply(Feed, Item),
     Delete(Feed, ObjectKey),
+    /// Several applies and deletes taken together (file mode: what the files a change
+    /// touched hold now), never compiled half-way.
+    Patch(Feed, Vec<Item>, Vec<ObjectKey>),
     /// A linked cluster joins (a `Link` appeared): mirrors of it now resolve, to nothing until
     /// its feeds have listed.
     Linked(Arc<str>),
@@ -149,12 +152,16 @@ pub(crate) struct State {
     /// Refusals not yet reported ([`SourceEvent::Refused`]).
     pub(crate) refused: Vec<String>,
     pub(crate) dirty: bool,
+    /// The compile state carried between tables (created at the first publish).
+    pub(crate) compiled: Option<Incremental>,
 }
 
 impl State {
     pub(crate) fn new(expected: BTreeSet<Feed>) -> Self {
+        let mut index = Index::new();
+        index.track_changes();
         State {
-            index: Index::new(),
+            index,
             known: BTreeMap::new(),
             buffers: BTreeMap::new(),
             synced: BTreeSet::new(),
@@ -164,6 +171,7 @@ impl State {
             problems: BTreeMap::new(),
             refused: Vec::new(),
             dirty: false,
+            compiled: None,
         }
     }
 
@@ -247,6 +255,7 @@ impl State {
             | SourceEvent::Synced(f)
             | SourceEvent::Apply(f, _)
             | SourceEvent::Delete(f, _)
+            | SourceEvent::Patch(f, _, _)
             | SourceEvent::Problems(f, _)
             | SourceEvent::Refused(f, _) => Some(f),
             SourceEvent::Linked(_) | SourceEvent::Unlinked(_) => None,
@@ -267,13 +276,20 @@ impl State {
             }
             SourceEvent::ResetApply(feed, item) => self.buffers.entry(feed).or_default().push(item),
             SourceEvent::Synced(feed) => {
-                let items = self.buffers.remove(&feed).unwrap_or_default();
+                // Without a relist in progress (file mode sends patches), the feed holds
+                // what it applied.
+                let relisted = self.buffers.remove(&feed);
+                let relist = relisted.is_some();
+                let items = relisted.unwrap_or_default();
                 let listed: BTreeSet<ObjectKey> = items.iter().map(|i| i.key.clone()).collect();
-                let gone: Vec<ObjectKey> = self
-                    .known
-                    .get(&feed)
-                    .map(|k| k.difference(&listed).cloned().collect())
-                    .unwrap_or_default();
+                let gone: Vec<ObjectKey> = if relist {
+                    self.known
+                        .get(&feed)
+                        .map(|k| k.difference(&listed).cloned().collect())
+                        .unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
                 for key in &gone {
                     self.remove(&feed, key);
                 }
@@ -281,7 +297,8 @@ impl State {
                     self.upsert(&feed, item);
                 }
                 if !self.synced.contains(&feed) {
-                    tracing::info!(kind = %feed.slot, source = %feed.origin, objects = listed.len(), "initial list complete");
+                    let objects = self.known.get(&feed).map_or(0, BTreeSet::len);
+                    tracing::info!(kind = %feed.slot, source = %feed.origin, objects, "initial list complete");
                     self.synced.insert(feed);
                 }
                 self.dirty = true;
@@ -292,6 +309,15 @@ impl State {
             }
             SourceEvent::Delete(feed, key) => {
                 self.remove(&feed, &key);
+                self.dirty = true;
+            }
+            SourceEvent::Patch(feed, apply, delete) => {
+                for key in &delete {
+                    self.remove(&feed, key);
+                }
+                for item in apply {
+                    self.upsert(&feed, item);
+                }
                 self.dirty = true;
             }
             SourceEvent::Linked(cluster) => {
@@ -309,7 +335,7 @@ impl State {
                 self.known.retain(|f, _| f.origin != origin);
                 self.buffers.retain(|f, _| f.origin != origin);
                 self.synced.retain(|f| f.origin != origin);
-                self.index.remote.remove(&*cluster);
+                self.index.unlink(&cluster);
                 self.dirty = true;
             }
         }
@@ -330,6 +356,9 @@ pub struct Sinks {
     /// Listener ports named by our EndpointSlices, for the parent port listeners (only when
     /// publishing is on).
     pub parent_ports: Option<watch::Sender<crate::proxy::ports::PortSet>>,
+    /// Someone reads routes' statuses from the snapshots (the Kubernetes status writer); file
+    /// mode needs only their problems, and keeps nothing else per route.
+    pub statuses: bool,
 }
 
 /// Apply events as they come until the channel closes or `shutdown` resolves; compile and
@@ -390,14 +419,17 @@ fn refused(state: &mut State, sinks: &Sinks) {
     });
 }
 
-fn publish(state: &State, sinks: &Sinks) {
-    let first = !sinks.proxy.is_ready();
-    let prev = sinks.proxy.table();
-    let compiled = compile(&state.index, &sinks.compile, Some(&prev));
+fn publish(state: &mut State, sinks: &Sinks) {
+    let started = std::time::Instant::now();
+    let compiled = state.compiled.get_or_insert_with(|| {
+        Incremental::new(sinks.compile.clone()).keep_statuses(sinks.statuses)
+    });
+    let update = compiled.update(&mut state.index);
+    let compiled = &*compiled;
     let route_problems = compiled.route_problems();
-    let parents = compiled.table.parent_count();
+    let parents = update.table.parent_count();
     let publish = if sinks.compile.publish_endpoints {
-        crate::compile::publish::candidates(&state.index, &compiled.table)
+        crate::compile::publish::candidates(&state.index, &update.table)
     } else {
         Vec::new()
     };
@@ -417,9 +449,11 @@ fn publish(state: &State, sinks: &Sinks) {
     metrics.config_ok.set(i64::from(errors.is_empty()));
     // Resyncs, relists and rewrites with the same content must not churn generations, pools
     // and logs.
-    let changes =
-        (!first).then(|| TableDigest::of(&prev).changes(&TableDigest::of(&compiled.table)));
-    drop(prev);
+    let changes = if sinks.proxy.is_ready() {
+        update.changes
+    } else {
+        None
+    };
     let generation = match &changes {
         Some(c) if c.is_empty() => {
             let generation = sinks.proxy.table().generation;
@@ -430,8 +464,8 @@ fn publish(state: &State, sinks: &Sinks) {
             for p in &route_problems {
                 tracing::warn!("route not fully accepted: {p}");
             }
-            let ports = compiled.table.local_port_numbers();
-            let generation = sinks.proxy.publish(compiled.table);
+            let ports = update.table.local_port_numbers();
+            let generation = sinks.proxy.publish(update.table);
             // After the table: a connection to a new port must find its parent.
             if let Some(tx) = &sinks.parent_ports {
                 tx.send_if_modified(|have| {
@@ -448,9 +482,15 @@ fn publish(state: &State, sinks: &Sinks) {
                     parents,
                     "every source has listed; first routing table published"
                 ),
-                Some(c) => {
-                    tracing::info!(generation, parents, changes = %c, "routing table published")
-                }
+                Some(c) => tracing::info!(
+                    generation,
+                    parents,
+                    routes_recompiled = update.routes,
+                    parents_rebuilt = update.parents,
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    changes = %c,
+                    "routing table published"
+                ),
             }
             generation
         }
@@ -464,7 +504,7 @@ fn publish(state: &State, sinks: &Sinks) {
         s.last_reload_unix = unix_now();
     });
     sinks.snapshots.send_replace(Arc::new(Snapshot {
-        statuses: compiled.statuses,
+        statuses: compiled.statuses().cloned().collect(),
         infos: state.infos.clone(),
         rejected,
         publish,
@@ -515,5 +555,28 @@ mod tests {
         ));
         assert_eq!(st.index.services.len(), 1);
         assert_eq!(st.refused, ["t.yaml:1: bad"]);
+    }
+
+    #[test]
+    fn file_mode_patches_apply_and_delete_together_and_synced_without_a_relist_keeps_them() {
+        let svc = |n: &str| {
+            format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {n}, namespace: ns}}\n---\n")
+        };
+        let mut st = State::new([Feed::files()].into());
+        st.handle(SourceEvent::Patch(Feed::files(), items(&svc("a")), vec![]));
+        st.handle(SourceEvent::Patch(Feed::files(), items(&svc("b")), vec![]));
+        assert!(!st.all_synced());
+        st.handle(SourceEvent::Synced(Feed::files()));
+        assert!(st.all_synced());
+        assert_eq!(
+            st.index.services.len(),
+            2,
+            "a Synced without a Reset removes nothing"
+        );
+        let a = items(&svc("a")).remove(0).key;
+        st.handle(SourceEvent::Patch(Feed::files(), items(&svc("c")), vec![a]));
+        let names: Vec<_> = st.index.services.keys().map(|(_, n)| n.clone()).collect();
+        assert_eq!(names, ["b", "c"]);
+        assert_eq!(st.known[&Feed::files()].len(), 2);
     }
 }

@@ -1,7 +1,9 @@
 //! File-mode hot reload: watch the config directory (the directory, not the files, so
 //! symlink-swapped ConfigMap volumes and editors that replace files are seen), debounce bursts
-//! of events, read it and send it through the source seam ([`crate::sources::seam`]) as one
-//! relisted feed; the seam's loop compiles against the live table and publishes.
+//! of events ([`DEBOUNCE`] of quiet, at most [`MAX_DELAY`]), re-read only the files the events
+//! name ([`crate::sources::file_state`]) and send what they hold now through the source seam
+//! ([`crate::sources::seam`]) as one patch; the seam's loop compiles incrementally and
+//! publishes.
 //!
 //! Reload rule: when the directory has errors and a table is already live, the live table keeps
 //! serving and the errors are reported (one log line per error naming file:line:column, object and
@@ -19,13 +21,15 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::sources::file::load_dir;
+use crate::sources::file_state::{DirState, Round, Scan};
 use crate::sources::seam::{Feed, Item, SourceEvent};
 
-/// Quiet time after the last event before reloading.
-const DEBOUNCE: Duration = Duration::from_millis(100);
+/// Quiet time after the last event before reloading. Editors and kubelet finish a burst
+/// (write, rename, chmod, symlink swap) within a millisecond or two; a file caught half
+/// written is noticed and read again ([`SETTLE_RETRY`]).
+pub const DEBOUNCE: Duration = Duration::from_millis(20);
 /// A steady stream of events still reloads this often.
-const MAX_DELAY: Duration = Duration::from_millis(400);
+pub const MAX_DELAY: Duration = Duration::from_millis(400);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -85,47 +89,73 @@ impl ReloadStatus {
 /// How soon a directory with a file caught mid-write is read again.
 const SETTLE_RETRY: Duration = Duration::from_millis(250);
 
-/// Read the directory and send it to the seam as one relist of [`Feed::files`] (reload rule:
-/// once a list went through, a directory with errors is refused as a whole and the live table
-/// keeps serving). Returns how soon to read again unprompted: soon when a file was caught
-/// mid-write, else `resync`.
-async fn send_dir(
-    dir: &Path,
+/// Read what `scan` names and send it to the seam (reload rule: once a table is live, a
+/// directory with errors is refused as a whole and the live table keeps serving). Returns the
+/// state back, and how soon to read again unprompted: soon when a file was caught mid-write,
+/// else `resync`.
+async fn send_round(
+    mut state: DirState,
+    scan: Scan,
     tx: &mpsc::UnboundedSender<SourceEvent>,
-    listed: &mut bool,
     resync: Duration,
-) -> Duration {
-    let d = dir.to_path_buf();
-    let outcome = match tokio::task::spawn_blocking(move || load_dir(&d)).await {
-        Ok(o) => o,
+) -> (DirState, Duration) {
+    let feed = Feed::files();
+    let first = !state.listed;
+    let dir = state.dir().to_path_buf();
+    let early_tx = tx.clone();
+    let started = std::time::Instant::now();
+    let joined = tokio::task::spawn_blocking(move || {
+        let mut early = |objects: Vec<crate::model::Object>| {
+            let items = objects.into_iter().map(Item::from_manifest).collect();
+            let _ = early_tx.send(SourceEvent::Patch(Feed::files(), items, Vec::new()));
+        };
+        let outcome = state.round(scan, &mut early);
+        (state, outcome)
+    })
+    .await;
+    let (state, outcome) = match joined {
+        Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "reading the configuration directory failed");
-            return resync;
+            // The state went with the task; start over with a whole read.
+            return (DirState::new(dir), resync);
         }
     };
-    let errors: Vec<String> = outcome.errors.iter().map(|e| e.to_string()).collect();
-    for e in &errors {
-        tracing::warn!(dir = %dir.display(), "configuration error: {e}");
+    let next = if outcome.settling {
+        SETTLE_RETRY
+    } else {
+        resync
+    };
+    tracing::debug!(
+        files = outcome.read,
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "configuration files read"
+    );
+    match outcome.round {
+        Round::Refused(errors) => {
+            for e in &errors {
+                tracing::warn!(dir = %dir.display(), "configuration error: {e}");
+            }
+            let _ = tx.send(SourceEvent::Refused(feed, errors));
+        }
+        Round::Patch {
+            apply,
+            delete,
+            problems,
+        } => {
+            for e in &problems {
+                tracing::warn!(dir = %dir.display(), "configuration error: {e}");
+            }
+            let items = apply.into_iter().map(Item::from_manifest).collect();
+            let _ = tx.send(SourceEvent::Patch(feed.clone(), items, delete));
+            // At startup the valid objects are published and the errors reported with them.
+            let _ = tx.send(SourceEvent::Problems(feed.clone(), problems));
+            if first {
+                let _ = tx.send(SourceEvent::Synced(feed));
+            }
+        }
     }
-    let settling = outcome.errors.iter().any(|e| e.transient);
-    let next = if settling { SETTLE_RETRY } else { resync };
-    let feed = Feed::files();
-    if !errors.is_empty() && *listed {
-        let _ = tx.send(SourceEvent::Refused(feed, errors));
-        return next;
-    }
-    // At startup the valid objects are published and the errors reported with them.
-    let _ = tx.send(SourceEvent::Reset(feed.clone()));
-    for object in outcome.objects {
-        let _ = tx.send(SourceEvent::ResetApply(
-            feed.clone(),
-            Item::from_manifest(object),
-        ));
-    }
-    let _ = tx.send(SourceEvent::Problems(feed.clone(), errors));
-    let _ = tx.send(SourceEvent::Synced(feed));
-    *listed = true;
-    next
+    (state, next)
 }
 
 /// A registered directory watch; events flow from the moment [`DirWatch::new`] returns, so
@@ -136,7 +166,8 @@ async fn send_dir(
 /// watched again as soon as it appears.
 pub struct DirWatch {
     dir: PathBuf,
-    rx: mpsc::UnboundedReceiver<()>,
+    /// Paths of each event (empty: the event names no path).
+    rx: mpsc::UnboundedReceiver<Vec<PathBuf>>,
     watcher: notify::RecommendedWatcher,
     /// (device, inode) of the directory being watched, if it exists.
     watched: Option<(u64, u64)>,
@@ -159,7 +190,7 @@ fn identity(dir: &Path) -> Option<(u64, u64)> {
 impl DirWatch {
     /// Start watching `dir` (not recursively: the loader reads only its direct entries).
     pub fn new(dir: PathBuf) -> Result<Self, WatchError> {
-        let (tx, rx) = mpsc::unbounded_channel::<()>();
+        let (tx, rx) = mpsc::unbounded_channel::<Vec<PathBuf>>();
         // Events of the parent matter only when they are about the directory itself. Event
         // paths are spelled like the watched path (relative for the directory, absolute for
         // the canonical parent), so both spellings are in scope.
@@ -177,7 +208,7 @@ impl DirWatch {
                         .iter()
                         .any(|p| scope.iter().any(|d| p.starts_with(d)))
                 {
-                    let _ = tx.send(());
+                    let _ = tx.send(ev.paths);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "directory watch error"),
@@ -208,7 +239,8 @@ impl DirWatch {
     /// replaced directory may even reuse the old inode number, so comparing identities is not
     /// enough, and re-adding a live watch costs two system calls. Anything written before the
     /// reload that follows is read by it, so the moment between unwatch and watch loses nothing.
-    fn rearm(&mut self) {
+    /// Returns whether the directory was replaced (or went, or came back).
+    fn rearm(&mut self) -> bool {
         let now = identity(&self.dir);
         let _ = self.watcher.unwatch(&self.dir);
         if now.is_some() {
@@ -226,7 +258,9 @@ impl DirWatch {
                 }
             }
             self.watched = now;
+            return true;
         }
+        false
     }
 }
 
@@ -248,13 +282,23 @@ pub async fn feed(
 ) {
     tokio::pin!(shutdown);
     let resync = resync.unwrap_or(Duration::from_secs(24 * 3600));
-    let mut listed = false;
-    let mut next_wait = send_dir(&watch.dir, &tx, &mut listed, resync).await;
+    let (mut state, mut next_wait) =
+        send_round(DirState::new(watch.dir.clone()), Scan::Stamps, &tx, resync).await;
     loop {
+        // Which files: those the events name; every file's stamp when an event names none
+        // (or the directory itself), and on the resync and settle timers.
+        let mut paths: Option<Vec<PathBuf>> = Some(Vec::new());
+        let add = |ev: Vec<PathBuf>, paths: &mut Option<Vec<PathBuf>>| match paths {
+            Some(p) if !ev.is_empty() => p.extend(ev),
+            _ => *paths = None,
+        };
         tokio::select! {
             () = &mut shutdown => break,
-            ev = watch.rx.recv() => if ev.is_none() { break },
-            () = tokio::time::sleep(next_wait) => {},
+            ev = watch.rx.recv() => match ev {
+                None => break,
+                Some(ev) => add(ev, &mut paths),
+            },
+            () = tokio::time::sleep(next_wait) => paths = None,
         }
         // Debounce: editors and kubelet produce bursts (write, rename, chmod, symlink swap).
         let first = Instant::now();
@@ -264,15 +308,23 @@ pub async fn feed(
                 break;
             }
             match tokio::time::timeout(DEBOUNCE.min(left), watch.rx.recv()).await {
-                Ok(Some(())) => continue,
+                Ok(Some(ev)) => add(ev, &mut paths),
                 Ok(None) | Err(_) => break,
             }
         }
-        while watch.rx.try_recv().is_ok() {}
-        watch.rearm();
+        while let Ok(ev) = watch.rx.try_recv() {
+            add(ev, &mut paths);
+        }
+        if watch.rearm() {
+            paths = None;
+        }
         if tx.is_closed() {
             break;
         }
-        next_wait = send_dir(&watch.dir, &tx, &mut listed, resync).await;
+        let scan = match paths {
+            Some(p) => Scan::Paths(p),
+            None => Scan::Stamps,
+        };
+        (state, next_wait) = send_round(state, scan, &tx, resync).await;
     }
 }

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{ParentPort, RouteTable};
+use super::{ParentPort, ParentService, RouteTable};
 
 /// A table as comparable text. Equal digests route every request the same way.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -51,6 +51,29 @@ impl TableDigest {
             ..TableDigest::default()
         };
         for svc in table.services() {
+            for port in &svc.ports {
+                d.add_parent(port);
+            }
+        }
+        for entries in d.objects.values_mut() {
+            entries.sort_unstable();
+        }
+        d
+    }
+
+    /// The digest of some parent Services of `table` only (what an incremental compile
+    /// rebuilt): comparing two of them tells what changed in those parents.
+    pub fn of_parts<'a>(
+        table: &RouteTable,
+        services: impl IntoIterator<Item = &'a ParentService>,
+    ) -> Self {
+        let mut d = TableDigest {
+            cluster_domain: table.cluster_domain.clone(),
+            local_ports: table.local_port_map(),
+            retry_budgets: table.retry_budgets.clone(),
+            ..TableDigest::default()
+        };
+        for svc in services {
             for port in &svc.ports {
                 d.add_parent(port);
             }

@@ -29,7 +29,11 @@ pub use weighted::WeightedBackends;
 pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
 
 /// The whole compiled table. Immutable once built.
-#[derive(Debug, Default, Serialize)]
+///
+/// Cloning is shallow and cheap (the Services are in [`SHARDS`] shared maps): an incremental
+/// compile clones the live table and replaces the parents it rebuilt, so the new table shares
+/// every other parent, and all but the touched shards, with the old one.
+#[derive(Debug, Default, Clone, Serialize)]
 pub struct RouteTable {
     /// Monotonic number of this table, set by the publisher (0 = not yet published).
     pub generation: u64,
@@ -38,7 +42,7 @@ pub struct RouteTable {
     /// `"<name>.<namespace>"` → the Service's parent ports. Serialized in key order so dumps
     /// of equal tables are equal.
     #[serde(serialize_with = "ser_sorted")]
-    services: HashMap<Box<str>, ParentService>,
+    services: Services,
     /// Listener port → the parent port it stands for (transparent serving: the ports named in
     /// meshroute's own EndpointSlices). A connection to one of these ports is for that parent,
     /// whatever its `Host`.
@@ -50,8 +54,54 @@ pub struct RouteTable {
     pub retry_budgets: std::collections::BTreeMap<String, retry::BudgetConfig>,
 }
 
+/// Number of shards of [`RouteTable`]'s Service map.
+pub const SHARDS: usize = 64;
+
+/// `"<name>.<namespace>"` → parent Service, in [`SHARDS`] maps shared between tables.
+#[derive(Debug, Default, Clone)]
+struct Services {
+    /// Empty until the first insert, then exactly [`SHARDS`] long.
+    shards: Vec<Arc<HashMap<Box<str>, ParentService>>>,
+}
+
+impl Services {
+    fn shard_of(key: &str) -> usize {
+        // FNV-1a: cheap, and spreads `svc-1.ns`, `svc-2.ns`, ... evenly.
+        let mut h: u32 = 0x811c_9dc5;
+        for b in key.bytes() {
+            h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+        }
+        h as usize % SHARDS
+    }
+
+    fn get(&self, key: &str) -> Option<&ParentService> {
+        self.shards.get(Self::shard_of(key))?.get(key)
+    }
+
+    fn shard_mut(&mut self, key: &str) -> &mut HashMap<Box<str>, ParentService> {
+        if self.shards.is_empty() {
+            self.shards = (0..SHARDS).map(|_| Arc::default()).collect();
+        }
+        Arc::make_mut(&mut self.shards[Self::shard_of(key)])
+    }
+
+    fn remove(&mut self, key: &str) -> Option<ParentService> {
+        // Only a shard that holds it is copied.
+        self.get(key)?;
+        self.shard_mut(key).remove(key)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &ParentService> {
+        self.shards.iter().flat_map(|s| s.values())
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&Box<str>, &ParentService)> {
+        self.shards.iter().flat_map(|s| s.iter())
+    }
+}
+
 /// One Service that requests can be addressed to.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ParentService {
     pub namespace: Arc<str>,
     pub name: Arc<str>,
@@ -305,7 +355,7 @@ impl RouteTable {
         RouteTable {
             generation: 0,
             cluster_domain: cluster_domain.to_ascii_lowercase(),
-            services: HashMap::new(),
+            services: Services::default(),
             local_ports: HashMap::new(),
             retry_budgets: Default::default(),
         }
@@ -344,11 +394,15 @@ impl RouteTable {
     /// Insert or replace a parent port (used by `compile`).
     pub fn insert_parent(&mut self, parent: ParentPort) {
         let key = format!("{}.{}", parent.name, parent.namespace).into_boxed_str();
-        let svc = self.services.entry(key).or_insert_with(|| ParentService {
-            namespace: parent.namespace.clone(),
-            name: parent.name.clone(),
-            ports: Vec::new(),
-        });
+        let svc = self
+            .services
+            .shard_mut(&key)
+            .entry(key)
+            .or_insert_with(|| ParentService {
+                namespace: parent.namespace.clone(),
+                name: parent.name.clone(),
+                ports: Vec::new(),
+            });
         let parent = Arc::new(parent);
         match svc.ports.binary_search_by_key(&parent.port, |p| p.port) {
             Ok(i) => svc.ports[i] = parent,
@@ -358,6 +412,26 @@ impl RouteTable {
 
     pub fn services(&self) -> impl Iterator<Item = &ParentService> {
         self.services.values()
+    }
+
+    /// Parent Service `namespace/name`, if the table holds it.
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&ParentService> {
+        self.services.get(&format!("{name}.{namespace}"))
+    }
+
+    /// Take parent Service `namespace/name` (every port) out of the table; listener ports
+    /// that stood for it no longer do.
+    pub fn remove_service(&mut self, namespace: &str, name: &str) -> Option<ParentService> {
+        let gone = self.services.remove(&format!("{name}.{namespace}"))?;
+        self.local_ports
+            .retain(|_, p| !(*p.namespace == *namespace && *p.name == *name));
+        Some(gone)
+    }
+
+    /// Forget every listener port (before they are set again with
+    /// [`RouteTable::set_local_port`]).
+    pub fn clear_local_ports(&mut self) {
+        self.local_ports.clear();
     }
 
     /// Number of parent ports in the table.
@@ -557,10 +631,7 @@ fn service_key<'h>(host: &'h str, cluster_domain: &str) -> Option<&'h str> {
     Some(&host[..first + 1 + ns.len()])
 }
 
-fn ser_sorted<S: serde::Serializer>(
-    m: &HashMap<Box<str>, ParentService>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
+fn ser_sorted<S: serde::Serializer>(m: &Services, s: S) -> Result<S::Ok, S::Error> {
     s.collect_map(m.iter().collect::<std::collections::BTreeMap<_, _>>())
 }
 
