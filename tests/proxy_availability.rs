@@ -472,3 +472,84 @@ async fn requests_past_the_connection_cap_and_its_queue_get_503_upstream_overflo
     assert!(a.connections.load(Ordering::SeqCst) <= 4);
     m.shutdown().await.unwrap();
 }
+
+/// The proxy's resident memory in KiB (`VmRSS`, or `VmHWM` for the peak) from `/proc`.
+fn proc_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim_start_matches(':')
+                .split_whitespace()
+                .next()
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Figures, not a check (the machine is shared): the amplification probe of issue 16 against
+/// the meshroute binary in its own process, with default flags, and its resident memory before,
+/// at the peak and after. Run with
+/// `cargo test --release --test proxy_availability -- --ignored --nocapture memory_after`.
+#[tokio::test]
+#[ignore]
+async fn memory_after_an_amplification_probe_is_given_back() {
+    let a = Backend::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "svc.yaml",
+        &service_with_endpoints("shop", "web", &[(&a, true)]),
+    );
+    let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listen.local_addr().unwrap();
+    drop(listen);
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_meshroute"))
+        .args(["run", "--config"])
+        .arg(dir.path())
+        .args(["--listen", &addr.to_string(), "--admin", "127.0.0.1:0"])
+        .kill_on_drop(true)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(&client(), addr, "web.shop", "/").await.status != 200 {
+        assert!(Instant::now() < deadline, "meshroute did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = proc_kib(pid, "VmRSS");
+    // Five client connections with 1,000 slow streams each, then reset them all.
+    for round in 0..3 {
+        let mut streams = Vec::new();
+        for _ in 0..5 {
+            let send = h2_client(addr).await;
+            for _ in 0..1000 {
+                let mut send = send.clone();
+                streams.push(tokio::spawn(async move {
+                    send.send_request(h2_get("/?delay=1000")).await
+                }));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let during = proc_kib(pid, "VmRSS");
+        for s in &streams {
+            s.abort();
+        }
+        eprintln!(
+            "round {round}: RSS {during} KiB with 5,000 streams open, upstream connections so far {}",
+            a.connections.load(Ordering::SeqCst)
+        );
+    }
+    let peak = proc_kib(pid, "VmHWM");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after_2s = proc_kib(pid, "VmRSS");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after_12s = proc_kib(pid, "VmRSS");
+    eprintln!(
+        "meshroute RSS: before {before} KiB, peak {peak} KiB, 2 s after the probe {after_2s} KiB, 12 s after {after_12s} KiB"
+    );
+    child.kill().await.unwrap();
+}

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::positions::{alias_expansion, positions, DocPositions, Pos};
+use super::positions::{alias_expansion, positions, DocPositions, Expansion, Pos};
 use crate::index::Index;
 use crate::model::{
     self, linkerd, smi, HttpRouteGroup, LinkerdHttpRoute, Object, ObjectKey, TrafficSplit,
@@ -32,6 +32,12 @@ pub const MAX_ALIASES: usize = 100;
 /// (`positions::alias_expansion`), so a bomb under [`MAX_ALIASES`] is refused after one
 /// linear pass instead of after building the values it asks for.
 pub const MAX_ALIAS_EXPANSION: u64 = 100_000;
+/// Scalar bytes that aliases may add when expanded, per file (counted like
+/// [`MAX_ALIAS_EXPANSION`]): a long string replayed by every alias is refused before it is
+/// copied. Measured with `meshroute check` on a release build: a 1 MB scalar behind 99 aliases
+/// cost 74 MB RSS before the parser's own budget stopped it; refused here it costs 0.01 s and
+/// under 15 MB (a 4 MiB file holds at most this much anyway).
+pub const MAX_ALIAS_EXPANSION_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Where something came from: a file, the document in it (counting from 1; 0 for the
 /// whole file) and, when known, the line and column.
@@ -333,7 +339,7 @@ pub fn read_file_with(file: &Path, locate: Locate) -> Vec<Result<Loaded, LoadErr
 /// Parse without locating; `None` when anything in the text is wrong (a YAML error, a
 /// repeated key, an object that does not decode or is not admitted).
 fn parse_unlocated(file: &Path, text: &str) -> Option<Vec<Result<Loaded, LoadError>>> {
-    if alias_expansion(text).is_some_and(|n| n > MAX_ALIAS_EXPANSION) {
+    if alias_expansion(text).is_some_and(|e| alias_refusal(e).is_some()) {
         return None;
     }
     let docs: Vec<Value> = serde_saphyr::from_multiple_with_options(text, yaml_options()).ok()?;
@@ -370,13 +376,27 @@ fn yaml_options() -> serde_saphyr::Options {
     opts
 }
 
+/// Why a file whose aliases would add `e` when expanded is refused, if it is.
+fn alias_refusal(e: Expansion) -> Option<String> {
+    if e.nodes > MAX_ALIAS_EXPANSION {
+        return Some(format!(
+            "invalid YAML: aliases would expand to {} nodes, more than the {MAX_ALIAS_EXPANSION} allowed",
+            e.nodes
+        ));
+    }
+    if e.bytes > MAX_ALIAS_EXPANSION_BYTES {
+        return Some(format!(
+            "invalid YAML: aliases would expand to {} bytes of values, more than the {MAX_ALIAS_EXPANSION_BYTES} allowed",
+            e.bytes
+        ));
+    }
+    None
+}
+
 /// Parse YAML text (one or more documents) into objects, strictly (see the module doc).
 pub fn parse_documents(file: &Path, text: &str) -> Vec<Result<Loaded, LoadError>> {
-    if let Some(n) = alias_expansion(text).filter(|n| *n > MAX_ALIAS_EXPANSION) {
-        return vec![Err(whole_file_error(
-            file,
-            format!("invalid YAML: aliases would expand to {n} nodes, more than the {MAX_ALIAS_EXPANSION} allowed"),
-        ))];
+    if let Some(why) = alias_expansion(text).and_then(alias_refusal) {
+        return vec![Err(whole_file_error(file, why))];
     }
     let parsed = serde_saphyr::from_multiple_with_options(text, yaml_options()).or_else(|e| {
         // A repeated key refuses only its own object, naming the field: read the file
@@ -869,6 +889,15 @@ mod tests {
         let out = parse(&y);
         let e = out[0].as_ref().unwrap_err();
         assert!(e.message.contains("aliases would expand to"), "{e}");
+        // Few aliases, one long value: refused for its bytes.
+        let long = format!(
+            "a: &a \"{}\"\nb: [{}]\n",
+            "x".repeat(100_000),
+            ["*a"; 50].join(", ")
+        );
+        let out = parse(&long);
+        let e = out[0].as_ref().unwrap_err();
+        assert!(e.message.contains("5000000 bytes of values"), "{e}");
         // Ordinary anchors are fine.
         let ok = "apiVersion: v1\nkind: Service\nmetadata: {name: a, labels: &l {app: a}}\nspec: {selector: *l}\n";
         assert!(parse(ok)[0].is_ok(), "{:?}", parse(ok));

@@ -220,27 +220,48 @@ pub fn positions(text: &str) -> Option<Vec<DocPositions>> {
     Some(docs)
 }
 
-/// How many nodes the aliases of `text` would add when expanded: each `*ref` replays its
-/// anchored node with everything under it (aliases inside it included). `None` when the text
-/// does not parse (the loader reports that). Counted on events, without expanding anything,
-/// so a billion-laughs file costs one linear pass, not the memory it asks for.
-pub fn alias_expansion(text: &str) -> Option<u64> {
+/// What the aliases of a text would add when expanded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Expansion {
+    /// Nodes (scalars, mappings, sequences).
+    pub nodes: u64,
+    /// Bytes of scalar values.
+    pub bytes: u64,
+}
+
+impl Expansion {
+    fn add(&mut self, other: Expansion) {
+        self.nodes = self.nodes.saturating_add(other.nodes);
+        self.bytes = self.bytes.saturating_add(other.bytes);
+    }
+}
+
+/// What the aliases of `text` would add when expanded: each `*ref` replays its anchored node
+/// with everything under it (aliases inside it included), nodes and scalar bytes. `None` when
+/// the text does not parse (the loader reports that). Counted on events, without expanding
+/// anything, so a billion-laughs file (many nodes) or a long scalar replayed by every alias
+/// (many bytes) costs one linear pass, not the memory it asks for.
+pub fn alias_expansion(text: &str) -> Option<Expansion> {
     // Sizes of finished anchors by id, and the anchored nodes still open (id, size so far).
-    let mut sizes: HashMap<usize, u64> = HashMap::new();
-    let mut open: Vec<(usize, u64, usize)> = Vec::new(); // (anchor id, size, depth at start)
+    let mut sizes: HashMap<usize, Expansion> = HashMap::new();
+    let mut open: Vec<(usize, Expansion, usize)> = Vec::new(); // (anchor id, size, depth at start)
     let mut depth = 0usize;
-    let mut total: u64 = 0;
+    let mut total = Expansion::default();
     for item in Parser::new_from_str(text) {
         let (event, _) = item.ok()?;
+        let node = |bytes: usize| Expansion {
+            nodes: 1,
+            bytes: u64::try_from(bytes).unwrap_or(u64::MAX),
+        };
         let (add, anchor, opens, closes) = match &event {
-            Event::Scalar(_, _, anchor, _) => (1, *anchor, false, false),
+            Event::Scalar(value, _, anchor, _) => (node(value.len()), *anchor, false, false),
             Event::MappingStart(_, anchor, _) | Event::SequenceStart(_, anchor, _) => {
-                (1, *anchor, true, false)
+                (node(0), *anchor, true, false)
             }
-            Event::MappingEnd | Event::SequenceEnd => (0, 0, false, true),
+            Event::MappingEnd | Event::SequenceEnd => (Expansion::default(), 0, false, true),
             Event::Alias(id) => {
-                let n = sizes.get(id).copied().unwrap_or(0);
-                total = total.saturating_add(n);
+                let n = sizes.get(id).copied().unwrap_or_default();
+                total.add(n);
                 (n, 0, false, false)
             }
             Event::DocumentStart(..) => {
@@ -252,13 +273,13 @@ pub fn alias_expansion(text: &str) -> Option<u64> {
             _ => continue,
         };
         for o in open.iter_mut() {
-            o.1 = o.1.saturating_add(add);
+            o.1.add(add);
         }
         if anchor != 0 {
             if opens {
-                open.push((anchor, 1, depth));
+                open.push((anchor, add, depth));
             } else {
-                sizes.insert(anchor, 1);
+                sizes.insert(anchor, add);
             }
         }
         if opens {
@@ -349,13 +370,11 @@ mod tests {
 
     #[test]
     fn alias_expansion_counts_nested_replays_without_expanding() {
-        assert_eq!(alias_expansion("a: &a [1, 2]\nb: *a\nc: *a\n"), Some(6));
-        assert_eq!(alias_expansion("a: &s x\nb: *s\n"), Some(1));
+        let nodes = |t: &str| alias_expansion(t).map(|e| e.nodes);
+        assert_eq!(nodes("a: &a [1, 2]\nb: *a\nc: *a\n"), Some(6));
+        assert_eq!(nodes("a: &s x\nb: *s\n"), Some(1));
         // Nested: b holds two copies of a (3 nodes each) plus itself.
-        assert_eq!(
-            alias_expansion("a: &a [1, 2]\nb: &b [*a, *a]\nc: *b\n"),
-            Some(6 + 7)
-        );
+        assert_eq!(nodes("a: &a [1, 2]\nb: &b [*a, *a]\nc: *b\n"), Some(6 + 7));
         // A bomb: 12 levels of 10 aliases each is 10^12 nodes, counted in microseconds.
         let mut y = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
         for i in 0..12 {
@@ -367,7 +386,26 @@ mod tests {
             let refs = vec![format!("*{prev}"); 10].join(", ");
             y.push_str(&format!("b{i}: &b{i} [{refs}]\n"));
         }
-        assert!(alias_expansion(&y).unwrap() > 1_000_000_000_000);
+        assert!(nodes(&y).unwrap() > 1_000_000_000_000);
+    }
+
+    #[test]
+    fn alias_expansion_counts_the_scalar_bytes_replayed() {
+        let bytes = |t: &str| alias_expansion(t).map(|e| e.bytes);
+        assert_eq!(bytes("a: &s hello\nb: *s\nc: *s\n"), Some(10));
+        assert_eq!(bytes("a: &m {k: vv}\nb: [*m, *m]\n"), Some(6));
+        assert_eq!(
+            bytes("a: &a [xy]\nb: &b [*a, *a]\nc: *b\n"),
+            Some(2 + 2 + 4)
+        );
+        // One long scalar replayed by 99 aliases: few nodes, many bytes.
+        let long = format!(
+            "a: &a \"{}\"\nb: [{}]\n",
+            "x".repeat(100_000),
+            ["*a"; 99].join(", ")
+        );
+        let e = alias_expansion(&long).unwrap();
+        assert_eq!((e.nodes, e.bytes), (99, 9_900_000));
     }
 
     #[test]
