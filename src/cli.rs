@@ -585,7 +585,11 @@ impl Explanation {
                     .unwrap_or_else(|| "none".into())
             );
             if let Some(h) = &r.hedge {
-                let _ = writeln!(out, "hedge delay={}ms max={}", h.delay.as_millis(), h.max);
+                let delay = match h.delay {
+                    crate::table::retry::HedgeDelay::Fixed(d) => format!("{}ms", d.as_millis()),
+                    crate::table::retry::HedgeDelay::P95 => "p95".into(),
+                };
+                let _ = writeln!(out, "hedge delay={delay} max={}", h.max);
             }
         }
         for f in &self.filters {

@@ -693,6 +693,39 @@ async fn a_slow_answer_is_hedged_and_the_first_head_wins() {
 }
 
 #[tokio::test]
+async fn p95_hedging_waits_to_know_the_rules_latency_then_hedges_its_slow_tail() {
+    let b = Scripted::start(&[Step::Delay(600)]).await;
+    let (_dir, m) = setup_annotated(&b, "meshroute.dev/hedge: p95", "").await;
+    let c = client();
+    // Nothing observed yet: a slow answer is waited for, not hedged.
+    let started = Instant::now();
+    assert_eq!(get(&c, m.proxy_addr, HOST, "/").await.status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(550));
+    assert_eq!(b.count(), 1, "no hedge before the rule's latency is known");
+    // Fast answers teach it the rule's p95 (a few milliseconds here).
+    for _ in 0..40 {
+        assert_eq!(get(&c, m.proxy_addr, HOST, "/").await.status, 200);
+    }
+    assert_eq!(b.count(), 41, "fast answers are not hedged");
+    // Now a slow answer is hedged after about the p95 and the hedge's fast answer wins.
+    b.script.lock().unwrap().push_back(Step::Delay(3000));
+    let started = Instant::now();
+    assert_eq!(get(&c, m.proxy_addr, HOST, "/").await.status, 200);
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "not hedged"
+    );
+    assert_eq!(b.count(), 43, "the slow attempt and one hedge");
+    let (_, metrics) = admin(&m, "/metrics").await;
+    assert_eq!(
+        metric(&metrics, "outbound_http_route_hedge_requests_total"),
+        1
+    );
+    assert_eq!(metric(&metrics, "outbound_http_route_hedge_wins_total"), 1);
+    m.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn hedges_draw_on_the_retry_budget() {
     let b = Scripted::start(&[Step::Delay(600)]).await;
     let budget = "apiVersion: gateway.networking.x-k8s.io/v1alpha1\nkind: XBackendTrafficPolicy\nmetadata: {name: none, namespace: shop}\nspec:\n  targetRefs: [{group: \"\", kind: Service, name: web-a}]\n  retryConstraint:\n    budget: {percent: 0}\n    minRetryRate: {count: 0}\n";
@@ -706,14 +739,21 @@ async fn hedges_draw_on_the_retry_budget() {
 }
 
 /// Figures for the note, not a check (timings never go into assertions): p50/p99 of 300
-/// requests when every 10th answer takes 500 ms, without and with `meshroute.dev/hedge: 50ms`.
+/// requests when every 10th (or 50th) answer takes 500 ms, without and with
+/// `meshroute.dev/hedge: 50ms` or `p95` (which helps only when the slow share is under 5%).
 /// `cargo test --test proxy_retries hedging_figures -- --ignored --nocapture`
 #[tokio::test]
 #[ignore]
 async fn hedging_figures() {
-    for hedge in ["", "meshroute.dev/hedge: 50ms"] {
+    for (every, hedge) in [
+        (10, ""),
+        (10, "meshroute.dev/hedge: 50ms"),
+        (10, "meshroute.dev/hedge: p95"),
+        (50, ""),
+        (50, "meshroute.dev/hedge: p95"),
+    ] {
         let b = Scripted::start(&[]).await;
-        b.slow_every.store(10, Ordering::SeqCst);
+        b.slow_every.store(every, Ordering::SeqCst);
         let (_dir, m) = setup_annotated(&b, hedge, "").await;
         let c = client();
         let n = 300;
@@ -725,7 +765,7 @@ async fn hedging_figures() {
         }
         took.sort();
         println!(
-            "{:<28} p50 {:>7.1?} p99 {:>7.1?} attempts/requests {:.2}",
+            "1 in {every:<2} slow, {:<28} p50 {:>7.1?} p99 {:>7.1?} attempts/requests {:.2}",
             if hedge.is_empty() { "no hedge" } else { hedge },
             took[n / 2],
             took[n * 99 / 100],

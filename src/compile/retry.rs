@@ -15,7 +15,9 @@ use k8s_openapi::api::core::v1::Service;
 use super::validate::{is_core, parse_duration, FieldError};
 use crate::index::Index;
 use crate::model::{BackendTrafficPolicy, GatewayRetry};
-use crate::table::retry::{parse_linkerd_codes, BudgetConfig, Hedge, RetryPolicy, StatusCodes};
+use crate::table::retry::{
+    parse_linkerd_codes, BudgetConfig, Hedge, HedgeDelay, RetryPolicy, StatusCodes,
+};
 
 pub const HTTP_ANNOTATION: &str = "retry.linkerd.io/http";
 pub const LIMIT_ANNOTATION: &str = "retry.linkerd.io/limit";
@@ -139,16 +141,22 @@ pub fn from_annotations(
 }
 
 /// Parse `meshroute.dev/hedge`: `<delay>` or `<delay>,<max extra attempts>` (1-3, default 1),
-/// the delay a GEP-2257 duration of at least 1ms.
+/// the delay a GEP-2257 duration of at least 1ms, or `p95`: the rule's observed 95th
+/// percentile time to a response head ([`HedgeDelay::P95`]).
 pub fn parse_hedge(value: &str) -> Result<Hedge, String> {
     let (delay, max) = match value.split_once(',') {
         Some((d, m)) => (d.trim(), Some(m.trim())),
         None => (value.trim(), None),
     };
-    let delay = parse_duration(delay)?;
-    if delay.is_zero() {
-        return Err(format!("{value:?}: the delay must be over 0s"));
-    }
+    let delay = if delay == "p95" {
+        HedgeDelay::P95
+    } else {
+        let d = parse_duration(delay)?;
+        if d.is_zero() {
+            return Err(format!("{value:?}: the delay must be over 0s"));
+        }
+        HedgeDelay::Fixed(d)
+    };
     let max = match max {
         None => 1,
         Some(m) => match m.parse::<u32>() {
@@ -156,7 +164,11 @@ pub fn parse_hedge(value: &str) -> Result<Hedge, String> {
             _ => return Err(format!("{m:?} is not a number of extra attempts (1-3)")),
         },
     };
-    Ok(Hedge { delay, max })
+    Ok(Hedge {
+        delay,
+        max,
+        observed: Default::default(),
+    })
 }
 
 /// A route's `meshroute.dev/hedge` added to the retry policy of one of its rules (a rule
@@ -409,9 +421,16 @@ mod tests {
     #[test]
     fn hedge_annotations_parse() {
         let h = parse_hedge("50ms").unwrap();
-        assert_eq!((h.delay, h.max), (std::time::Duration::from_millis(50), 1));
+        assert_eq!(
+            (h.delay, h.max),
+            (HedgeDelay::Fixed(std::time::Duration::from_millis(50)), 1)
+        );
         assert_eq!(parse_hedge("1s, 3").unwrap().max, 3);
-        for bad in ["", "50", "0s", "50ms,0", "50ms,4", "p95", "50ms,x"] {
+        let h = parse_hedge("p95,2").unwrap();
+        assert_eq!((h.delay, h.max), (HedgeDelay::P95, 2));
+        for bad in [
+            "", "50", "0s", "50ms,0", "50ms,4", "p99", "P95", "p95,x", "50ms,x",
+        ] {
             assert!(parse_hedge(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -155,6 +155,7 @@ pub(super) async fn forward<'t>(
     // Hedging is for idempotent requests only (and, below, only without a body).
     let hedge = policy
         .hedge
+        .as_ref()
         .filter(|_| super::h1::is_idempotent(&client_parts.method));
     let mut body = Some(body);
     let mut replay: Option<Replayable> = None;
@@ -403,29 +404,37 @@ struct HedgeCx<'a, 't> {
     received: Instant,
 }
 
-/// Send `primary`, and each `hedge.delay` without a response head another attempt (up to
+/// Send `primary`, and each hedge delay without a response head another attempt (up to
 /// `hedge.max`, while the budget grants them); the first response head wins and dropping the
 /// others cancels them. An error ends the race only when nothing else is still running.
+///
+/// The time the first attempt took to its response head is recorded for `p95` delays: when a
+/// hedge wins, the first attempt's time so far stands in (a lower bound), so slow answers
+/// are never left out of the estimate because a hedge beat them. A `p95` rule with too few
+/// answers recorded yet sends no hedges.
 async fn race<'t>(
     cx: &HedgeCx<'_, 't>,
     primary: Launch<'t>,
     outgoing: Outgoing,
-    hedge: Hedge,
+    hedge: &Hedge,
     metrics: Option<&RetryMetrics>,
 ) -> Result<Forwarded<'t>, (ProxyError, SocketAddr)> {
     use futures::stream::{FuturesUnordered, StreamExt};
     let mut tried = vec![primary.endpoint.addr];
+    let started = primary.dispatched;
     let mut running = FuturesUnordered::new();
     running.push(run(cx.proxy, cx.live, primary, outgoing, 0));
     let mut hedges = 0u32;
-    let mut can_hedge = true;
-    let timer = tokio::time::sleep(hedge.delay);
+    let delay = hedge.delay_at(accrual_now());
+    let mut can_hedge = delay.is_some();
+    let timer = tokio::time::sleep(delay.unwrap_or(std::time::Duration::from_secs(86_400)));
     tokio::pin!(timer);
     let mut last_err = None;
     loop {
         tokio::select! {
             next = running.next() => match next {
                 Some((i, Ok(fwd))) => {
+                    hedge.observed.record(accrual_now(), started.elapsed());
                     if let (Some(m), true) = (metrics, i > 0) {
                         m.hedge_wins.inc();
                     }
@@ -448,7 +457,10 @@ async fn race<'t>(
                         }
                         tried.push(launch.endpoint.addr);
                         running.push(run(cx.proxy, cx.live, launch, outgoing, hedges));
-                        timer.as_mut().reset(Instant::now() + hedge.delay);
+                        match hedge.delay_at(accrual_now()) {
+                            Some(d) => timer.as_mut().reset(Instant::now() + d),
+                            None => can_hedge = false,
+                        }
                     }
                     None => can_hedge = false,
                 }

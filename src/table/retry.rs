@@ -48,11 +48,166 @@ pub struct RetryPolicy {
 /// `delay`, another attempt goes out (to another endpoint when the backend has one, to
 /// another backend by weight when the rule has several), up to `max` extra attempts; the
 /// first response head wins and the others are cancelled. Hedges draw on the retry budget.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Hedge {
-    #[serde(with = "millis")]
-    pub delay: Duration,
+    pub delay: HedgeDelay,
     pub max: u32,
+    /// The rule's observed time to a response head, for [`HedgeDelay::P95`]. Shared by the
+    /// copies of one admitted rule (every parent port it is on); an edited route starts afresh.
+    #[serde(skip)]
+    pub observed: std::sync::Arc<LatencyWindow>,
+}
+
+impl PartialEq for Hedge {
+    fn eq(&self, other: &Hedge) -> bool {
+        self.delay == other.delay && self.max == other.max
+    }
+}
+
+impl Eq for Hedge {}
+
+impl Hedge {
+    /// The delay before the next hedge at `now_ms`: the fixed one, or the observed p95 (at
+    /// least 1 ms); `None` while a p95 rule has seen fewer than [`LatencyWindow::MIN_SAMPLES`]
+    /// answers in the last two windows (no hedging until the rule's latency is known).
+    pub fn delay_at(&self, now_ms: u64) -> Option<Duration> {
+        match self.delay {
+            HedgeDelay::Fixed(d) => Some(d),
+            HedgeDelay::P95 => self
+                .observed
+                .quantile(now_ms, 0.95)
+                .map(|d| d.max(Duration::from_millis(1))),
+        }
+    }
+}
+
+/// How long a hedged request waits for a response head before the next attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HedgeDelay {
+    Fixed(Duration),
+    /// The 95th percentile of the rule's observed time to a response head over the last 10
+    /// to 20 seconds.
+    P95,
+}
+
+impl Serialize for HedgeDelay {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            HedgeDelay::Fixed(d) => {
+                s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            }
+            HedgeDelay::P95 => s.serialize_str("p95"),
+        }
+    }
+}
+
+/// A rule's recent latencies, for quantiles: two 10-second windows (the current one and the
+/// one before) of log-spaced buckets (4 per power of two of microseconds: a quantile is the
+/// upper bound of its bucket, at most 25% above the true value), counted with relaxed atomics. Recording is one atomic add
+/// (plus a reset when a window turns over); a quantile reads 2 x 112 counters.
+#[derive(Debug)]
+pub struct LatencyWindow {
+    /// Window number each slot counts, by `window % 2`.
+    epochs: [std::sync::atomic::AtomicU64; 2],
+    buckets: [[std::sync::atomic::AtomicU32; LATENCY_BUCKETS]; 2],
+}
+
+const LATENCY_BUCKETS: usize = 112;
+const LATENCY_WINDOW_MS: u64 = 10_000;
+
+impl Default for LatencyWindow {
+    fn default() -> Self {
+        LatencyWindow {
+            epochs: Default::default(),
+            buckets: std::array::from_fn(|_| std::array::from_fn(|_| Default::default())),
+        }
+    }
+}
+
+impl LatencyWindow {
+    /// Fewer answers than this in the last two windows give no quantile.
+    pub const MIN_SAMPLES: u64 = 20;
+
+    fn bucket(latency: Duration) -> usize {
+        let us = u64::try_from(latency.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let log = 63 - us.leading_zeros() as usize;
+        // The two bits below the leading one pick a quarter of the power of two.
+        let sub = if log >= 2 {
+            ((us >> (log - 2)) & 3) as usize
+        } else {
+            0
+        };
+        (log * 4 + sub).min(LATENCY_BUCKETS - 1)
+    }
+
+    /// The upper bound of a bucket.
+    fn bound(bucket: usize) -> Duration {
+        let (log, sub) = (bucket / 4, bucket % 4);
+        let us = if log >= 2 {
+            (1u64 << log) + ((sub as u64 + 1) << (log - 2))
+        } else {
+            2u64 << log
+        };
+        Duration::from_micros(us)
+    }
+
+    /// The slot for window `w`, emptied first if it still counts an older window.
+    fn slot(&self, w: u64) -> usize {
+        use std::sync::atomic::Ordering::Relaxed;
+        let i = (w % 2) as usize;
+        let seen = self.epochs[i].load(Relaxed);
+        if seen != w
+            && self.epochs[i]
+                .compare_exchange(seen, w, Relaxed, Relaxed)
+                .is_ok()
+        {
+            for b in &self.buckets[i] {
+                b.store(0, Relaxed);
+            }
+        }
+        i
+    }
+
+    /// Count one answer that took `latency`, at `now_ms`.
+    pub fn record(&self, now_ms: u64, latency: Duration) {
+        let i = self.slot(now_ms / LATENCY_WINDOW_MS + 1);
+        self.buckets[i][Self::bucket(latency)].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The `q` quantile (0 < q < 1) of what was recorded in this window and the one before,
+    /// as the upper bound of its bucket.
+    pub fn quantile(&self, now_ms: u64, q: f64) -> Option<Duration> {
+        use std::sync::atomic::Ordering::Relaxed;
+        // Window numbers start at 1 so that 0 means "never counted".
+        let w = now_ms / LATENCY_WINDOW_MS + 1;
+        let live: Vec<usize> = (0..2)
+            .filter(|&i| {
+                let e = self.epochs[i].load(Relaxed);
+                e != 0 && e + 1 >= w
+            })
+            .collect();
+        let count = |b: usize| -> u64 {
+            live.iter()
+                .map(|&i| u64::from(self.buckets[i][b].load(Relaxed)))
+                .sum()
+        };
+        let total: u64 = (0..LATENCY_BUCKETS).map(count).sum();
+        if total < Self::MIN_SAMPLES {
+            return None;
+        }
+        // The smallest bucket with at least q of the answers at or below it.
+        let want = ((total as f64) * q).ceil() as u64;
+        let mut seen = 0;
+        for b in 0..LATENCY_BUCKETS {
+            seen += count(b);
+            if seen >= want.max(1) {
+                return Some(Self::bound(b));
+            }
+        }
+        Some(Self::bound(LATENCY_BUCKETS - 1))
+    }
 }
 
 impl RetryPolicy {
@@ -302,6 +457,55 @@ mod opt_millis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latency_quantiles_come_from_the_last_two_windows() {
+        let w = LatencyWindow::default();
+        // Too few answers: no quantile.
+        for _ in 0..19 {
+            w.record(1_000, Duration::from_millis(10));
+        }
+        assert_eq!(w.quantile(1_000, 0.95), None);
+        // 95 fast (10 ms) and 5 slow (500 ms): p95 is in the fast bucket, p99 in the slow.
+        for _ in 0..76 {
+            w.record(2_000, Duration::from_millis(10));
+        }
+        for _ in 0..5 {
+            w.record(3_000, Duration::from_millis(500));
+        }
+        let p95 = w.quantile(3_000, 0.95).unwrap();
+        assert!(
+            p95 >= Duration::from_millis(10) && p95 <= Duration::from_micros(12_500),
+            "{p95:?}"
+        );
+        let p99 = w.quantile(3_000, 0.99).unwrap();
+        assert!(
+            p99 >= Duration::from_millis(500) && p99 <= Duration::from_millis(625),
+            "{p99:?}"
+        );
+        // The next window still sees these; the one after does not.
+        assert!(w.quantile(15_000, 0.95).is_some());
+        assert_eq!(w.quantile(25_000, 0.95), None);
+        // A new window reuses the old slot from scratch.
+        for _ in 0..20 {
+            w.record(25_000, Duration::from_millis(2));
+        }
+        let p = w.quantile(25_000, 0.95).unwrap();
+        assert!(p <= Duration::from_micros(2_500), "{p:?}");
+    }
+
+    #[test]
+    fn latency_buckets_bound_their_values_within_a_quarter() {
+        for us in [1u64, 2, 3, 7, 100, 999, 1_000, 12_345, 500_000, 60_000_000] {
+            let d = Duration::from_micros(us);
+            let b = LatencyWindow::bound(LatencyWindow::bucket(d));
+            assert!(b > d || (us < 4 && b >= d), "{us} us: bound {b:?}");
+            assert!(
+                b.as_secs_f64() <= d.as_secs_f64() * 1.25 + 2e-6,
+                "{us} us: bound {b:?}"
+            );
+        }
+    }
 
     #[test]
     fn linkerd_code_lists_parse() {
