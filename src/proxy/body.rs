@@ -394,7 +394,7 @@ impl Body for UpstreamIncoming {
                     f.map(|f| match f.into_trailers() {
                         Ok(mut trailers) => {
                             // The inline client filters its trailers while decoding.
-                            h1::drop_forbidden_trailers(&mut trailers);
+                            super::wire::drop_forbidden_trailers(&mut trailers);
                             Frame::trailers(trailers)
                         }
                         Err(f) => f,

@@ -13,21 +13,22 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock, Weak};
 
 use futures::FutureExt;
-use http::header::{self, HeaderName, HOST};
+use http::header::HOST;
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
+use http::{HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::{Body, Incoming};
 use tokio::time::Instant;
 
 use super::attempt::{attempt, Outgoing, Sent};
-use super::body::{Completion, RequestBody, ResponseBody, UpstreamIncoming};
+use super::body::{Completion, RequestBody, ResponseBody};
 use super::conns::{Open, Tracked};
 use super::error::{error_response, ProxyError};
 use super::filters::{self, RequestEffects};
 use super::pool::EndpointPool;
 use super::served::{AccessEntry, AccessStart, Served};
 use super::timeout::{self, Deadline};
+use super::wire::strip_hop_by_hop;
 use super::{fast_rand, route, Live, Proxy};
 use crate::table::matching::RequestView;
 use crate::table::{Backend, BackendTarget, Filter, Lookup, ParentPort, Protocol, ServiceBackend};
@@ -398,11 +399,8 @@ async fn serve(
     // The backend that answered (a hedge may have won on another one).
     at.backend = Some(svc);
 
+    // Both HTTP/1.1 clients leave the hop-by-hop fields out (`wire`).
     let (mut head, upstream_body) = rsp.into_parts();
-    if matches!(upstream_body, UpstreamIncoming::Hyper(_)) {
-        // The inline HTTP/1.1 client leaves these out while parsing.
-        strip_hop_by_hop(&mut head.headers);
-    }
     filters::apply_response(&rule.filters, &mut head.headers);
     filters::apply_response(&backend.filters, &mut head.headers);
     filters::apply_cors(&mut effects, &mut head.headers);
@@ -505,96 +503,6 @@ pub(super) fn pool_for(
     match live.pools.get(&addr) {
         Some(p) => p.clone(),
         None => Arc::new(EndpointPool::new(addr, proxy.config.pool_limits())),
-    }
-}
-
-/// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1). `Connection` is
-/// first: the headers it names are hop-by-hop too.
-const HOP_BY_HOP: [HeaderName; 6] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::PROXY_AUTHORIZATION,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    HeaderName::from_static("proxy-connection"),
-];
-
-/// Bit of `TE` in the presence mask of [`strip_hop_by_hop`] (after the `HOP_BY_HOP` bits).
-const TE_BIT: u8 = 1 << 6;
-
-/// The bits of `Connection` and `Transfer-Encoding` from [`hop_by_hop_bit`].
-pub(super) const HOP_CONNECTION: u8 = 1;
-pub(super) const HOP_TRANSFER_ENCODING: u8 = 1 << 3;
-
-/// The presence bit of a (lowercase) header name: its index in [`HOP_BY_HOP`], [`TE_BIT`], or
-/// 0 for an end-to-end header. Dispatches on the length first, so the common names cost one
-/// comparison of a length rather than seven of names.
-pub(super) fn hop_by_hop_bit(name: &str) -> u8 {
-    let index = match name.len() {
-        2 if name == "te" => return TE_BIT,
-        7 if name == "upgrade" => 4,
-        10 if name == "connection" => 0,
-        10 if name == "keep-alive" => 1,
-        16 if name == "proxy-connection" => 5,
-        17 if name == "transfer-encoding" => 3,
-        19 if name == "proxy-authorization" => 2,
-        _ => return 0,
-    };
-    debug_assert_eq!(HOP_BY_HOP[index].as_str(), name);
-    1 << index
-}
-
-/// Remove the hop-by-hop headers of a message about to be forwarded. Runs twice per request, so
-/// it makes one pass over the names to see which are there (usually none in a request and only
-/// `Connection: keep-alive` in a response) and then touches only those, without allocating.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut present = 0u8;
-    for name in headers.keys() {
-        present |= hop_by_hop_bit(name.as_str());
-    }
-    if present == 0 {
-        return;
-    }
-    if present & HOP_CONNECTION != 0 {
-        remove_connection_options(headers);
-    }
-    if present & HOP_TRANSFER_ENCODING != 0 {
-        // RFC 9112 §6.3: a Content-Length received with Transfer-Encoding is removed before
-        // forwarding (the body is re-framed anyway).
-        headers.remove(header::CONTENT_LENGTH);
-    }
-    for (i, h) in HOP_BY_HOP.iter().enumerate() {
-        if present & (1 << i) != 0 {
-            headers.remove(h);
-        }
-    }
-    if present & TE_BIT != 0 {
-        if let Some(te) = headers.get(header::TE) {
-            if te.as_bytes() != b"trailers" {
-                headers.remove(header::TE);
-            }
-        }
-    }
-}
-
-/// Remove the headers named by `Connection` options (every `Connection` line). `keep-alive` is
-/// skipped here because [`HOP_BY_HOP`] removes it anyway.
-fn remove_connection_options(headers: &mut HeaderMap) {
-    let mut lines = headers.get_all(header::CONNECTION).iter();
-    let first = lines.next().cloned();
-    // More than one Connection line is rare; only then does this allocate.
-    let rest: Vec<HeaderValue> = lines.cloned().collect();
-    for value in first.iter().chain(&rest) {
-        for option in value.as_bytes().split(|&b| b == b',') {
-            let option = option.trim_ascii();
-            if option.is_empty() || option.eq_ignore_ascii_case(b"keep-alive") {
-                continue;
-            }
-            if let Ok(name) = std::str::from_utf8(option) {
-                // An option that is not a valid header name names nothing to remove.
-                headers.remove(name);
-            }
-        }
     }
 }
 
@@ -724,89 +632,5 @@ pub(super) fn send_mirrors<'a>(
             }
             drop(in_flight);
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (n, v) in pairs {
-            h.append(*n, HeaderValue::from_static(v));
-        }
-        h
-    }
-
-    #[test]
-    fn each_hop_by_hop_name_has_its_own_bit() {
-        for (i, h) in HOP_BY_HOP.iter().enumerate() {
-            assert_eq!(hop_by_hop_bit(h.as_str()), 1 << i, "{h}");
-        }
-        assert_eq!(hop_by_hop_bit("te"), TE_BIT);
-        assert_eq!(hop_by_hop_bit("connection"), HOP_CONNECTION);
-        assert_eq!(hop_by_hop_bit("transfer-encoding"), HOP_TRANSFER_ENCODING);
-        for other in [
-            "host",
-            "tf",
-            "upgrades",
-            "connectio",
-            "content-length",
-            "x-keep-alive",
-        ] {
-            assert_eq!(hop_by_hop_bit(other), 0, "{other}");
-        }
-    }
-
-    #[test]
-    fn end_to_end_headers_pass_untouched() {
-        let mut h = headers(&[("host", "a.b"), ("accept", "*/*"), ("x-id", "1")]);
-        let before = h.clone();
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h, before);
-    }
-
-    #[test]
-    fn hop_by_hop_headers_and_connection_options_are_removed() {
-        let mut h = headers(&[
-            ("connection", "keep-alive, X-Trace ,Upgrade"),
-            ("connection", "x-other"),
-            ("keep-alive", "timeout=5"),
-            ("x-trace", "1"),
-            ("x-other", "2"),
-            ("upgrade", "h2c"),
-            ("proxy-connection", "keep-alive"),
-            ("proxy-authorization", "Basic eA=="),
-            ("transfer-encoding", "chunked"),
-            ("content-length", "3"),
-            ("content-type", "text/plain"),
-        ]);
-        strip_hop_by_hop(&mut h);
-        let left: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
-        assert_eq!(left, ["content-type"]);
-    }
-
-    #[test]
-    fn te_trailers_is_kept_unless_connection_names_it() {
-        let mut h = headers(&[("te", "trailers")]);
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.get(header::TE).unwrap(), "trailers");
-
-        let mut h = headers(&[("te", "gzip")]);
-        strip_hop_by_hop(&mut h);
-        assert!(h.get(header::TE).is_none());
-
-        let mut h = headers(&[("te", "trailers"), ("connection", "te")]);
-        strip_hop_by_hop(&mut h);
-        assert!(h.is_empty());
-    }
-
-    #[test]
-    fn invalid_connection_options_are_ignored() {
-        let mut h = headers(&[("connection", "bad name, ,close"), ("x-a", "1")]);
-        strip_hop_by_hop(&mut h);
-        let left: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
-        assert_eq!(left, ["x-a"]);
     }
 }

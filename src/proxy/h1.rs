@@ -8,14 +8,12 @@
 //! module does exactly that and nothing more; requests with a body (and h2c endpoints) go
 //! through hyper's client in [`pool`](super::pool).
 //!
-//! Responses are framed as RFC 9112 §6.3 says: no body for HEAD, 1xx, 204 and 304; chunked
-//! when `Transfer-Encoding` is `chunked`; otherwise `Content-Length` (all values equal);
-//! otherwise until the endpoint closes. Interim 1xx responses are skipped and `101` is refused
-//! (the proxy never asks for an upgrade), as are status codes outside 100–599 and every head
-//! whose framing a peer could read differently ([`head_is_unambiguous`]). A connection goes back to its pool only when its
-//! response ended exactly at the framing's end, keep-alive was agreed and nothing extra was
-//! received; every other end closes it, which is also how an abandoned exchange is cancelled
-//! upstream.
+//! What a response head means (framing, reuse, refusals, hop-by-hop fields, trailers) is
+//! decided by [`wire`](super::wire), the policy hyper's path is held to as well; this module
+//! only parses and decodes. Interim 1xx heads are skipped (their bytes count against
+//! [`MAX_HEAD_BYTES`]). A connection goes back to its pool only when its response ended exactly
+//! at the framing's end, keep-alive was agreed and nothing extra was received; every other end
+//! closes it, which is also how an abandoned exchange is cancelled upstream.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -24,7 +22,6 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HOST, TRAILER};
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use hyper::body::{Frame, SizeHint};
@@ -33,8 +30,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::forward::{hop_by_hop_bit, HOP_CONNECTION, HOP_TRANSFER_ENCODING};
 use super::pool::EndpointPool;
+pub use super::wire::Framing;
+use super::wire::{self, ResponseFields};
 
 /// Most header fields accepted in a response head or a trailer section.
 pub const MAX_HEADERS: usize = 128;
@@ -130,14 +128,14 @@ impl Conn {
     }
 }
 
-/// A failed exchange and whether the request may be sent again on another connection.
+/// A failed exchange, with what [`wire::send_again`] needs to know about it.
 #[derive(Debug)]
 pub struct Failure {
     pub error: Error,
-    /// True when sending the request once more is safe (RFC 9110 §9.2.2): writing its head
-    /// failed, so the endpoint never had the whole request; or the connection ended before any
-    /// response byte and the method is idempotent, so a repeat has the same effect.
-    pub retryable: bool,
+    /// The whole request head was written.
+    pub written: bool,
+    /// The endpoint closed or reset the connection before a complete response head.
+    pub closed: bool,
 }
 
 /// Send the head of a bodiless request on `conn` and read the response head. The request
@@ -151,12 +149,11 @@ pub async fn exchange(
     if let Err(e) = conn.stream.write_all(&conn.head).await {
         return Err(Failure {
             error: e.into(),
-            retryable: true,
+            written: false,
+            closed: true,
         });
     }
-    let idempotent = is_idempotent(&req.method);
     let head_request = req.method == Method::HEAD;
-    let mut received = false;
     let mut interim = 0;
     loop {
         // Usually nothing is buffered yet: read before trying to parse.
@@ -182,35 +179,23 @@ pub async fn exchange(
             Err(error) => {
                 return Err(Failure {
                     error,
-                    retryable: false,
+                    written: true,
+                    closed: false,
                 })
             }
         }
         let read = std::future::poll_fn(|cx| conn.poll_fill(cx)).await;
-        match read {
-            Ok(n) if n > 0 => received = true,
-            Ok(_) => {
-                return Err(Failure {
-                    error: Error::Closed,
-                    retryable: !received && idempotent,
-                })
-            }
-            Err(e) => {
-                return Err(Failure {
-                    error: e.into(),
-                    retryable: !received && idempotent,
-                })
-            }
-        }
+        let error = match read {
+            Ok(n) if n > 0 => continue,
+            Ok(_) => Error::Closed,
+            Err(e) => e.into(),
+        };
+        return Err(Failure {
+            error,
+            written: true,
+            closed: true,
+        });
     }
-}
-
-/// RFC 9110 §9.2.2.
-pub fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
 }
 
 /// Write the request line and header fields of `req` into `dst` (cleared first).
@@ -228,14 +213,6 @@ fn encode_head(dst: &mut Vec<u8>, req: &Parts) {
         dst.extend_from_slice(b"\r\n");
     }
     dst.extend_from_slice(b"\r\n");
-}
-
-/// How a response body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
-    Length(u64),
-    Chunked,
-    UntilClose,
 }
 
 /// Where in a header block one field's name and value lie, as offsets into the block.
@@ -273,14 +250,9 @@ fn parse_head(
             Err(_) => return Err(Error::Invalid("malformed response head")),
         };
         let code = parsed.code.unwrap_or(0);
-        if !(100..=599).contains(&code) {
-            return Err(Error::Invalid("status code outside 100-599"));
-        }
+        let interim_head = wire::check_status(code).map_err(Error::Invalid)?;
         let status = StatusCode::from_u16(code).map_err(|_| Error::Invalid("bad status code"))?;
-        if status == StatusCode::SWITCHING_PROTOCOLS {
-            return Err(Error::Invalid("unrequested protocol switch"));
-        }
-        if status.is_informational() {
+        if interim_head {
             *interim += len;
             if *interim >= MAX_HEAD_BYTES {
                 return Err(Error::Invalid("response head too large"));
@@ -294,9 +266,11 @@ fn parse_head(
         };
         record_spans(spans, buf, parsed.headers);
         let block = buf.split_to(len).freeze();
-        let mut facts = Facts::default();
-        let headers = header_map(&block, spans, Some(&mut facts))?;
-        let (framing, keep_alive) = facts.framing(version, status, head_request)?;
+        let mut fields = ResponseFields::default();
+        let headers = header_map(&block, spans, Some(&mut fields))?;
+        let (framing, keep_alive) = fields
+            .framing(version, status, head_request)
+            .map_err(Error::Invalid)?;
         let mut rsp = Response::new(());
         *rsp.status_mut() = status;
         *rsp.version_mut() = version;
@@ -317,158 +291,20 @@ fn record_spans(spans: &mut Vec<Span>, block: &[u8], fields: &[httparse::Header<
     }));
 }
 
-/// What the framing-related fields of a response head said.
-#[derive(Debug, Default)]
-struct Facts {
-    close: bool,
-    keep_alive: bool,
-    /// The codings of every `Transfer-Encoding` line.
-    codings: TransferCodings,
-    content_length: Option<u64>,
-    /// Whether `Content-Length` came as more than one value (`5, 5`), to be sent on as one.
-    content_length_listed: bool,
-    /// Extra field names listed in `Connection` (rare; removed at the end).
-    connection_options: Vec<HeaderName>,
-}
-
-impl Facts {
-    /// Note one field. Returns whether it is end-to-end (to be forwarded).
-    fn note(&mut self, name: &HeaderName, value: &[u8]) -> Result<bool, Error> {
-        let tokens = || value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
-        if *name == CONTENT_LENGTH {
-            for part in tokens() {
-                let n = parse_decimal(part).ok_or(Error::Invalid("bad content-length"))?;
-                if let Some(l) = self.content_length {
-                    if l != n {
-                        return Err(Error::Invalid("conflicting content-length"));
-                    }
-                    self.content_length_listed = true;
-                }
-                self.content_length = Some(n);
-            }
-            return Ok(true);
-        }
-        match hop_by_hop_bit(name.as_str()) {
-            0 => return Ok(true),
-            HOP_CONNECTION => {
-                for token in tokens() {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        self.close = true;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                        self.keep_alive = true;
-                    } else if let Ok(n) = HeaderName::from_bytes(token) {
-                        self.connection_options.push(n);
-                    }
-                }
-            }
-            HOP_TRANSFER_ENCODING => self.codings.add(value),
-            _ => {}
-        }
-        Ok(false)
-    }
-
-    /// The body framing and whether the connection may be reused afterwards.
-    fn framing(
-        &self,
-        version: Version,
-        status: StatusCode,
-        head_request: bool,
-    ) -> Result<(Framing, bool), Error> {
-        let keep_alive = if version == Version::HTTP_11 {
-            !self.close
-        } else {
-            self.keep_alive && !self.close
-        };
-        // Checked whatever the status: the same head must mean the same on every path.
-        head_is_unambiguous(version, &self.codings, self.content_length.is_some())?;
-        if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-            return Ok((Framing::Length(0), keep_alive));
-        }
-        if self.codings.present {
-            return Ok((Framing::Chunked, keep_alive));
-        }
-        Ok(match self.content_length {
-            Some(n) => (Framing::Length(n), keep_alive),
-            None => (Framing::UntilClose, false),
-        })
-    }
-}
-
-/// The transfer codings of a message, over all its `Transfer-Encoding` field lines.
-#[derive(Debug, Default, Clone, Copy)]
-pub(super) struct TransferCodings {
-    /// Whether any `Transfer-Encoding` line was present (even an empty one).
-    pub present: bool,
-    /// List items, empty ones included.
-    count: usize,
-    /// Whether the last coding listed is `chunked`.
-    last_chunked: bool,
-}
-
-impl TransferCodings {
-    /// Note one `Transfer-Encoding` field line. Empty list items count as codings: the list
-    /// syntax allows them, but hyper's client reads `chunked,` as not chunked, and both
-    /// upstream paths must read a head the same way.
-    pub fn add(&mut self, value: &[u8]) {
-        self.present = true;
-        for coding in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-            self.count += 1;
-            self.last_chunked = coding.eq_ignore_ascii_case(b"chunked");
-        }
-    }
-
-    /// Whether the codings are exactly `chunked`: the only transfer coding meshroute forwards.
-    fn chunked_only(&self) -> bool {
-        self.count == 1 && self.last_chunked
-    }
-}
-
-/// Refuse a response head whose body length a client, a cache or a proxy could read
-/// differently from meshroute (RFC 9112 §6.1, §6.3), whatever its status:
-///
-/// - `Transfer-Encoding` together with `Content-Length`: the classic smuggling attempt;
-/// - a final coding other than `chunked` (`gzip`, `chunked, gzip`): the length would be left
-///   to the connection close;
-/// - any coding besides `chunked` (`gzip, chunked`): meshroute does not decode it, and since
-///   `Transfer-Encoding` is hop-by-hop the client would get a still-encoded body unlabelled;
-/// - `Transfer-Encoding` in HTTP/1.0, which "MUST" be treated as faulty framing.
-///
-/// Both upstream HTTP/1.1 paths call this: the inline client while parsing, and the seam
-/// after hyper's client, which reads such heads leniently (`pool::check_hyper_head`).
-pub(super) fn head_is_unambiguous(
-    version: Version,
-    codings: &TransferCodings,
-    content_length: bool,
-) -> Result<(), Error> {
-    if !codings.present {
-        return Ok(());
-    }
-    if version == Version::HTTP_10 {
-        return Err(Error::Invalid("transfer-encoding in an HTTP/1.0 response"));
-    }
-    if content_length {
-        return Err(Error::Invalid("both transfer-encoding and content-length"));
-    }
-    if !codings.chunked_only() {
-        return Err(Error::Invalid("transfer coding other than chunked"));
-    }
-    Ok(())
-}
-
 /// Header fields from their spans in `block`; values share `block` instead of being copied.
 /// With `facts`, the fields of a response head are noted there and only the end-to-end ones
 /// are kept.
 fn header_map(
     block: &Bytes,
     spans: &[Span],
-    mut facts: Option<&mut Facts>,
+    mut facts: Option<&mut ResponseFields>,
 ) -> Result<HeaderMap, Error> {
     let mut map = HeaderMap::with_capacity(spans.len());
     for &((n, nl), (v, vl)) in spans {
         let name = HeaderName::from_bytes(&block[n..n + nl])
             .map_err(|_| Error::Invalid("bad header name"))?;
         if let Some(f) = facts.as_deref_mut() {
-            if !f.note(&name, &block[v..v + vl])? {
+            if !f.note(&name, &block[v..v + vl]).map_err(Error::Invalid)? {
                 continue;
             }
         }
@@ -477,32 +313,9 @@ fn header_map(
         map.append(name, value);
     }
     if let Some(f) = facts {
-        for name in &f.connection_options {
-            map.remove(name);
-        }
-        if let (true, Some(n)) = (f.content_length_listed, f.content_length) {
-            map.insert(CONTENT_LENGTH, HeaderValue::from(n));
-        }
+        f.finish(&mut map);
     }
     Ok(map)
-}
-
-/// A `Content-Length` value, `1*DIGIT`, read as hyper's client reads it (so both upstream
-/// paths agree on the same bytes): leading zeros allowed, at most `u64::MAX - 2` (hyper keeps
-/// the two largest values as markers).
-fn parse_decimal(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() {
-        return None;
-    }
-    digits
-        .iter()
-        .try_fold(0u64, |n, &d| {
-            if !d.is_ascii_digit() {
-                return None;
-            }
-            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-        })
-        .filter(|&n| n <= u64::MAX - 2)
 }
 
 /// Where the body decoder stands.
@@ -631,33 +444,10 @@ fn decode(
                 };
                 let block = buf.split_to(len).freeze();
                 let mut trailers = header_map(&block, &spans, None)?;
-                drop_forbidden_trailers(&mut trailers);
+                wire::drop_forbidden_trailers(&mut trailers);
                 *state = State::Done;
                 return Ok(Step::Frame(Frame::trailers(trailers)));
             }
-        }
-    }
-}
-
-/// Remove the fields a trailer section must not carry or that only describe one hop: framing,
-/// routing and connection fields (RFC 9110 §6.5.1, §7.6.1).
-pub(super) fn drop_forbidden_trailers(trailers: &mut HeaderMap) {
-    let forbidden = |n: &HeaderName| {
-        hop_by_hop_bit(n.as_str()) != 0
-            || [
-                CONTENT_LENGTH,
-                HOST,
-                TRAILER,
-                CONTENT_ENCODING,
-                CONTENT_TYPE,
-                CONTENT_RANGE,
-            ]
-            .contains(n)
-    };
-    if trailers.keys().any(forbidden) {
-        let names: Vec<HeaderName> = trailers.keys().filter(|n| forbidden(n)).cloned().collect();
-        for n in names {
-            trailers.remove(n);
         }
     }
 }
@@ -1044,6 +834,7 @@ mod tests {
 
     #[test]
     fn listed_content_length_is_sent_on_as_one_value() {
+        use http::header::CONTENT_LENGTH;
         let (rsp, framing, _) = head("HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\n", false)
             .unwrap()
             .unwrap();
@@ -1192,22 +983,5 @@ mod tests {
             decode(&mut state, &mut buf, &mut 0).unwrap(),
             Step::NeedMore
         ));
-    }
-
-    #[test]
-    fn decimal_lengths() {
-        assert_eq!(parse_decimal(b"0"), Some(0));
-        assert_eq!(parse_decimal(b"1234"), Some(1234));
-        assert_eq!(
-            parse_decimal(b"9999999999999999999"),
-            Some(9_999_999_999_999_999_999)
-        );
-        assert_eq!(parse_decimal(b"+1"), None);
-        assert_eq!(parse_decimal(b""), None);
-        assert_eq!(parse_decimal(b"1 2"), None);
-        assert_eq!(parse_decimal(b"000000000000000000011"), Some(11));
-        assert_eq!(parse_decimal(b"18446744073709551613"), Some(u64::MAX - 2));
-        assert_eq!(parse_decimal(b"18446744073709551614"), None);
-        assert_eq!(parse_decimal(b"18446744073709551616"), None);
     }
 }

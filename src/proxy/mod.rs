@@ -28,6 +28,7 @@ pub mod served;
 pub mod server;
 pub mod timeout;
 pub mod timer;
+pub mod wire;
 
 use std::cell::Cell;
 use std::collections::HashMap;

@@ -12,7 +12,7 @@
 //! is next taken (from the socket's readiness, or with a read for requests that must not be
 //! sent twice), and [`sweep`] closes those that closed or idled longer than [`IDLE_SECS`] once
 //! a second. A request that still meets a connection closed under it is sent once more, on a
-//! new connection, when that is safe ([`h1::Failure::retryable`]).
+//! new connection, when that is safe ([`wire::send_again`]).
 //!
 //! Connections per endpoint are capped ([`PoolLimits`], like Envoy's circuit breakers): past
 //! the cap a request waits in a bounded queue for a connection to close (a connection that
@@ -38,12 +38,14 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::body::{
-    has_source, ClientBodyError, ClientBodyTimeout, RequestBody, UpstreamIncoming, CLIENT_FAILED,
-    CLIENT_OK, CLIENT_TIMED_OUT,
+    has_source, ClientBodyError, ClientBodyTimeout, Replayable, RequestBody, UpstreamIncoming,
+    CLIENT_FAILED, CLIENT_OK, CLIENT_TIMED_OUT,
 };
 use super::error::ProxyError;
 use super::h1;
+use super::wire;
 use crate::metrics::PtrHasher;
+use crate::table::retry::MAX_REPLAY_BODY;
 use crate::table::Protocol;
 
 /// Idle HTTP/1.1 connections kept per endpoint beyond which released ones are closed.
@@ -92,7 +94,8 @@ pub struct EndpointPool {
     /// Requests waiting for a permit.
     waiting: AtomicUsize,
     max_pending: usize,
-    idle: Mutex<Vec<http1::SendRequest<RequestBody>>>,
+    /// Idle hyper connections, oldest first, each with the [`IDLE_CLOCK`] second it went idle.
+    idle: Mutex<Vec<(http1::SendRequest<RequestBody>, u32)>>,
     /// Idle plain sockets, oldest first, each with the [`IDLE_CLOCK`] second it went idle.
     /// Boxed: a connection moves between this stack, request futures and response bodies,
     /// and a pointer is cheaper to move than the connection.
@@ -166,15 +169,16 @@ impl EndpointPool {
         if self.starved() {
             return;
         }
+        let since = IDLE_CLOCK.load(Ordering::Relaxed);
         let mut idle = lock(&self.idle);
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
-            idle.push(sender);
+            idle.push((sender, since));
         }
     }
 
     fn pop_ready(&self) -> Option<http1::SendRequest<RequestBody>> {
         let mut idle = lock(&self.idle);
-        while let Some(s) = idle.pop() {
+        while let Some((s, _)) = idle.pop() {
             if s.is_ready() {
                 return Some(s);
             }
@@ -223,6 +227,10 @@ impl EndpointPool {
                 }
             }
         }
+        let mut idle = lock(&self.idle);
+        // Dropping the sender ends hyper's connection task, which closes the socket.
+        idle.retain(|(s, since)| now.saturating_sub(*since) < IDLE_SECS && !s.is_closed());
+        drop(idle);
         drop(dead);
     }
 
@@ -257,6 +265,9 @@ impl EndpointPool {
         req: &mut Option<Request<RequestBody>>,
         protocol: Protocol,
     ) -> Result<(Response<UpstreamIncoming>, Option<PooledConn>), ProxyError> {
+        let head_request = req
+            .as_ref()
+            .is_some_and(|r| r.method() == http::Method::HEAD);
         let (rsp, conn) = match protocol {
             // Boxed: hyper's futures are large, and these paths are the rarer ones.
             Protocol::Http1 => {
@@ -270,16 +281,19 @@ impl EndpointPool {
         };
         // On refusal the response and the connection are dropped unreleased, which closes an
         // HTTP/1.1 connection (its framing cannot be trusted) and resets an h2 stream.
-        check_hyper_head(&rsp).map_err(|e| ProxyError::Upstream {
-            addr: self.addr,
-            source: e.into(),
-        })?;
+        let (mut head, body) = rsp.into_parts();
+        wire::accept_response_head(head.version, head.status, &mut head.headers, head_request)
+            .map_err(|e| ProxyError::Upstream {
+                addr: self.addr,
+                source: h1::Error::Invalid(e).into(),
+            })?;
+        let rsp = Response::from_parts(head, body);
         Ok((rsp.map(UpstreamIncoming::Hyper), conn))
     }
 
     /// A bodiless HTTP/1.1 exchange driven by the calling task, on a pooled socket when one
     /// is idle. A reused socket that turns out closed is retried on another when
-    /// [`h1::Failure::retryable`] allows; a new one never is.
+    /// [`wire::send_again`] allows; a new one never is.
     pub async fn send_inline(
         self: &Arc<Self>,
         parts: &Parts,
@@ -288,7 +302,8 @@ impl EndpointPool {
             addr: self.addr,
             source: f.error.into(),
         };
-        let pooled = self.pop_inline(!h1::is_idempotent(&parts.method));
+        let idempotent = wire::is_idempotent(&parts.method);
+        let pooled = self.pop_inline(!idempotent);
         let reused = pooled.is_some();
         let conn = match pooled {
             Some(c) => c,
@@ -298,7 +313,15 @@ impl EndpointPool {
             Ok(rsp) => Ok(rsp),
             // A pooled connection closed under the request: once more, on a new connection
             // (never again on another pooled one, and never a second time).
-            Err(f) if reused && f.retryable => {
+            Err(f)
+                if wire::send_again(wire::Broken {
+                    reused,
+                    request_written: f.written,
+                    closed: f.closed,
+                    idempotent,
+                    replayable: true,
+                }) =>
+            {
                 tracing::debug!(addr = %self.addr, error = %f.error, "pooled connection was closed; sending once more");
                 let conn = self.connect_inline().await?;
                 h1::exchange(conn, parts, self).await.map_err(failed)
@@ -332,16 +355,35 @@ impl EndpointPool {
         self: &Arc<Self>,
         req: &mut Option<Request<RequestBody>>,
     ) -> Result<(Response<Incoming>, PooledConn), ProxyError> {
+        let mut again = false;
         loop {
-            let (mut sender, reused) = match self.pop_ready() {
+            let (mut sender, reused) = match self.pop_ready().filter(|_| !again) {
                 Some(s) => (s, true),
                 // Boxed: the connect future is large and rare; inline it would bloat every
                 // request's future, which hyper and tokio move around by value.
                 None => (Box::pin(self.connect_h1()).await?, false),
             };
-            let Some(taken) = req.take() else {
+            let Some(mut taken) = req.take() else {
                 return Err(self.already_sent());
             };
+            let idempotent = wire::is_idempotent(taken.method());
+            // On a pooled connection an idempotent request may have to go once more
+            // (`wire::send_again`): its body is recorded on the way, up to the retry limit.
+            let mut replay = None;
+            if reused && idempotent && !taken.body().is_end_stream() {
+                let body = std::mem::replace(taken.body_mut(), RequestBody::Empty);
+                let (first, tape) = Replayable::record(body, MAX_REPLAY_BODY);
+                *taken.body_mut() = first;
+                replay = Some(tape);
+            }
+            let kept = (reused && idempotent).then(|| {
+                let (mut parts, ()) = Request::new(()).into_parts();
+                parts.method = taken.method().clone();
+                parts.uri = taken.uri().clone();
+                parts.version = taken.version();
+                parts.headers = taken.headers().clone();
+                parts
+            });
             match sender.try_send_request(taken).await {
                 Ok(rsp) => {
                     let conn = PooledConn {
@@ -350,12 +392,38 @@ impl EndpointPool {
                     };
                     return Ok((rsp, conn));
                 }
-                Err(mut e) => match e.take_message() {
-                    // A pooled connection the backend closed while idle: the request never
-                    // left, so it is safe to send it on another connection.
-                    Some(back) if reused => *req = Some(back),
-                    _ => return Err(self.exchange_failed(e.into_error())),
-                },
+                Err(mut e) => {
+                    let back = e.take_message();
+                    let error = e.into_error();
+                    let broken = wire::Broken {
+                        reused,
+                        request_written: back.is_none(),
+                        closed: back.is_some() || closed_before_head(&error),
+                        idempotent,
+                        replayable: back.is_some()
+                            || replay.as_ref().is_none_or(Replayable::replayable),
+                    };
+                    if again || !wire::send_again(broken) {
+                        return Err(self.exchange_failed(error));
+                    }
+                    *req = match (back, kept) {
+                        // The request never left: it goes as it is.
+                        (Some(back), _) => Some(back),
+                        (None, Some(parts)) => {
+                            let body = match &replay {
+                                Some(tape) => tape.for_retry(),
+                                None => Some(RequestBody::Empty),
+                            };
+                            match body {
+                                Some(b) => Some(Request::from_parts(parts, b)),
+                                None => return Err(self.exchange_failed(error)),
+                            }
+                        }
+                        (None, None) => return Err(self.exchange_failed(error)),
+                    };
+                    tracing::debug!(addr = %self.addr, %error, "pooled connection was closed; sending once more");
+                    again = true;
+                }
             }
         }
     }
@@ -520,35 +588,19 @@ impl EndpointPool {
     }
 }
 
-/// Refuse a response head hyper's client accepted but that meshroute never forwards, so that
-/// both upstream paths agree with the inline client ([`h1`]): hyper reads a 101 as the start of
-/// an upgrade the proxy never asked for, takes any status up to 999, and frames a
-/// `Transfer-Encoding` that does not end in `chunked` as close-delimited while keeping the
-/// `Content-Length` next to it ([`h1::head_is_unambiguous`]).
-fn check_hyper_head(rsp: &Response<Incoming>) -> Result<(), h1::Error> {
-    let status = rsp.status().as_u16();
-    if status == 101 {
-        return Err(h1::Error::Invalid("unrequested protocol switch"));
-    }
-    if !(100..=599).contains(&status) {
-        return Err(h1::Error::Invalid("status code outside 100-599"));
-    }
-    let headers = rsp.headers();
-    let mut codings = h1::TransferCodings::default();
-    for line in headers.get_all(http::header::TRANSFER_ENCODING) {
-        codings.add(line.as_bytes());
-    }
-    h1::head_is_unambiguous(
-        rsp.version(),
-        &codings,
-        headers.contains_key(http::header::CONTENT_LENGTH),
-    )
-}
-
 /// Whether a request goes through [`EndpointPool::send_inline`]: HTTP/1.1, no body, and not
 /// CONNECT (whose 2xx answer starts a tunnel, not a body; `forward` refuses it before this).
 pub fn inline_eligible(parts: &Parts, body: &RequestBody, protocol: Protocol) -> bool {
     protocol == Protocol::Http1 && body.is_end_stream() && parts.method != http::Method::CONNECT
+}
+
+/// Whether hyper's client failed because the endpoint closed or reset the connection before
+/// a complete response head, rather than for something it sent.
+fn closed_before_head(e: &hyper::Error) -> bool {
+    if ClientBodyError::find(e) || has_source::<ClientBodyTimeout>(e) {
+        return false;
+    }
+    e.is_incomplete_message() || e.is_canceled() || has_source::<std::io::Error>(e)
 }
 
 /// Pools by endpoint address, rebuilt (reusing surviving pools) with every table.

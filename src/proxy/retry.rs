@@ -155,7 +155,7 @@ pub(super) async fn forward<'t>(
     // Hedging is for idempotent requests only (and, below, only without a body).
     let hedge = policy
         .hedge
-        .filter(|_| super::h1::is_idempotent(&client_parts.method));
+        .filter(|_| super::wire::is_idempotent(&client_parts.method));
     let mut body = Some(body);
     let mut replay: Option<Replayable> = None;
     // A body that no attempt has sent yet (the first, or one whose attempt never connected):
