@@ -13,12 +13,12 @@
 use http::request::Parts;
 use http::{Request, Response};
 
-use super::body::{RequestBody, UpstreamIncoming};
+use super::body::RequestBody;
 use super::error::ProxyError;
-use super::forward::{accrual_now, pool_for};
-use super::pool::PooledConn;
+use super::live::{pool_for, Live, Proxy};
+use super::pick::{accrual_now, fast_rand};
+use super::pool::{PooledConn, UpstreamIncoming};
 use super::timeout::{self, Deadline};
-use super::{fast_rand, Live, Proxy};
 use crate::table::{Endpoint, InFlight, ServiceBackend};
 
 /// A request on its way upstream: a bodiless HTTP/1.1 head for the inline client, or a whole

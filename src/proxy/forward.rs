@@ -10,28 +10,30 @@
 use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 
 use futures::FutureExt;
 use http::header::HOST;
-use http::request::Parts;
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Method, Request, Response, Uri, Version};
+use http::{HeaderValue, Method, Request, Response, Version};
 use hyper::body::{Body, Incoming};
 use tokio::time::Instant;
 
 use super::attempt::{attempt, Outgoing, Sent};
-use super::body::{Completion, RequestBody, ResponseBody};
+use super::body::RequestBody;
 use super::conns::{Open, Tracked};
-use super::error::{error_response, ProxyError};
+use super::error::ProxyError;
 use super::filters::{self, RequestEffects};
-use super::pool::EndpointPool;
+use super::live::{Live, Proxy};
+use super::pick::{accrual_now, fast_rand};
+use super::respond::{
+    error_response, error_response_for, grpc_error_response, Completion, ResponseBody,
+};
+use super::route;
 use super::served::{AccessEntry, AccessStart, Served};
 use super::timeout::{self, Deadline};
-use super::wire::strip_hop_by_hop;
-use super::{fast_rand, route, Live, Proxy};
+use super::upstream::{has_mirror, prepare_upstream, send_mirrors, Failed, Forwarded};
 use crate::table::matching::RequestView;
-use crate::table::{Backend, BackendTarget, Filter, Lookup, ParentPort, Protocol, ServiceBackend};
+use crate::table::{BackendTarget, Lookup, ParentPort};
 
 /// hyper service entry point: never fails; failures become responses. Binds the request to
 /// its parent Service right away (through the connection's [`ParentCache`]) and returns the
@@ -228,7 +230,7 @@ async fn serve(
             "request failed"
         );
         let mut rsp = if grpc {
-            super::error::grpc_error_response(&e)
+            grpc_error_response(&e)
         } else {
             error_response(&e)
         };
@@ -437,39 +439,6 @@ async fn serve(
     )
 }
 
-/// What the single-attempt path or the retry loop hands back: the backend and endpoint that
-/// answered, with the response head and the deadline its body still runs under.
-pub(super) struct Forwarded<'t> {
-    pub backend: &'t Backend,
-    pub svc: &'t Arc<ServiceBackend>,
-    pub sent: Sent<'t>,
-    pub dispatched: Instant,
-    pub deadline: Option<Deadline>,
-    pub backend_metrics: Option<&'t Arc<crate::metrics::BackendMetrics>>,
-    pub effects: RequestEffects,
-}
-
-/// How the retry loop ends without a response from an endpoint.
-pub(super) enum Failed {
-    /// A proxy error; the caller answers it ([`error_response`]).
-    Error(ProxyError),
-    /// A backend filter answered (RequestRedirect).
-    Answered(Box<Response<ResponseBody>>),
-}
-
-impl From<ProxyError> for Failed {
-    fn from(e: ProxyError) -> Failed {
-        Failed::Error(e)
-    }
-}
-
-/// The clock of failure accrual ([`crate::table::accrual`]): milliseconds since the first call.
-pub(super) fn accrual_now() -> u64 {
-    static START: OnceLock<std::time::Instant> = OnceLock::new();
-    let start = START.get_or_init(std::time::Instant::now);
-    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
-}
-
 /// The answer to a request that was not bound to a rule.
 fn unrouted(
     proxy: &Proxy,
@@ -480,157 +449,9 @@ fn unrouted(
 ) -> Response<ResponseBody> {
     proxy.metrics.count_unrouted(e.reason());
     tracing::debug!(error = %e, "request not routed");
-    let rsp = super::error::error_response_for(e, request);
+    let rsp = error_response_for(e, request);
     if let Some(a) = access {
         a.log(at, rsp.status().as_u16(), Some(e.reason()));
     }
     rsp
-}
-
-pub(super) fn has_mirror(filters: &[Filter]) -> bool {
-    filters
-        .iter()
-        .any(|f| matches!(f, Filter::RequestMirror(_)))
-}
-
-/// The pool of an endpoint of the live table. An endpoint missing from the map (only possible
-/// for a request still running on a table older than the map) gets an unshared pool.
-pub(super) fn pool_for(
-    proxy: &Proxy,
-    live: &Live,
-    addr: std::net::SocketAddr,
-) -> Arc<EndpointPool> {
-    match live.pools.get(&addr) {
-        Some(p) => p.clone(),
-        None => Arc::new(EndpointPool::new(addr, proxy.config.pool_limits())),
-    }
-}
-
-/// Turn the client's request head into the head for an endpoint speaking `protocol`.
-/// `authority` replaces the client's authority (URLRewrite hostname, gateway-mode mirrors).
-pub(super) fn prepare_upstream(
-    parts: &mut Parts,
-    protocol: Protocol,
-    authority: Option<HeaderValue>,
-) -> Result<(), ProxyError> {
-    strip_hop_by_hop(&mut parts.headers);
-    match protocol {
-        Protocol::Http1 => {
-            parts.version = Version::HTTP_11;
-            if let Some(a) = authority {
-                parts.headers.insert(HOST, a);
-            } else if !parts.headers.contains_key(HOST) {
-                if let Some(a) = parts.uri.authority() {
-                    let v = HeaderValue::from_str(a.as_str())
-                        .map_err(|_| ProxyError::InvalidAuthority)?;
-                    parts.headers.insert(HOST, v);
-                }
-            }
-            if parts.uri.authority().is_some() || parts.uri.scheme().is_some() {
-                let pq = parts
-                    .uri
-                    .path_and_query()
-                    .cloned()
-                    .unwrap_or_else(|| PathAndQuery::from_static("/"));
-                parts.uri = Uri::from(pq);
-            }
-        }
-        Protocol::H2c => {
-            parts.version = Version::HTTP_2;
-            let host = parts.headers.remove(HOST);
-            let auth = match authority.or(host) {
-                Some(v) => {
-                    Authority::try_from(v.as_bytes()).map_err(|_| ProxyError::InvalidAuthority)?
-                }
-                None => parts
-                    .uri
-                    .authority()
-                    .cloned()
-                    .ok_or(ProxyError::MissingHost)?,
-            };
-            let pq = parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/"));
-            let mut up = http::uri::Parts::default();
-            up.scheme = Some(Scheme::HTTP);
-            up.authority = Some(auth);
-            up.path_and_query = Some(pq);
-            parts.uri = Uri::from_parts(up).map_err(|_| ProxyError::InvalidAuthority)?;
-        }
-    }
-    Ok(())
-}
-
-/// Fire the RequestMirror filters that win their fraction: each sends a copy of the request
-/// (teeing the body) to one ready endpoint of its backend and ignores the answer.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn send_mirrors<'a>(
-    proxy: &Proxy,
-    live: &Arc<Live>,
-    parent: &ParentPort,
-    filters: impl Iterator<Item = &'a Filter>,
-    parts: &Parts,
-    body: &mut RequestBody,
-    request_timeout: Option<std::time::Duration>,
-) {
-    for f in filters {
-        let Filter::RequestMirror(m) = f else {
-            continue;
-        };
-        if m.denominator == 0 || fast_rand() % u64::from(m.denominator) >= u64::from(m.numerator) {
-            continue;
-        }
-        let svc = &m.backend;
-        let Some(ep) = svc.pick_endpoint(fast_rand(), fast_rand(), accrual_now) else {
-            continue;
-        };
-        let copy_body = match &*body {
-            RequestBody::Empty => RequestBody::Empty,
-            _ => body.tee(),
-        };
-        let mut head = Request::new(());
-        *head.method_mut() = parts.method.clone();
-        *head.uri_mut() = parts.uri.clone();
-        *head.headers_mut() = parts.headers.clone();
-        let (mut copy_parts, ()) = head.into_parts();
-        if prepare_upstream(&mut copy_parts, svc.protocol, svc.authority.clone()).is_err() {
-            continue;
-        }
-        let pool = pool_for(proxy, live, ep.addr);
-        let metrics = live.metrics.mirror(parent, m).cloned();
-        let in_flight = ep.load.start();
-        let limit = request_timeout.unwrap_or(proxy.config.mirror_timeout);
-        let protocol = svc.protocol;
-        tokio::spawn(async move {
-            let start = Instant::now();
-            if let Some(m) = &metrics {
-                m.requests.inc();
-            }
-            let exchange = async {
-                let (rsp, conn) = pool.send(copy_parts, copy_body, protocol).await?;
-                // Drain the answer so the connection can be reused.
-                let mut body = rsp.into_body();
-                while let Some(frame) =
-                    std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
-                {
-                    if frame.is_err() {
-                        return Ok::<_, ProxyError>(());
-                    }
-                }
-                if let Some(c) = conn {
-                    c.release();
-                }
-                Ok(())
-            };
-            if let Ok(Err(e)) = tokio::time::timeout(limit, exchange).await {
-                tracing::debug!(error = %e, "mirror request failed");
-            }
-            if let Some(m) = &metrics {
-                m.duration.observe(start.elapsed());
-            }
-            drop(in_flight);
-        });
-    }
 }

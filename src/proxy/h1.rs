@@ -30,7 +30,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::pool::EndpointPool;
 pub use super::wire::Framing;
 use super::wire::{self, ResponseFields};
 
@@ -128,6 +127,12 @@ impl Conn {
     }
 }
 
+/// Where a connection goes when its response ended cleanly: the endpoint's pool, which
+/// decides whether to keep it.
+pub trait Home: Send + Sync + std::fmt::Debug {
+    fn put(&self, conn: Box<Conn>);
+}
+
 /// A failed exchange, with what [`wire::send_again`] needs to know about it.
 #[derive(Debug)]
 pub struct Failure {
@@ -143,7 +148,7 @@ pub struct Failure {
 pub async fn exchange(
     mut conn: Box<Conn>,
     req: &Parts,
-    pool: &Arc<EndpointPool>,
+    home: Arc<dyn Home>,
 ) -> Result<Response<InlineBody>, Failure> {
     encode_head(&mut conn.head, req);
     if let Err(e) = conn.stream.write_all(&conn.head).await {
@@ -166,7 +171,7 @@ pub async fn exchange(
             Ok(Some((rsp, framing, keep_alive))) => {
                 let body = InlineBody {
                     conn: Some(conn),
-                    pool: pool.clone(),
+                    home,
                     state: State::from(framing),
                     keep_alive,
                     extension_budget: MAX_CHUNK_EXTENSIONS,
@@ -497,7 +502,7 @@ fn chunk_size(line: &[u8]) -> Result<(u64, usize), Error> {
 #[derive(Debug)]
 pub struct InlineBody {
     conn: Option<Box<Conn>>,
-    pool: Arc<EndpointPool>,
+    home: Arc<dyn Home>,
     state: State,
     keep_alive: bool,
     /// Chunk-extension bytes still accepted ([`decode`]).
@@ -512,7 +517,7 @@ impl InlineBody {
         }
         if let Some(conn) = self.conn.take() {
             if self.keep_alive && conn.buf.is_empty() {
-                self.pool.put_inline(conn);
+                self.home.put(conn);
             }
         }
     }

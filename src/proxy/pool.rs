@@ -25,20 +25,24 @@
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use http::request::Parts;
 use http::{Request, Response};
-use hyper::body::{Body, Incoming};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::body::{
-    has_source, ClientBodyError, ClientBodyTimeout, Replayable, RequestBody, UpstreamIncoming,
+    has_source, BoxError, ClientBodyError, ClientBodyTimeout, Replayable, RequestBody,
     CLIENT_FAILED, CLIENT_OK, CLIENT_TIMED_OUT,
 };
 use super::error::ProxyError;
@@ -309,7 +313,7 @@ impl EndpointPool {
             Some(c) => c,
             None => self.connect_inline().await?,
         };
-        match h1::exchange(conn, parts, self).await {
+        match h1::exchange(conn, parts, self.clone()).await {
             Ok(rsp) => Ok(rsp),
             // A pooled connection closed under the request: once more, on a new connection
             // (never again on another pooled one, and never a second time).
@@ -324,7 +328,9 @@ impl EndpointPool {
             {
                 tracing::debug!(addr = %self.addr, error = %f.error, "pooled connection was closed; sending once more");
                 let conn = self.connect_inline().await?;
-                h1::exchange(conn, parts, self).await.map_err(failed)
+                h1::exchange(conn, parts, self.clone())
+                    .await
+                    .map_err(failed)
             }
             Err(f) => Err(failed(f)),
         }
@@ -594,6 +600,12 @@ pub fn inline_eligible(parts: &Parts, body: &RequestBody, protocol: Protocol) ->
     protocol == Protocol::Http1 && body.is_end_stream() && parts.method != http::Method::CONNECT
 }
 
+impl h1::Home for EndpointPool {
+    fn put(&self, conn: Box<h1::Conn>) {
+        self.put_inline(conn);
+    }
+}
+
 /// Whether hyper's client failed because the endpoint closed or reset the connection before
 /// a complete response head, rather than for something it sent.
 fn closed_before_head(e: &hyper::Error) -> bool {
@@ -601,6 +613,56 @@ fn closed_before_head(e: &hyper::Error) -> bool {
         return false;
     }
     e.is_incomplete_message() || e.is_canceled() || has_source::<std::io::Error>(e)
+}
+
+/// A response body as it comes from an endpoint: read by the request's own task
+/// ([`h1`]) or by a hyper client connection.
+#[derive(Debug)]
+pub enum UpstreamIncoming {
+    Inline(h1::InlineBody),
+    Hyper(Incoming),
+}
+
+impl Body for UpstreamIncoming {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamIncoming::Inline(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamIncoming::Hyper(b) => {
+                let frame = ready!(Pin::new(b).poll_frame(cx));
+                Poll::Ready(frame.map(|f| {
+                    f.map(|f| match f.into_trailers() {
+                        Ok(mut trailers) => {
+                            // The inline client filters its trailers while decoding.
+                            wire::drop_forbidden_trailers(&mut trailers);
+                            Frame::trailers(trailers)
+                        }
+                        Err(f) => f,
+                    })
+                    .map_err(Into::into)
+                }))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamIncoming::Inline(b) => b.is_end_stream(),
+            UpstreamIncoming::Hyper(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamIncoming::Inline(b) => b.size_hint(),
+            UpstreamIncoming::Hyper(b) => b.size_hint(),
+        }
+    }
 }
 
 /// Pools by endpoint address, rebuilt (reusing surviving pools) with every table.
