@@ -33,7 +33,8 @@ use super::served::{AccessEntry, AccessStart, Served};
 use super::timeout::{self, Deadline};
 use super::upstream::{has_mirror, prepare_upstream, send_mirrors, Failed, Forwarded};
 use crate::table::matching::RequestView;
-use crate::table::{BackendTarget, Lookup, ParentPort};
+use crate::table::{BackendTarget, Lookup, ParentPort, RequestMatch, Rule};
+use http::request::Parts;
 
 /// hyper service entry point: never fails; failures become responses. Binds the request to
 /// its parent Service right away (through the connection's [`ParentCache`]) and returns the
@@ -180,16 +181,13 @@ async fn serve(
     // How far the request got, for the debug header and the access log. One value updated in
     // place: it is kept across the awaits below, in the future hyper moves around.
     let mut at = Served::default();
+
+    // 1. Bind: parent Service, rule, the rule's filters.
     if parts.method == Method::CONNECT {
         // A tunnel is not a request a route could match or an endpoint answer in origin form;
         // in h2 plain CONNECT has no :path, and extended CONNECT is never enabled.
-        return unrouted(
-            proxy,
-            &ProxyError::ConnectNotSupported,
-            access,
-            at,
-            &parts.headers,
-        );
+        let e = ProxyError::ConnectNotSupported;
+        return unrouted(proxy, &e, access, at, &parts.headers);
     }
     let parent_port = match parent {
         Ok(p) => p,
@@ -199,68 +197,20 @@ async fn serve(
         return unrouted(proxy, &e, access, at, &parts.headers);
     }
     let parent: &ParentPort = &parent_port;
-    let view = RequestView {
-        method: &parts.method,
-        path: parts.uri.path(),
-        query: parts.uri.query(),
-        headers: &parts.headers,
-    };
     at.parent = Some(parent);
-    let (matched, rule) = match parent.lookup(&view) {
-        Lookup::Matched { matched, rule, .. } => (matched, rule),
-        Lookup::NoMatch(_) => {
-            return unrouted(proxy, &ProxyError::NoRoute, access, at, &parts.headers)
-        }
-        Lookup::UnknownAuthority => {
-            return unrouted(
-                proxy,
-                &ProxyError::UnknownAuthority,
-                access,
-                at,
-                &parts.headers,
-            )
-        }
-    };
-    let route_metrics = live.metrics.route(parent, rule);
-    let grpc = super::error::is_grpc(&parts.headers);
-    let debug_headers = proxy.config.debug_headers;
-    let fail = |e: ProxyError, at: Served<'_>| {
-        tracing::debug!(
-            parent = %parent.name, namespace = %parent.namespace, error = %e,
-            "request failed"
-        );
-        let mut rsp = if grpc {
-            grpc_error_response(&e)
-        } else {
-            error_response(&e)
-        };
-        let status = rsp.status().as_u16();
-        if let Some(m) = route_metrics {
-            m.record(status, Some(e.reason()), received.elapsed());
-        }
-        if debug_headers {
-            at.stamp(rsp.headers_mut());
-        }
-        if let Some(a) = access {
-            a.log(at, status, Some(e.reason()));
-        }
-        rsp
+    let (matched, rule) = match rule_for(parent, &parts) {
+        Ok(bound) => bound,
+        Err(e) => return unrouted(proxy, &e, access, at, &parts.headers),
     };
     at.rule = Some(rule);
-    let answered = |mut rsp: Response<ResponseBody>, at: Served<'_>| {
-        let status = rsp.status().as_u16();
-        if let Some(m) = route_metrics {
-            m.record(status, None, received.elapsed());
-        }
-        if debug_headers {
-            at.stamp(rsp.headers_mut());
-        }
-        if let Some(a) = access {
-            a.log(at, status, None);
-        }
-        rsp
+    let ledger = Ledger {
+        proxy,
+        parent,
+        route_metrics: live.metrics.route(parent, rule),
+        grpc: super::error::is_grpc(&parts.headers),
+        access,
+        received,
     };
-
     let mut effects = RequestEffects::default();
     match filters::apply_request(
         &rule.filters,
@@ -270,99 +220,24 @@ async fn serve(
         &mut effects,
     ) {
         Ok(None) => {}
-        Ok(Some(rsp)) => return answered(rsp, at),
-        Err(e) => return fail(e, at),
+        Ok(Some(rsp)) => return ledger.answered(rsp, at),
+        Err(e) => return ledger.fail(e, at),
     }
 
-    let fwd = match rule.retry.as_deref() {
+    // 2, 3. Pick a backend and an endpoint, and send the attempt(s).
+    let outcome = match rule.retry.as_deref() {
         // Without retries nothing is buffered or copied: one pick, one attempt.
         None => {
-            let Some(backend) = rule.backends.pick(fast_rand()) else {
-                return fail(ProxyError::NoBackends, at);
-            };
-            let svc = match &backend.target {
-                BackendTarget::Service(s) => s,
-                BackendTarget::Invalid { reason } => {
-                    return fail(ProxyError::InvalidBackend(reason.clone()), at)
-                }
-            };
-            at.backend = Some(svc);
-            if !backend.filters.is_empty() {
-                match filters::apply_request(
-                    &backend.filters,
-                    &mut parts,
-                    matched,
-                    parent.port,
-                    &mut effects,
-                ) {
-                    Ok(None) => {}
-                    Ok(Some(rsp)) => return answered(rsp, at),
-                    Err(e) => return fail(e, at),
-                }
-            }
-
-            let mut body = if body.is_end_stream() {
-                RequestBody::Empty
-            } else {
-                RequestBody::Incoming(body)
-            };
-            if has_mirror(&rule.filters) || has_mirror(&backend.filters) {
-                send_mirrors(
-                    proxy,
-                    live,
-                    parent,
-                    rule.filters.iter().chain(&backend.filters),
-                    &parts,
-                    &mut body,
-                    rule.timeouts.request,
-                );
-            }
-
-            let client_body_timeout = proxy.config.client_body_timeout;
-            if !client_body_timeout.is_zero() && !matches!(body, RequestBody::Empty) {
-                body = RequestBody::Timed {
-                    inner: Box::new(body),
-                    idle: timeout::IdleTimer::new(client_body_timeout),
-                };
-            }
-
-            let Some(endpoint) = svc.pick_endpoint(fast_rand(), fast_rand(), accrual_now) else {
-                return fail(ProxyError::NoReadyEndpoint(svc.display_name()), at);
-            };
-            let authority = effects.authority.take().or_else(|| svc.authority.clone());
-            if let Err(e) = prepare_upstream(&mut parts, svc.protocol, authority) {
-                return fail(e, at);
-            }
-
-            let backend_metrics = live.metrics.backend(parent, backend);
-            if let Some(b) = backend_metrics {
-                b.requests.inc();
-            }
-            let dispatched = Instant::now();
-            let mut deadline = timeout::attempt_deadline(
-                &rule.timeouts,
-                proxy.config.default_request_timeout,
-                received,
-                dispatched,
-            )
-            .map(|(at, which)| Deadline::new(at, which));
-            // The common case (inline) keeps the head here and only lends it out, rather than moving
-            // it through every layer of futures.
-            let mut outgoing = Outgoing::new(parts, body, svc);
-            let sent =
-                match attempt(proxy, live, svc, endpoint, &mut outgoing, deadline.as_mut()).await {
-                    Ok(sent) => sent,
-                    Err((e, endpoint)) => return fail(e, at.at(endpoint.addr)),
-                };
-            Forwarded {
-                backend,
-                svc,
-                sent,
-                dispatched,
-                deadline,
-                backend_metrics,
+            let once = Once {
+                parent,
+                rule,
+                matched,
+                parts,
+                body,
                 effects,
-            }
+                received,
+            };
+            forward_once(proxy, live, once, &mut at).await
         }
         Some(policy) => {
             let request = super::retry::Request {
@@ -374,15 +249,215 @@ async fn serve(
             };
             // Boxed: the retry loop's future is large, and unboxed it would grow the future
             // of every request (hyper moves it around) whether it retries or not.
-            let retrying =
-                super::retry::forward(proxy, live, parent, rule, policy, request, &mut at);
-            match Box::pin(retrying).await {
-                Ok(fwd) => fwd,
-                Err(Failed::Error(e)) => return fail(e, at),
-                Err(Failed::Answered(rsp)) => return answered(*rsp, at),
-            }
+            Box::pin(super::retry::forward(
+                proxy, live, parent, rule, policy, request, &mut at,
+            ))
+            .await
         }
     };
+    let fwd = match outcome {
+        Ok(fwd) => fwd,
+        Err(Failed::Error(e)) => return ledger.fail(e, at),
+        Err(Failed::Answered(rsp)) => return ledger.answered(*rsp, at),
+    };
+
+    // 4. Respond: the endpoint's head through the response filters, its body under the
+    // deadline that is left.
+    respond(&ledger, &parent_port, rule, fwd, at)
+}
+
+/// The rule of `parent` that matches the request, and the match.
+fn rule_for<'t>(
+    parent: &'t ParentPort,
+    parts: &Parts,
+) -> Result<(&'t RequestMatch, &'t Arc<Rule>), ProxyError> {
+    let view = RequestView {
+        method: &parts.method,
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        headers: &parts.headers,
+    };
+    match parent.lookup(&view) {
+        Lookup::Matched { matched, rule, .. } => Ok((matched, rule)),
+        Lookup::NoMatch(_) => Err(ProxyError::NoRoute),
+        Lookup::UnknownAuthority => Err(ProxyError::UnknownAuthority),
+    }
+}
+
+/// What a bound request's answer is recorded with: route metrics, the debug header, the
+/// access log.
+struct Ledger<'t> {
+    proxy: &'t Proxy,
+    parent: &'t ParentPort,
+    route_metrics: Option<&'t Arc<crate::metrics::RouteMetrics>>,
+    grpc: bool,
+    access: Option<&'t AccessStart>,
+    received: Instant,
+}
+
+impl<'t> Ledger<'t> {
+    /// The answer to a proxy-made failure of a bound request.
+    fn fail(&self, e: ProxyError, at: Served<'_>) -> Response<ResponseBody> {
+        tracing::debug!(
+            parent = %self.parent.name, namespace = %self.parent.namespace, error = %e,
+            "request failed"
+        );
+        let mut rsp = if self.grpc {
+            grpc_error_response(&e)
+        } else {
+            error_response(&e)
+        };
+        let status = rsp.status().as_u16();
+        if let Some(m) = self.route_metrics {
+            m.record(status, Some(e.reason()), self.received.elapsed());
+        }
+        if self.proxy.config.debug_headers {
+            at.stamp(rsp.headers_mut());
+        }
+        if let Some(a) = self.access {
+            a.log(at, status, Some(e.reason()));
+        }
+        rsp
+    }
+
+    /// A response a filter made up (redirects).
+    fn answered(&self, mut rsp: Response<ResponseBody>, at: Served<'_>) -> Response<ResponseBody> {
+        let status = rsp.status().as_u16();
+        if let Some(m) = self.route_metrics {
+            m.record(status, None, self.received.elapsed());
+        }
+        if self.proxy.config.debug_headers {
+            at.stamp(rsp.headers_mut());
+        }
+        if let Some(a) = self.access {
+            a.log(at, status, None);
+        }
+        rsp
+    }
+}
+
+/// A bound request of a rule without retries.
+struct Once<'t> {
+    parent: &'t ParentPort,
+    rule: &'t Arc<Rule>,
+    matched: &'t RequestMatch,
+    parts: Parts,
+    body: Incoming,
+    effects: RequestEffects,
+    received: Instant,
+}
+
+/// One pick and one attempt: a backend by weight (its filters, mirrors), an endpoint by P2C,
+/// the attempt under the rule's deadlines.
+async fn forward_once<'t>(
+    proxy: &Proxy,
+    live: &'t Arc<Live>,
+    once: Once<'t>,
+    at: &mut Served<'t>,
+) -> Result<Forwarded<'t>, Failed> {
+    let Once {
+        parent,
+        rule,
+        matched,
+        mut parts,
+        body,
+        mut effects,
+        received,
+    } = once;
+    let backend = rule
+        .backends
+        .pick(fast_rand())
+        .ok_or(ProxyError::NoBackends)?;
+    let svc = match &backend.target {
+        BackendTarget::Service(s) => s,
+        BackendTarget::Invalid { reason } => {
+            return Err(ProxyError::InvalidBackend(reason.clone()).into())
+        }
+    };
+    at.backend = Some(svc);
+    if !backend.filters.is_empty() {
+        if let Some(rsp) = filters::apply_request(
+            &backend.filters,
+            &mut parts,
+            matched,
+            parent.port,
+            &mut effects,
+        )? {
+            return Err(Failed::Answered(Box::new(rsp)));
+        }
+    }
+
+    let mut body = if body.is_end_stream() {
+        RequestBody::Empty
+    } else {
+        RequestBody::Incoming(body)
+    };
+    if has_mirror(&rule.filters) || has_mirror(&backend.filters) {
+        send_mirrors(
+            proxy,
+            live,
+            parent,
+            rule.filters.iter().chain(&backend.filters),
+            &parts,
+            &mut body,
+            rule.timeouts.request,
+        );
+    }
+    let client_body_timeout = proxy.config.client_body_timeout;
+    if !client_body_timeout.is_zero() && !matches!(body, RequestBody::Empty) {
+        body = RequestBody::Timed {
+            inner: Box::new(body),
+            idle: timeout::IdleTimer::new(client_body_timeout),
+        };
+    }
+
+    let endpoint = svc
+        .pick_endpoint(fast_rand(), fast_rand(), accrual_now)
+        .ok_or_else(|| ProxyError::NoReadyEndpoint(svc.display_name()))?;
+    let authority = effects.authority.take().or_else(|| svc.authority.clone());
+    prepare_upstream(&mut parts, svc.protocol, authority)?;
+
+    let backend_metrics = live.metrics.backend(parent, backend);
+    if let Some(b) = backend_metrics {
+        b.requests.inc();
+    }
+    let dispatched = Instant::now();
+    let mut deadline = timeout::attempt_deadline(
+        &rule.timeouts,
+        proxy.config.default_request_timeout,
+        received,
+        dispatched,
+    )
+    .map(|(at, which)| Deadline::new(at, which));
+    // The common case (inline) keeps the head here and only lends it out, rather than moving
+    // it through every layer of futures.
+    let mut outgoing = Outgoing::new(parts, body, svc);
+    let sent = match attempt(proxy, live, svc, endpoint, &mut outgoing, deadline.as_mut()).await {
+        Ok(sent) => sent,
+        Err((e, endpoint)) => {
+            *at = at.at(endpoint.addr);
+            return Err(e.into());
+        }
+    };
+    Ok(Forwarded {
+        backend,
+        svc,
+        sent,
+        dispatched,
+        deadline,
+        backend_metrics,
+        effects,
+    })
+}
+/// The endpoint's answer on its way to the client: the response filters on its head, its body
+/// under the deadline that is left, settled ([`Completion`]) when the body ends.
+fn respond<'t>(
+    ledger: &Ledger<'t>,
+    parent_port: &Arc<ParentPort>,
+    rule: &'t Arc<Rule>,
+    fwd: Forwarded<'t>,
+    mut at: Served<'t>,
+) -> Response<ResponseBody> {
     let Forwarded {
         backend,
         svc,
@@ -406,18 +481,19 @@ async fn serve(
     filters::apply_response(&rule.filters, &mut head.headers);
     filters::apply_response(&backend.filters, &mut head.headers);
     filters::apply_cors(&mut effects, &mut head.headers);
-    if debug_headers {
+    let proxy = ledger.proxy;
+    if proxy.config.debug_headers {
         at.at(endpoint.addr).stamp(&mut head.headers);
     }
     let completion = Completion {
-        route: route_metrics.cloned(),
+        route: ledger.route_metrics.cloned(),
         backend: backend_metrics.cloned(),
         status: head.status.as_u16(),
-        started: received.into_std(),
+        started: ledger.received.into_std(),
         dispatched: dispatched.into_std(),
         in_flight,
         conn,
-        access: access.map(|a| {
+        access: ledger.access.map(|a| {
             Box::new(AccessEntry {
                 start: a.clone(),
                 parent: parent_port.clone(),
