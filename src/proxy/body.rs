@@ -1,11 +1,7 @@
-//! Body types of the proxy: one concrete type each way, so no request boxes its body.
-//!
-//! - [`RequestBody`] is what goes upstream: the client's body, a copy of it teed to mirrors,
-//!   or nothing.
-//! - [`ResponseBody`] is what goes to the client: a short proxy-made body, or the upstream body
-//!   wrapped with the exchange's deadline and its completion bookkeeping ([`Completion`]): the
-//!   metrics, the endpoint's in-flight guard and the pooled HTTP/1 connection, all settled the
-//!   moment the stream ends.
+//! What goes upstream as a request body ([`RequestBody`]): the client's body, a copy of it
+//! teed to mirrors, a recording kept for retries ([`Replayable`]), or nothing; and the errors
+//! that tell a client's failure from an endpoint's. The body going back to the client is in
+//! [`respond`](super::respond).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};

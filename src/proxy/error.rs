@@ -59,7 +59,8 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    /// The status and reason for this error. Kept next to [`error_response`] so the mapping
+    /// The status and reason for this error, which
+    /// [`error_response`](super::respond::error_response) answers with. The mapping
     /// has exactly one home.
     pub fn classify(&self) -> (StatusCode, &'static str) {
         use ProxyError::*;

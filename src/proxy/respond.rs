@@ -1,6 +1,6 @@
 //! What goes back to the client: the upstream body ([`UpstreamIncoming`], from either
 //! HTTP/1.1 client or h2) wrapped with the exchange's deadline and its completion bookkeeping
-//! ([`Completion`]: the metrics, the endpoint's in-flight guard and the pooled HTTP/1
+//! (`Completion`: the metrics, the endpoint's in-flight guard and the pooled HTTP/1
 //! connection, all settled the moment the stream ends), or a response the proxy makes up
 //! itself: the one place a [`ProxyError`] becomes a status ([`error_response`]).
 

@@ -18,10 +18,11 @@
 //! interleaved rounds of base 84e7eed and this code): proxy CPU 14.6 µs/req before, 14.7
 //! after (medians; the kit's calibrated noise is 1-2%), split 90.0% either way.
 //!
-//! Budgets ([`RetryBudget`]) are kept per backend Service (namespace/name, all ports) in
-//! [`Budgets`], carried over from table to table like connection pools, so a reload never
-//! refills one. Every first attempt of a rule that retries deposits to the budget of the
-//! backend it went to; every retry withdraws from the budget of the backend it goes to.
+//! Budgets ([`RetryBudget`](crate::table::retry::RetryBudget)) are kept per backend Service
+//! (namespace/name, all ports) in [`Budgets`](super::budget::Budgets), carried over from table to
+//! table like connection pools, so a reload never refills one. Every first attempt of a rule that
+//! retries deposits to the budget of the backend it went to; every retry withdraws from the budget
+//! of the backend it goes to.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! The request on its way upstream, shared by the single-attempt path ([`forward`]) and the
-//! retry loop ([`retry`]): the head an endpoint gets ([`prepare_upstream`]), the mirrored
-//! copies ([`send_mirrors`]), and what an answered request hands back ([`Forwarded`]).
+//! retry loop ([`retry`]): the head an endpoint gets (`prepare_upstream`), the mirrored
+//! copies (`send_mirrors`), and what an answered request hands back (`Forwarded`).
 //!
 //! [`forward`]: super::forward
 //! [`retry`]: super::retry
