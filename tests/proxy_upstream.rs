@@ -506,6 +506,66 @@ fn cases() -> Vec<Case> {
             expect: |o| all(o, BROKEN, None),
         },
         Case {
+            name: "bare LF after a chunk size fails the body",
+            method: "GET",
+            script: |_, _, _| {
+                reply_and_close(
+                    "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\nok\r\n0\r\n\r\n",
+                )
+            },
+            requests: 1,
+            pause: Duration::ZERO,
+            expect: |o| all(o, BROKEN, None),
+        },
+        Case {
+            name: "bare LF after chunk data fails the body",
+            method: "GET",
+            script: |_, _, _| {
+                reply_and_close(
+                    "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\n0\r\n\r\n",
+                )
+            },
+            requests: 1,
+            pause: Duration::ZERO,
+            expect: |o| all(o, BROKEN, None),
+        },
+        Case {
+            name: "bare LF ending the trailer section fails the body",
+            method: "GET",
+            script: |_, _, _| {
+                reply_and_close(
+                    "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-sum: 1\r\n\n",
+                )
+            },
+            requests: 1,
+            pause: Duration::ZERO,
+            expect: |o| all(o, BROKEN, None),
+        },
+        Case {
+            name: "bare CR in a chunk extension fails the body",
+            method: "GET",
+            script: |_, _, _| {
+                reply_and_close(
+                    "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2;a\rb\r\nok\r\n0\r\n\r\n",
+                )
+            },
+            requests: 1,
+            pause: Duration::ZERO,
+            expect: |o| all(o, BROKEN, None),
+        },
+        Case {
+            name: "bare LF after the last chunk fails the body",
+            method: "GET",
+            script: |_, _, _| {
+                reply_and_close(
+                    "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\n",
+                )
+            },
+            requests: 1,
+            pause: Duration::ZERO,
+            expect: |o| all(o, BROKEN, None),
+        },
+        Case {
             name: "pooled connection the endpoint closed is replaced (POST is never sent twice)",
             method: "POST",
             script: |_, _, _| reply_and_close("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
