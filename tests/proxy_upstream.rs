@@ -396,6 +396,23 @@ fn cases() -> Vec<Case> {
             },
         },
         Case {
+            name: "interim heads past the head limit are refused",
+            method: "GET",
+            script: |_, _, _| {
+                let early = "HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n";
+                let mut answer = early.repeat(2 * 64 * 1024 / early.len());
+                answer.push_str("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+                Reply {
+                    bytes: answer.into_bytes(),
+                    close: false,
+                    delay: Duration::ZERO,
+                }
+            },
+            requests: 1,
+            pause: Duration::ZERO,
+            expect: |o| all(o, 502, Some("upstream-protocol-error")),
+        },
+        Case {
             name: "HEAD response has no body and keeps the connection",
             method: "HEAD",
             script: |_, _, _| reply("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n"),
@@ -664,7 +681,12 @@ fn cases() -> Vec<Case> {
 #[tokio::test]
 async fn broken_or_ambiguous_responses_are_502_upstream_protocol_error() {
     let many_fields: String = (0..200).map(|i| format!("x-{i}: 1\r\n")).collect();
-    let cases: [String; 8] = [
+    let early = "HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n";
+    let cases: [String; 9] = [
+        format!(
+            "{}HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            early.repeat(2 * 64 * 1024 / early.len())
+        ),
         "HTTP/1.1 2000 OK\r\ncontent-length: 0\r\n\r\n".to_string(),
         "HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab".to_string(),
         "HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n".to_string(),

@@ -52,6 +52,10 @@ use crate::metrics::PtrHasher;
 use crate::table::retry::MAX_REPLAY_BODY;
 use crate::table::Protocol;
 
+/// The bytes of an interim status line hyper's client does not show: `HTTP/1.1 1xx ` and the
+/// CRLFs around the fields (its reason phrase is not counted).
+const INTERIM_LINE: usize = 17;
+
 /// Idle HTTP/1.1 connections kept per endpoint beyond which released ones are closed.
 const MAX_IDLE_PER_ENDPOINT: usize = 512;
 
@@ -99,7 +103,7 @@ pub struct EndpointPool {
     waiting: AtomicUsize,
     max_pending: usize,
     /// Idle hyper connections, oldest first, each with the [`IDLE_CLOCK`] second it went idle.
-    idle: Mutex<Vec<(http1::SendRequest<RequestBody>, u32)>>,
+    idle: Mutex<Vec<(H1Sender, u32)>>,
     /// Idle plain sockets, oldest first, each with the [`IDLE_CLOCK`] second it went idle.
     /// Boxed: a connection moves between this stack, request futures and response bodies,
     /// and a pointer is cheaper to move than the connection.
@@ -113,22 +117,31 @@ pub struct EndpointPool {
 #[derive(Debug)]
 pub struct PooledConn {
     pool: Arc<EndpointPool>,
-    sender: http1::SendRequest<RequestBody>,
+    sender: H1Sender,
+}
+
+/// A hyper HTTP/1.1 connection: the handle requests are sent through, and its connection
+/// task, which is aborted (closing the socket) when an endpoint sends interim heads past the
+/// head limit ([`EndpointPool::send_h1`]).
+#[derive(Debug)]
+struct H1Sender {
+    send: http1::SendRequest<RequestBody>,
+    task: tokio::task::AbortHandle,
 }
 
 impl PooledConn {
     pub fn release(self) {
         let PooledConn { pool, mut sender } = self;
-        if sender.is_closed() {
+        if sender.send.is_closed() {
             return;
         }
-        if sender.is_ready() {
+        if sender.send.is_ready() {
             pool.put(sender);
         } else {
             // The connection task has not yet noticed the exchange is over; wait for it off
             // the request path.
             tokio::spawn(async move {
-                if sender.ready().await.is_ok() {
+                if sender.send.ready().await.is_ok() {
                     pool.put(sender);
                 }
             });
@@ -169,7 +182,7 @@ impl EndpointPool {
         self.waiting.load(Ordering::Relaxed) != 0
     }
 
-    fn put(&self, sender: http1::SendRequest<RequestBody>) {
+    fn put(&self, sender: H1Sender) {
         if self.starved() {
             return;
         }
@@ -180,10 +193,10 @@ impl EndpointPool {
         }
     }
 
-    fn pop_ready(&self) -> Option<http1::SendRequest<RequestBody>> {
+    fn pop_ready(&self) -> Option<H1Sender> {
         let mut idle = lock(&self.idle);
         while let Some((s, _)) = idle.pop() {
-            if s.is_ready() {
+            if s.send.is_ready() {
                 return Some(s);
             }
         }
@@ -233,7 +246,7 @@ impl EndpointPool {
         }
         let mut idle = lock(&self.idle);
         // Dropping the sender ends hyper's connection task, which closes the socket.
-        idle.retain(|(s, since)| now.saturating_sub(*since) < IDLE_SECS && !s.is_closed());
+        idle.retain(|(s, since)| now.saturating_sub(*since) < IDLE_SECS && !s.send.is_closed());
         drop(idle);
         drop(dead);
     }
@@ -373,6 +386,22 @@ impl EndpointPool {
                 return Err(self.already_sent());
             };
             let idempotent = wire::is_idempotent(taken.method());
+            // hyper's client skips any number of interim heads; the own client refuses them
+            // past MAX_HEAD_BYTES in all, and so must this path (counted from what hyper shows
+            // of each head: its fields, not its reason phrase).
+            let interim = Arc::new(AtomicUsize::new(0));
+            let (seen, task) = (interim.clone(), sender.task.clone());
+            hyper::ext::on_informational(&mut taken, move |head| {
+                let bytes = INTERIM_LINE
+                    + head
+                        .headers()
+                        .iter()
+                        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+                        .sum::<usize>();
+                if seen.fetch_add(bytes, Ordering::Relaxed) + bytes >= h1::MAX_HEAD_BYTES {
+                    task.abort();
+                }
+            });
             // On a pooled connection an idempotent request may have to go once more
             // (`wire::send_again`): its body is recorded on the way, up to the retry limit.
             let mut replay = None;
@@ -390,7 +419,16 @@ impl EndpointPool {
                 parts.headers = taken.headers().clone();
                 parts
             });
-            match sender.try_send_request(taken).await {
+            match sender.send.try_send_request(taken).await {
+                // The head may have come in the same read as the interim heads, before the
+                // aborted connection task stopped.
+                Ok(_) if interim.load(Ordering::Relaxed) >= h1::MAX_HEAD_BYTES => {
+                    sender.task.abort();
+                    return Err(ProxyError::Upstream {
+                        addr: self.addr,
+                        source: h1::Error::Invalid("response head too large").into(),
+                    });
+                }
                 Ok(rsp) => {
                     let conn = PooledConn {
                         pool: self.clone(),
@@ -399,6 +437,12 @@ impl EndpointPool {
                     return Ok((rsp, conn));
                 }
                 Err(mut e) => {
+                    if interim.load(Ordering::Relaxed) >= h1::MAX_HEAD_BYTES {
+                        return Err(ProxyError::Upstream {
+                            addr: self.addr,
+                            source: h1::Error::Invalid("response head too large").into(),
+                        });
+                    }
                     let back = e.take_message();
                     let error = e.into_error();
                     let broken = wire::Broken {
@@ -549,7 +593,7 @@ impl EndpointPool {
         Ok((stream, slot))
     }
 
-    async fn connect_h1(&self) -> Result<http1::SendRequest<RequestBody>, ProxyError> {
+    async fn connect_h1(&self) -> Result<H1Sender, ProxyError> {
         let (stream, slot) = self.connect().await?;
         let io = TokioIo::new(stream);
         let (sender, conn) = http1::Builder::new()
@@ -563,13 +607,16 @@ impl EndpointPool {
                 source: source.into(),
             })?;
         let addr = self.addr;
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%addr, error = %e, "upstream connection ended");
             }
             drop(slot);
         });
-        Ok(sender)
+        Ok(H1Sender {
+            send: sender,
+            task: task.abort_handle(),
+        })
     }
 
     async fn connect_h2(&self) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
