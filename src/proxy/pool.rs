@@ -376,7 +376,9 @@ impl EndpointPool {
     ) -> Result<(Response<Incoming>, PooledConn), ProxyError> {
         let mut again = false;
         loop {
-            let (mut sender, reused) = match self.pop_ready().filter(|_| !again) {
+            // Sent again: on a new connection, never on another pooled one.
+            let pooled = if again { None } else { self.pop_ready() };
+            let (mut sender, reused) = match pooled {
                 Some(s) => (s, true),
                 // Boxed: the connect future is large and rare; inline it would bloat every
                 // request's future, which hyper and tokio move around by value.
