@@ -39,9 +39,13 @@
 //! | 8, the request path | [`forward`] | retry, upstream, attempt, filters, route, conns |
 //! | 9, serving | [`parse_errors`], [`server`] | conns; forward, pool, ports |
 //!
-//! Speed tricks carry their measured gain in their module's doc: [`h1`] (the own client),
-//! [`forward`] (one `map` around the service future), [`retry`] (cost for rules without a
-//! policy).
+//! Speed tricks carry their measured gain in their module's doc: [`forward`] (one `map`
+//! around the service future: -1.4% instructions per request), [`route`] (the authority byte
+//! table: 746 -> 427 instructions), [`retry`] (no cost for rules without a policy, within
+//! noise). No figure is on record yet for [`h1`] (the own client, against hyper's), nor for the
+//! smaller ones: the per-connection parent cache in [`forward`], the length-first hop-by-hop
+//! lookup in [`wire`] and the idle clock of [`pool`]; their docs say what they save, not by how
+//! much.
 
 pub mod attempt;
 pub mod body;
