@@ -10,6 +10,12 @@
 //! sent on as one); otherwise until the endpoint closes. A head whose length a peer could read
 //! differently is refused whatever its status ([`ResponseFields::framing`]), and so is a `101`
 //! (the proxy never asks for an upgrade) or a status outside 100–599 ([`check_status`]).
+//! Interim heads count against the 64 KiB head limit on both paths (hyper's through
+//! `hyper::ext::on_informational`, in [`pool`](super::pool)).
+//!
+//! What is not held to one policy: the chunked body decoders. hyper's accepts a few bare LFs
+//! and CRs in chunked framing that the own client refuses (`tests/fuzz.rs` lists them); both
+//! fail the body in every case the scripted tests try.
 
 use http::header::{
     self, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HOST, TRAILER,
