@@ -147,7 +147,7 @@ async fn answer(id: &Identity, req: &Request<Incoming>) -> Response<Full<Bytes>>
         .query()
         .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("delay=")))
         .and_then(|v| v.parse::<u64>().ok());
-    let delay = asked.unwrap_or_else(|| 2 + crate::proxy::fast_rand() % 18);
+    let delay = asked.unwrap_or_else(|| 2 + crate::proxy::pick::fast_rand() % 18);
     tokio::time::sleep(Duration::from_millis(delay.min(60_000))).await;
     let body = format!("{} {}\n", id.service, id.cluster);
     let mut rsp = Response::new(Full::new(Bytes::from(body)));

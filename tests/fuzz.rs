@@ -34,6 +34,7 @@ use meshroute::model::{LinkerdHttpRoute, Object, TrafficSplit};
 use meshroute::proxy::h1::fuzzing::read_response;
 use meshroute::proxy::h1::Framing;
 use meshroute::proxy::route::{authority_of, is_authority};
+use meshroute::proxy::wire::accept_response_head;
 use meshroute::sources::file::{decode_strict, parse_documents};
 use meshroute::table::matching::{
     Anchoring, HeaderMatch, PathMatch, Pattern, QueryMatch, RequestMatch, RequestView, ValueMatch,
@@ -281,6 +282,7 @@ fn fnv(bytes: &[u8]) -> u64 {
 #[derive(Debug)]
 struct HyperRead {
     status: StatusCode,
+    version: http::Version,
     headers: HeaderMap,
     body: Bytes,
 }
@@ -318,6 +320,7 @@ async fn hyper_read(raw: &[u8]) -> Result<HyperRead, String> {
         let body = body.collect().await.map_err(|e| e.to_string())?;
         Ok(HyperRead {
             status: parts.status,
+            version: parts.version,
             headers: parts.headers,
             body: body.to_bytes(),
         })
@@ -608,6 +611,36 @@ fn h1_check(rt: &tokio::runtime::Runtime, raw: &[u8]) -> Result<(), String> {
     }
     let _ = read_response(raw, true, 0);
     let theirs = rt.block_on(hyper_read(raw));
+    // What the proxy's other path makes of the same bytes: hyper's client, then the policy
+    // the seam holds every hyper head to (`wire::accept_response_head`).
+    let proxied = theirs.as_ref().map_err(Clone::clone).and_then(|h| {
+        let mut headers = h.headers.clone();
+        accept_response_head(h.version, h.status, &mut headers, false)
+            .map(|_| headers)
+            .map_err(|e| format!("refused by the policy: {e}"))
+    });
+    match (&at_once, &proxied) {
+        (Ok(ours), Ok(headers)) if ours.headers != *headers => {
+            return Err(format!(
+                "forwarded fields: own client {:?}, hyper path {headers:?}",
+                ours.headers
+            ))
+        }
+        (Ok(ours), Err(e)) if theirs.is_ok() => {
+            return Err(format!(
+                "own client accepts ({} {:?}), hyper path refuses ({e})",
+                ours.status, ours.framing
+            ))
+        }
+        // Heads are held to one policy; only the body decoders may still differ (hyper's
+        // takes some bare LFs and CRs in chunked framing that the own client refuses).
+        (Err(ours), Ok(_))
+            if !intentional_refusal(raw).is_some_and(|why| why.starts_with("bare")) =>
+        {
+            return Err(format!("own client refuses ({ours}), hyper path accepts"))
+        }
+        _ => {}
+    }
     match (&at_once, &theirs) {
         (Ok(ours), Ok(theirs)) => {
             if ours.status != theirs.status {

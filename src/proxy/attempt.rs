@@ -6,19 +6,20 @@
 //!
 //! An attempt owns failure accrual ([`crate::table::accrual`]) for what it sees: a response
 //! returns the endpoint to health, a connect failure ejects it, a broken exchange counts
-//! towards ejection, and a 429 or 503 with `Retry-After` penalises it in P2C for that long. Connecting is the only thing it tries again on its own: a request whose
-//! connection failed was never sent, so it goes to another ready endpoint of the same backend
-//! (at most [`MAX_CONNECT_ATTEMPTS`] endpoints in all), whatever the rule says about retries.
+//! towards ejection, and a 429 or 503 with `Retry-After` penalises it in P2C for that long.
+//! Connecting is the only thing it tries again on its own: a request whose connection failed was
+//! never sent, so it goes to another ready endpoint of the same backend (at most
+//! [`MAX_CONNECT_ATTEMPTS`] endpoints in all), whatever the rule says about retries.
 
 use http::request::Parts;
 use http::{Request, Response};
 
-use super::body::{RequestBody, UpstreamIncoming};
+use super::body::RequestBody;
 use super::error::ProxyError;
-use super::forward::{accrual_now, pool_for};
-use super::pool::PooledConn;
+use super::live::{pool_for, Live, Proxy};
+use super::pick::{accrual_now, fast_rand};
+use super::pool::{PooledConn, UpstreamIncoming};
 use super::timeout::{self, Deadline};
-use super::{fast_rand, Live, Proxy};
 use crate::table::{Endpoint, InFlight, ServiceBackend};
 
 /// A request on its way upstream: a bodiless HTTP/1.1 head for the inline client, or a whole

@@ -27,7 +27,8 @@ use hyper_util::server::graceful::GracefulConnection;
 use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
-use super::body::{BoxError, ResponseBody};
+use super::body::BoxError;
+use super::respond::ResponseBody;
 
 /// What one client connection's service shares with its [`Watch`] and the [`Drain`].
 #[derive(Debug)]

@@ -1,13 +1,11 @@
-//! Every way the proxy itself can fail a request, and the one function that turns such a
-//! failure into a response ([`error_response`]): a status code, a `meshroute-error: <reason>`
-//! header and the same reason as the body. Metrics use the same reason as their `error` label.
+//! Every way the proxy itself can fail a request, with its status and reason
+//! ([`ProxyError::classify`]); [`respond`](super::respond) turns it into a response: the status,
+//! a `meshroute-error: <reason>` header and the same reason as the body. Metrics use the same
+//! reason as their `error` label.
 
 use std::net::SocketAddr;
 
-use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Response, StatusCode};
-
-use super::body::ResponseBody;
+use http::{HeaderName, StatusCode};
 
 /// Header naming the reason on every response the proxy makes up itself.
 pub const ERROR_HEADER: HeaderName = HeaderName::from_static("meshroute-error");
@@ -61,7 +59,8 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    /// The status and reason for this error. Kept next to [`error_response`] so the mapping
+    /// The status and reason for this error, which
+    /// [`error_response`](super::respond::error_response) answers with. The mapping
     /// has exactly one home.
     pub fn classify(&self) -> (StatusCode, &'static str) {
         use ProxyError::*;
@@ -93,28 +92,6 @@ impl ProxyError {
     }
 }
 
-/// The response for a proxy-made failure. The only place statuses for errors are chosen.
-pub fn error_response(err: &ProxyError) -> Response<ResponseBody> {
-    let (status, reason) = err.classify();
-    let mut rsp = Response::new(ResponseBody::full(Bytes::from_static(reason.as_bytes())));
-    *rsp.status_mut() = status;
-    let h = rsp.headers_mut();
-    h.insert(ERROR_HEADER, HeaderValue::from_static(reason));
-    h.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain"),
-    );
-    if let ProxyError::ConnectNotSupported = err {
-        // RFC 9110 §15.5.6: a 405 lists what is allowed. Every method but CONNECT is
-        // forwarded; these are the registered ones.
-        h.insert(
-            http::header::ALLOW,
-            HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH"),
-        );
-    }
-    rsp
-}
-
 /// True for a gRPC request (`content-type: application/grpc[+proto|;…]`): its errors are
 /// gRPC statuses, which gRPC clients read, not HTTP ones, which they do not.
 pub fn is_grpc(headers: &http::HeaderMap) -> bool {
@@ -144,74 +121,5 @@ pub fn grpc_status(err: &ProxyError) -> u8 {
         | UpstreamOverflow(_)
         | Upstream { .. } => UNAVAILABLE,
         _ => INTERNAL,
-    }
-}
-
-/// A proxy error as a gRPC client reads it: HTTP 200, trailers-only (`grpc-status` and
-/// `grpc-message` in the head, no body), with `meshroute-error` as for every answer of ours.
-pub fn grpc_error_response(err: &ProxyError) -> Response<ResponseBody> {
-    let reason = err.reason();
-    let mut rsp = Response::new(ResponseBody::empty());
-    let h = rsp.headers_mut();
-    h.insert(ERROR_HEADER, HeaderValue::from_static(reason));
-    h.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    h.insert(
-        "grpc-status",
-        HeaderValue::from(u16::from(grpc_status(err))),
-    );
-    h.insert("grpc-message", HeaderValue::from_static(reason));
-    rsp
-}
-
-/// The answer to `err` for a request with these headers: gRPC or HTTP.
-pub fn error_response_for(err: &ProxyError, request: &http::HeaderMap) -> Response<ResponseBody> {
-    if is_grpc(request) {
-        grpc_error_response(err)
-    } else {
-        error_response(err)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_error_maps_to_the_documented_status() {
-        let addr: SocketAddr = ([127, 0, 0, 1], 1).into();
-        let cases = [
-            (ProxyError::MissingHost, 400),
-            (ProxyError::DuplicateHost, 400),
-            (ProxyError::InvalidAuthority, 400),
-            (ProxyError::ConflictingHost, 400),
-            (ProxyError::UnknownAuthority, 404),
-            (ProxyError::NoRoute, 404),
-            (ProxyError::ConnectNotSupported, 405),
-            (ProxyError::InvalidBackend("x".into()), 500),
-            (ProxyError::NoBackends, 500),
-            (
-                ProxyError::Connect {
-                    addr,
-                    source: std::io::ErrorKind::ConnectionRefused.into(),
-                },
-                502,
-            ),
-            (ProxyError::ClientBodyTimeout, 408),
-            (ProxyError::NoReadyEndpoint("a".into()), 503),
-            (ProxyError::UpstreamOverflow(addr), 503),
-            (ProxyError::RequestTimeout, 504),
-            (ProxyError::BackendRequestTimeout, 504),
-        ];
-        for (err, status) in cases {
-            let rsp = error_response(&err);
-            assert_eq!(rsp.status().as_u16(), status, "{err}");
-            assert_eq!(
-                rsp.headers()[ERROR_HEADER].to_str().ok(),
-                Some(err.reason())
-            );
-        }
     }
 }

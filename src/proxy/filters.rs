@@ -9,8 +9,8 @@ use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, Uri};
 
-use super::body::ResponseBody;
 use super::error::ProxyError;
+use super::respond::ResponseBody;
 use crate::table::cors::Cors;
 use crate::table::{Filter, HeaderModifier, PathMatch, PathModifier, Redirect, RequestMatch};
 

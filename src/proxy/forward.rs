@@ -10,27 +10,31 @@
 use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 
 use futures::FutureExt;
-use http::header::{self, HeaderName, HOST};
-use http::request::Parts;
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
+use http::header::HOST;
+use http::{HeaderValue, Method, Request, Response, Version};
 use hyper::body::{Body, Incoming};
 use tokio::time::Instant;
 
 use super::attempt::{attempt, Outgoing, Sent};
-use super::body::{Completion, RequestBody, ResponseBody, UpstreamIncoming};
+use super::body::RequestBody;
 use super::conns::{Open, Tracked};
-use super::error::{error_response, ProxyError};
+use super::error::ProxyError;
 use super::filters::{self, RequestEffects};
-use super::pool::EndpointPool;
+use super::live::{Live, Proxy};
+use super::pick::{accrual_now, fast_rand};
+use super::respond::{
+    error_response, error_response_for, grpc_error_response, Completion, ResponseBody,
+};
+use super::route;
 use super::served::{AccessEntry, AccessStart, Served};
 use super::timeout::{self, Deadline};
-use super::{fast_rand, route, Live, Proxy};
+use super::upstream::{has_mirror, prepare_upstream, send_mirrors, Failed, Forwarded};
 use crate::table::matching::RequestView;
-use crate::table::{Backend, BackendTarget, Filter, Lookup, ParentPort, Protocol, ServiceBackend};
+use crate::table::{BackendTarget, Lookup, ParentPort, RequestMatch, Rule};
+use http::request::Parts;
 
 /// hyper service entry point: never fails; failures become responses. Binds the request to
 /// its parent Service right away (through the connection's [`ParentCache`]) and returns the
@@ -177,16 +181,13 @@ async fn serve(
     // How far the request got, for the debug header and the access log. One value updated in
     // place: it is kept across the awaits below, in the future hyper moves around.
     let mut at = Served::default();
+
+    // 1. Bind: parent Service, rule, the rule's filters.
     if parts.method == Method::CONNECT {
         // A tunnel is not a request a route could match or an endpoint answer in origin form;
         // in h2 plain CONNECT has no :path, and extended CONNECT is never enabled.
-        return unrouted(
-            proxy,
-            &ProxyError::ConnectNotSupported,
-            access,
-            at,
-            &parts.headers,
-        );
+        let e = ProxyError::ConnectNotSupported;
+        return unrouted(proxy, &e, access, at, &parts.headers);
     }
     let parent_port = match parent {
         Ok(p) => p,
@@ -196,68 +197,20 @@ async fn serve(
         return unrouted(proxy, &e, access, at, &parts.headers);
     }
     let parent: &ParentPort = &parent_port;
-    let view = RequestView {
-        method: &parts.method,
-        path: parts.uri.path(),
-        query: parts.uri.query(),
-        headers: &parts.headers,
-    };
     at.parent = Some(parent);
-    let (matched, rule) = match parent.lookup(&view) {
-        Lookup::Matched { matched, rule, .. } => (matched, rule),
-        Lookup::NoMatch(_) => {
-            return unrouted(proxy, &ProxyError::NoRoute, access, at, &parts.headers)
-        }
-        Lookup::UnknownAuthority => {
-            return unrouted(
-                proxy,
-                &ProxyError::UnknownAuthority,
-                access,
-                at,
-                &parts.headers,
-            )
-        }
-    };
-    let route_metrics = live.metrics.route(parent, rule);
-    let grpc = super::error::is_grpc(&parts.headers);
-    let debug_headers = proxy.config.debug_headers;
-    let fail = |e: ProxyError, at: Served<'_>| {
-        tracing::debug!(
-            parent = %parent.name, namespace = %parent.namespace, error = %e,
-            "request failed"
-        );
-        let mut rsp = if grpc {
-            super::error::grpc_error_response(&e)
-        } else {
-            error_response(&e)
-        };
-        let status = rsp.status().as_u16();
-        if let Some(m) = route_metrics {
-            m.record(status, Some(e.reason()), received.elapsed());
-        }
-        if debug_headers {
-            at.stamp(rsp.headers_mut());
-        }
-        if let Some(a) = access {
-            a.log(at, status, Some(e.reason()));
-        }
-        rsp
+    let (matched, rule) = match rule_for(parent, &parts) {
+        Ok(bound) => bound,
+        Err(e) => return unrouted(proxy, &e, access, at, &parts.headers),
     };
     at.rule = Some(rule);
-    let answered = |mut rsp: Response<ResponseBody>, at: Served<'_>| {
-        let status = rsp.status().as_u16();
-        if let Some(m) = route_metrics {
-            m.record(status, None, received.elapsed());
-        }
-        if debug_headers {
-            at.stamp(rsp.headers_mut());
-        }
-        if let Some(a) = access {
-            a.log(at, status, None);
-        }
-        rsp
+    let ledger = Ledger {
+        proxy,
+        parent,
+        route_metrics: live.metrics.route(parent, rule),
+        grpc: super::error::is_grpc(&parts.headers),
+        access,
+        received,
     };
-
     let mut effects = RequestEffects::default();
     match filters::apply_request(
         &rule.filters,
@@ -267,99 +220,24 @@ async fn serve(
         &mut effects,
     ) {
         Ok(None) => {}
-        Ok(Some(rsp)) => return answered(rsp, at),
-        Err(e) => return fail(e, at),
+        Ok(Some(rsp)) => return ledger.answered(rsp, at),
+        Err(e) => return ledger.fail(e, at),
     }
 
-    let fwd = match rule.retry.as_deref() {
+    // 2, 3. Pick a backend and an endpoint, and send the attempt(s).
+    let outcome = match rule.retry.as_deref() {
         // Without retries nothing is buffered or copied: one pick, one attempt.
         None => {
-            let Some(backend) = rule.backends.pick(fast_rand()) else {
-                return fail(ProxyError::NoBackends, at);
-            };
-            let svc = match &backend.target {
-                BackendTarget::Service(s) => s,
-                BackendTarget::Invalid { reason } => {
-                    return fail(ProxyError::InvalidBackend(reason.clone()), at)
-                }
-            };
-            at.backend = Some(svc);
-            if !backend.filters.is_empty() {
-                match filters::apply_request(
-                    &backend.filters,
-                    &mut parts,
-                    matched,
-                    parent.port,
-                    &mut effects,
-                ) {
-                    Ok(None) => {}
-                    Ok(Some(rsp)) => return answered(rsp, at),
-                    Err(e) => return fail(e, at),
-                }
-            }
-
-            let mut body = if body.is_end_stream() {
-                RequestBody::Empty
-            } else {
-                RequestBody::Incoming(body)
-            };
-            if has_mirror(&rule.filters) || has_mirror(&backend.filters) {
-                send_mirrors(
-                    proxy,
-                    live,
-                    parent,
-                    rule.filters.iter().chain(&backend.filters),
-                    &parts,
-                    &mut body,
-                    rule.timeouts.request,
-                );
-            }
-
-            let client_body_timeout = proxy.config.client_body_timeout;
-            if !client_body_timeout.is_zero() && !matches!(body, RequestBody::Empty) {
-                body = RequestBody::Timed {
-                    inner: Box::new(body),
-                    idle: timeout::IdleTimer::new(client_body_timeout),
-                };
-            }
-
-            let Some(endpoint) = svc.pick_endpoint(fast_rand(), fast_rand(), accrual_now) else {
-                return fail(ProxyError::NoReadyEndpoint(svc.display_name()), at);
-            };
-            let authority = effects.authority.take().or_else(|| svc.authority.clone());
-            if let Err(e) = prepare_upstream(&mut parts, svc.protocol, authority) {
-                return fail(e, at);
-            }
-
-            let backend_metrics = live.metrics.backend(parent, backend);
-            if let Some(b) = backend_metrics {
-                b.requests.inc();
-            }
-            let dispatched = Instant::now();
-            let mut deadline = timeout::attempt_deadline(
-                &rule.timeouts,
-                proxy.config.default_request_timeout,
-                received,
-                dispatched,
-            )
-            .map(|(at, which)| Deadline::new(at, which));
-            // The common case (inline) keeps the head here and only lends it out, rather than moving
-            // it through every layer of futures.
-            let mut outgoing = Outgoing::new(parts, body, svc);
-            let sent =
-                match attempt(proxy, live, svc, endpoint, &mut outgoing, deadline.as_mut()).await {
-                    Ok(sent) => sent,
-                    Err((e, endpoint)) => return fail(e, at.at(endpoint.addr)),
-                };
-            Forwarded {
-                backend,
-                svc,
-                sent,
-                dispatched,
-                deadline,
-                backend_metrics,
+            let once = Once {
+                parent,
+                rule,
+                matched,
+                parts,
+                body,
                 effects,
-            }
+                received,
+            };
+            forward_once(proxy, live, once, &mut at).await
         }
         Some(policy) => {
             let request = super::retry::Request {
@@ -371,15 +249,215 @@ async fn serve(
             };
             // Boxed: the retry loop's future is large, and unboxed it would grow the future
             // of every request (hyper moves it around) whether it retries or not.
-            let retrying =
-                super::retry::forward(proxy, live, parent, rule, policy, request, &mut at);
-            match Box::pin(retrying).await {
-                Ok(fwd) => fwd,
-                Err(Failed::Error(e)) => return fail(e, at),
-                Err(Failed::Answered(rsp)) => return answered(*rsp, at),
-            }
+            Box::pin(super::retry::forward(
+                proxy, live, parent, rule, policy, request, &mut at,
+            ))
+            .await
         }
     };
+    let fwd = match outcome {
+        Ok(fwd) => fwd,
+        Err(Failed::Error(e)) => return ledger.fail(e, at),
+        Err(Failed::Answered(rsp)) => return ledger.answered(*rsp, at),
+    };
+
+    // 4. Respond: the endpoint's head through the response filters, its body under the
+    // deadline that is left.
+    respond(&ledger, &parent_port, rule, fwd, at)
+}
+
+/// The rule of `parent` that matches the request, and the match.
+fn rule_for<'t>(
+    parent: &'t ParentPort,
+    parts: &Parts,
+) -> Result<(&'t RequestMatch, &'t Arc<Rule>), ProxyError> {
+    let view = RequestView {
+        method: &parts.method,
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        headers: &parts.headers,
+    };
+    match parent.lookup(&view) {
+        Lookup::Matched { matched, rule, .. } => Ok((matched, rule)),
+        Lookup::NoMatch(_) => Err(ProxyError::NoRoute),
+        Lookup::UnknownAuthority => Err(ProxyError::UnknownAuthority),
+    }
+}
+
+/// What a bound request's answer is recorded with: route metrics, the debug header, the
+/// access log.
+struct Ledger<'t> {
+    proxy: &'t Proxy,
+    parent: &'t ParentPort,
+    route_metrics: Option<&'t Arc<crate::metrics::RouteMetrics>>,
+    grpc: bool,
+    access: Option<&'t AccessStart>,
+    received: Instant,
+}
+
+impl<'t> Ledger<'t> {
+    /// The answer to a proxy-made failure of a bound request.
+    fn fail(&self, e: ProxyError, at: Served<'_>) -> Response<ResponseBody> {
+        tracing::debug!(
+            parent = %self.parent.name, namespace = %self.parent.namespace, error = %e,
+            "request failed"
+        );
+        let mut rsp = if self.grpc {
+            grpc_error_response(&e)
+        } else {
+            error_response(&e)
+        };
+        let status = rsp.status().as_u16();
+        if let Some(m) = self.route_metrics {
+            m.record(status, Some(e.reason()), self.received.elapsed());
+        }
+        if self.proxy.config.debug_headers {
+            at.stamp(rsp.headers_mut());
+        }
+        if let Some(a) = self.access {
+            a.log(at, status, Some(e.reason()));
+        }
+        rsp
+    }
+
+    /// A response a filter made up (redirects).
+    fn answered(&self, mut rsp: Response<ResponseBody>, at: Served<'_>) -> Response<ResponseBody> {
+        let status = rsp.status().as_u16();
+        if let Some(m) = self.route_metrics {
+            m.record(status, None, self.received.elapsed());
+        }
+        if self.proxy.config.debug_headers {
+            at.stamp(rsp.headers_mut());
+        }
+        if let Some(a) = self.access {
+            a.log(at, status, None);
+        }
+        rsp
+    }
+}
+
+/// A bound request of a rule without retries.
+struct Once<'t> {
+    parent: &'t ParentPort,
+    rule: &'t Arc<Rule>,
+    matched: &'t RequestMatch,
+    parts: Parts,
+    body: Incoming,
+    effects: RequestEffects,
+    received: Instant,
+}
+
+/// One pick and one attempt: a backend by weight (its filters, mirrors), an endpoint by P2C,
+/// the attempt under the rule's deadlines.
+async fn forward_once<'t>(
+    proxy: &Proxy,
+    live: &'t Arc<Live>,
+    once: Once<'t>,
+    at: &mut Served<'t>,
+) -> Result<Forwarded<'t>, Failed> {
+    let Once {
+        parent,
+        rule,
+        matched,
+        mut parts,
+        body,
+        mut effects,
+        received,
+    } = once;
+    let backend = rule
+        .backends
+        .pick(fast_rand())
+        .ok_or(ProxyError::NoBackends)?;
+    let svc = match &backend.target {
+        BackendTarget::Service(s) => s,
+        BackendTarget::Invalid { reason } => {
+            return Err(ProxyError::InvalidBackend(reason.clone()).into())
+        }
+    };
+    at.backend = Some(svc);
+    if !backend.filters.is_empty() {
+        if let Some(rsp) = filters::apply_request(
+            &backend.filters,
+            &mut parts,
+            matched,
+            parent.port,
+            &mut effects,
+        )? {
+            return Err(Failed::Answered(Box::new(rsp)));
+        }
+    }
+
+    let mut body = if body.is_end_stream() {
+        RequestBody::Empty
+    } else {
+        RequestBody::Incoming(body)
+    };
+    if has_mirror(&rule.filters) || has_mirror(&backend.filters) {
+        send_mirrors(
+            proxy,
+            live,
+            parent,
+            rule.filters.iter().chain(&backend.filters),
+            &parts,
+            &mut body,
+            rule.timeouts.request,
+        );
+    }
+    let client_body_timeout = proxy.config.client_body_timeout;
+    if !client_body_timeout.is_zero() && !matches!(body, RequestBody::Empty) {
+        body = RequestBody::Timed {
+            inner: Box::new(body),
+            idle: timeout::IdleTimer::new(client_body_timeout),
+        };
+    }
+
+    let endpoint = svc
+        .pick_endpoint(fast_rand(), fast_rand(), accrual_now)
+        .ok_or_else(|| ProxyError::NoReadyEndpoint(svc.display_name()))?;
+    let authority = effects.authority.take().or_else(|| svc.authority.clone());
+    prepare_upstream(&mut parts, svc.protocol, authority)?;
+
+    let backend_metrics = live.metrics.backend(parent, backend);
+    if let Some(b) = backend_metrics {
+        b.requests.inc();
+    }
+    let dispatched = Instant::now();
+    let mut deadline = timeout::attempt_deadline(
+        &rule.timeouts,
+        proxy.config.default_request_timeout,
+        received,
+        dispatched,
+    )
+    .map(|(at, which)| Deadline::new(at, which));
+    // The common case (inline) keeps the head here and only lends it out, rather than moving
+    // it through every layer of futures.
+    let mut outgoing = Outgoing::new(parts, body, svc);
+    let sent = match attempt(proxy, live, svc, endpoint, &mut outgoing, deadline.as_mut()).await {
+        Ok(sent) => sent,
+        Err((e, endpoint)) => {
+            *at = at.at(endpoint.addr);
+            return Err(e.into());
+        }
+    };
+    Ok(Forwarded {
+        backend,
+        svc,
+        sent,
+        dispatched,
+        deadline,
+        backend_metrics,
+        effects,
+    })
+}
+/// The endpoint's answer on its way to the client: the response filters on its head, its body
+/// under the deadline that is left, settled ([`Completion`]) when the body ends.
+fn respond<'t>(
+    ledger: &Ledger<'t>,
+    parent_port: &Arc<ParentPort>,
+    rule: &'t Arc<Rule>,
+    fwd: Forwarded<'t>,
+    mut at: Served<'t>,
+) -> Response<ResponseBody> {
     let Forwarded {
         backend,
         svc,
@@ -398,26 +476,24 @@ async fn serve(
     // The backend that answered (a hedge may have won on another one).
     at.backend = Some(svc);
 
+    // Both HTTP/1.1 clients leave the hop-by-hop fields out (`wire`).
     let (mut head, upstream_body) = rsp.into_parts();
-    if matches!(upstream_body, UpstreamIncoming::Hyper(_)) {
-        // The inline HTTP/1.1 client leaves these out while parsing.
-        strip_hop_by_hop(&mut head.headers);
-    }
     filters::apply_response(&rule.filters, &mut head.headers);
     filters::apply_response(&backend.filters, &mut head.headers);
     filters::apply_cors(&mut effects, &mut head.headers);
-    if debug_headers {
+    let proxy = ledger.proxy;
+    if proxy.config.debug_headers {
         at.at(endpoint.addr).stamp(&mut head.headers);
     }
     let completion = Completion {
-        route: route_metrics.cloned(),
+        route: ledger.route_metrics.cloned(),
         backend: backend_metrics.cloned(),
         status: head.status.as_u16(),
-        started: received.into_std(),
+        started: ledger.received.into_std(),
         dispatched: dispatched.into_std(),
         in_flight,
         conn,
-        access: access.map(|a| {
+        access: ledger.access.map(|a| {
             Box::new(AccessEntry {
                 start: a.clone(),
                 parent: parent_port.clone(),
@@ -439,39 +515,6 @@ async fn serve(
     )
 }
 
-/// What the single-attempt path or the retry loop hands back: the backend and endpoint that
-/// answered, with the response head and the deadline its body still runs under.
-pub(super) struct Forwarded<'t> {
-    pub backend: &'t Backend,
-    pub svc: &'t Arc<ServiceBackend>,
-    pub sent: Sent<'t>,
-    pub dispatched: Instant,
-    pub deadline: Option<Deadline>,
-    pub backend_metrics: Option<&'t Arc<crate::metrics::BackendMetrics>>,
-    pub effects: RequestEffects,
-}
-
-/// How the retry loop ends without a response from an endpoint.
-pub(super) enum Failed {
-    /// A proxy error; the caller answers it ([`error_response`]).
-    Error(ProxyError),
-    /// A backend filter answered (RequestRedirect).
-    Answered(Box<Response<ResponseBody>>),
-}
-
-impl From<ProxyError> for Failed {
-    fn from(e: ProxyError) -> Failed {
-        Failed::Error(e)
-    }
-}
-
-/// The clock of failure accrual ([`crate::table::accrual`]): milliseconds since the first call.
-pub(super) fn accrual_now() -> u64 {
-    static START: OnceLock<std::time::Instant> = OnceLock::new();
-    let start = START.get_or_init(std::time::Instant::now);
-    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
-}
-
 /// The answer to a request that was not bound to a rule.
 fn unrouted(
     proxy: &Proxy,
@@ -482,331 +525,9 @@ fn unrouted(
 ) -> Response<ResponseBody> {
     proxy.metrics.count_unrouted(e.reason());
     tracing::debug!(error = %e, "request not routed");
-    let rsp = super::error::error_response_for(e, request);
+    let rsp = error_response_for(e, request);
     if let Some(a) = access {
         a.log(at, rsp.status().as_u16(), Some(e.reason()));
     }
     rsp
-}
-
-pub(super) fn has_mirror(filters: &[Filter]) -> bool {
-    filters
-        .iter()
-        .any(|f| matches!(f, Filter::RequestMirror(_)))
-}
-
-/// The pool of an endpoint of the live table. An endpoint missing from the map (only possible
-/// for a request still running on a table older than the map) gets an unshared pool.
-pub(super) fn pool_for(
-    proxy: &Proxy,
-    live: &Live,
-    addr: std::net::SocketAddr,
-) -> Arc<EndpointPool> {
-    match live.pools.get(&addr) {
-        Some(p) => p.clone(),
-        None => Arc::new(EndpointPool::new(addr, proxy.config.pool_limits())),
-    }
-}
-
-/// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1). `Connection` is
-/// first: the headers it names are hop-by-hop too.
-const HOP_BY_HOP: [HeaderName; 6] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::PROXY_AUTHORIZATION,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    HeaderName::from_static("proxy-connection"),
-];
-
-/// Bit of `TE` in the presence mask of [`strip_hop_by_hop`] (after the `HOP_BY_HOP` bits).
-const TE_BIT: u8 = 1 << 6;
-
-/// The bits of `Connection` and `Transfer-Encoding` from [`hop_by_hop_bit`].
-pub(super) const HOP_CONNECTION: u8 = 1;
-pub(super) const HOP_TRANSFER_ENCODING: u8 = 1 << 3;
-
-/// The presence bit of a (lowercase) header name: its index in [`HOP_BY_HOP`], [`TE_BIT`], or
-/// 0 for an end-to-end header. Dispatches on the length first, so the common names cost one
-/// comparison of a length rather than seven of names.
-pub(super) fn hop_by_hop_bit(name: &str) -> u8 {
-    let index = match name.len() {
-        2 if name == "te" => return TE_BIT,
-        7 if name == "upgrade" => 4,
-        10 if name == "connection" => 0,
-        10 if name == "keep-alive" => 1,
-        16 if name == "proxy-connection" => 5,
-        17 if name == "transfer-encoding" => 3,
-        19 if name == "proxy-authorization" => 2,
-        _ => return 0,
-    };
-    debug_assert_eq!(HOP_BY_HOP[index].as_str(), name);
-    1 << index
-}
-
-/// Remove the hop-by-hop headers of a message about to be forwarded. Runs twice per request, so
-/// it makes one pass over the names to see which are there (usually none in a request and only
-/// `Connection: keep-alive` in a response) and then touches only those, without allocating.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut present = 0u8;
-    for name in headers.keys() {
-        present |= hop_by_hop_bit(name.as_str());
-    }
-    if present == 0 {
-        return;
-    }
-    if present & HOP_CONNECTION != 0 {
-        remove_connection_options(headers);
-    }
-    if present & HOP_TRANSFER_ENCODING != 0 {
-        // RFC 9112 §6.3: a Content-Length received with Transfer-Encoding is removed before
-        // forwarding (the body is re-framed anyway).
-        headers.remove(header::CONTENT_LENGTH);
-    }
-    for (i, h) in HOP_BY_HOP.iter().enumerate() {
-        if present & (1 << i) != 0 {
-            headers.remove(h);
-        }
-    }
-    if present & TE_BIT != 0 {
-        if let Some(te) = headers.get(header::TE) {
-            if te.as_bytes() != b"trailers" {
-                headers.remove(header::TE);
-            }
-        }
-    }
-}
-
-/// Remove the headers named by `Connection` options (every `Connection` line). `keep-alive` is
-/// skipped here because [`HOP_BY_HOP`] removes it anyway.
-fn remove_connection_options(headers: &mut HeaderMap) {
-    let mut lines = headers.get_all(header::CONNECTION).iter();
-    let first = lines.next().cloned();
-    // More than one Connection line is rare; only then does this allocate.
-    let rest: Vec<HeaderValue> = lines.cloned().collect();
-    for value in first.iter().chain(&rest) {
-        for option in value.as_bytes().split(|&b| b == b',') {
-            let option = option.trim_ascii();
-            if option.is_empty() || option.eq_ignore_ascii_case(b"keep-alive") {
-                continue;
-            }
-            if let Ok(name) = std::str::from_utf8(option) {
-                // An option that is not a valid header name names nothing to remove.
-                headers.remove(name);
-            }
-        }
-    }
-}
-
-/// Turn the client's request head into the head for an endpoint speaking `protocol`.
-/// `authority` replaces the client's authority (URLRewrite hostname, gateway-mode mirrors).
-pub(super) fn prepare_upstream(
-    parts: &mut Parts,
-    protocol: Protocol,
-    authority: Option<HeaderValue>,
-) -> Result<(), ProxyError> {
-    strip_hop_by_hop(&mut parts.headers);
-    match protocol {
-        Protocol::Http1 => {
-            parts.version = Version::HTTP_11;
-            if let Some(a) = authority {
-                parts.headers.insert(HOST, a);
-            } else if !parts.headers.contains_key(HOST) {
-                if let Some(a) = parts.uri.authority() {
-                    let v = HeaderValue::from_str(a.as_str())
-                        .map_err(|_| ProxyError::InvalidAuthority)?;
-                    parts.headers.insert(HOST, v);
-                }
-            }
-            if parts.uri.authority().is_some() || parts.uri.scheme().is_some() {
-                let pq = parts
-                    .uri
-                    .path_and_query()
-                    .cloned()
-                    .unwrap_or_else(|| PathAndQuery::from_static("/"));
-                parts.uri = Uri::from(pq);
-            }
-        }
-        Protocol::H2c => {
-            parts.version = Version::HTTP_2;
-            let host = parts.headers.remove(HOST);
-            let auth = match authority.or(host) {
-                Some(v) => {
-                    Authority::try_from(v.as_bytes()).map_err(|_| ProxyError::InvalidAuthority)?
-                }
-                None => parts
-                    .uri
-                    .authority()
-                    .cloned()
-                    .ok_or(ProxyError::MissingHost)?,
-            };
-            let pq = parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/"));
-            let mut up = http::uri::Parts::default();
-            up.scheme = Some(Scheme::HTTP);
-            up.authority = Some(auth);
-            up.path_and_query = Some(pq);
-            parts.uri = Uri::from_parts(up).map_err(|_| ProxyError::InvalidAuthority)?;
-        }
-    }
-    Ok(())
-}
-
-/// Fire the RequestMirror filters that win their fraction: each sends a copy of the request
-/// (teeing the body) to one ready endpoint of its backend and ignores the answer.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn send_mirrors<'a>(
-    proxy: &Proxy,
-    live: &Arc<Live>,
-    parent: &ParentPort,
-    filters: impl Iterator<Item = &'a Filter>,
-    parts: &Parts,
-    body: &mut RequestBody,
-    request_timeout: Option<std::time::Duration>,
-) {
-    for f in filters {
-        let Filter::RequestMirror(m) = f else {
-            continue;
-        };
-        if m.denominator == 0 || fast_rand() % u64::from(m.denominator) >= u64::from(m.numerator) {
-            continue;
-        }
-        let svc = &m.backend;
-        let Some(ep) = svc.pick_endpoint(fast_rand(), fast_rand(), accrual_now) else {
-            continue;
-        };
-        let copy_body = match &*body {
-            RequestBody::Empty => RequestBody::Empty,
-            _ => body.tee(),
-        };
-        let mut head = Request::new(());
-        *head.method_mut() = parts.method.clone();
-        *head.uri_mut() = parts.uri.clone();
-        *head.headers_mut() = parts.headers.clone();
-        let (mut copy_parts, ()) = head.into_parts();
-        if prepare_upstream(&mut copy_parts, svc.protocol, svc.authority.clone()).is_err() {
-            continue;
-        }
-        let pool = pool_for(proxy, live, ep.addr);
-        let metrics = live.metrics.mirror(parent, m).cloned();
-        let in_flight = ep.load.start();
-        let limit = request_timeout.unwrap_or(proxy.config.mirror_timeout);
-        let protocol = svc.protocol;
-        tokio::spawn(async move {
-            let start = Instant::now();
-            if let Some(m) = &metrics {
-                m.requests.inc();
-            }
-            let exchange = async {
-                let (rsp, conn) = pool.send(copy_parts, copy_body, protocol).await?;
-                // Drain the answer so the connection can be reused.
-                let mut body = rsp.into_body();
-                while let Some(frame) =
-                    std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
-                {
-                    if frame.is_err() {
-                        return Ok::<_, ProxyError>(());
-                    }
-                }
-                if let Some(c) = conn {
-                    c.release();
-                }
-                Ok(())
-            };
-            if let Ok(Err(e)) = tokio::time::timeout(limit, exchange).await {
-                tracing::debug!(error = %e, "mirror request failed");
-            }
-            if let Some(m) = &metrics {
-                m.duration.observe(start.elapsed());
-            }
-            drop(in_flight);
-        });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (n, v) in pairs {
-            h.append(*n, HeaderValue::from_static(v));
-        }
-        h
-    }
-
-    #[test]
-    fn each_hop_by_hop_name_has_its_own_bit() {
-        for (i, h) in HOP_BY_HOP.iter().enumerate() {
-            assert_eq!(hop_by_hop_bit(h.as_str()), 1 << i, "{h}");
-        }
-        assert_eq!(hop_by_hop_bit("te"), TE_BIT);
-        assert_eq!(hop_by_hop_bit("connection"), HOP_CONNECTION);
-        assert_eq!(hop_by_hop_bit("transfer-encoding"), HOP_TRANSFER_ENCODING);
-        for other in [
-            "host",
-            "tf",
-            "upgrades",
-            "connectio",
-            "content-length",
-            "x-keep-alive",
-        ] {
-            assert_eq!(hop_by_hop_bit(other), 0, "{other}");
-        }
-    }
-
-    #[test]
-    fn end_to_end_headers_pass_untouched() {
-        let mut h = headers(&[("host", "a.b"), ("accept", "*/*"), ("x-id", "1")]);
-        let before = h.clone();
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h, before);
-    }
-
-    #[test]
-    fn hop_by_hop_headers_and_connection_options_are_removed() {
-        let mut h = headers(&[
-            ("connection", "keep-alive, X-Trace ,Upgrade"),
-            ("connection", "x-other"),
-            ("keep-alive", "timeout=5"),
-            ("x-trace", "1"),
-            ("x-other", "2"),
-            ("upgrade", "h2c"),
-            ("proxy-connection", "keep-alive"),
-            ("proxy-authorization", "Basic eA=="),
-            ("transfer-encoding", "chunked"),
-            ("content-length", "3"),
-            ("content-type", "text/plain"),
-        ]);
-        strip_hop_by_hop(&mut h);
-        let left: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
-        assert_eq!(left, ["content-type"]);
-    }
-
-    #[test]
-    fn te_trailers_is_kept_unless_connection_names_it() {
-        let mut h = headers(&[("te", "trailers")]);
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.get(header::TE).unwrap(), "trailers");
-
-        let mut h = headers(&[("te", "gzip")]);
-        strip_hop_by_hop(&mut h);
-        assert!(h.get(header::TE).is_none());
-
-        let mut h = headers(&[("te", "trailers"), ("connection", "te")]);
-        strip_hop_by_hop(&mut h);
-        assert!(h.is_empty());
-    }
-
-    #[test]
-    fn invalid_connection_options_are_ignored() {
-        let mut h = headers(&[("connection", "bad name, ,close"), ("x-a", "1")]);
-        strip_hop_by_hop(&mut h);
-        let left: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
-        assert_eq!(left, ["x-a"]);
-    }
 }

@@ -12,7 +12,7 @@
 //! is next taken (from the socket's readiness, or with a read for requests that must not be
 //! sent twice), and [`sweep`] closes those that closed or idled longer than [`IDLE_SECS`] once
 //! a second. A request that still meets a connection closed under it is sent once more, on a
-//! new connection, when that is safe ([`h1::Failure::retryable`]).
+//! new connection, when that is safe ([`wire::send_again`]).
 //!
 //! Connections per endpoint are capped ([`PoolLimits`], like Envoy's circuit breakers): past
 //! the cap a request waits in a bounded queue for a connection to close (a connection that
@@ -25,26 +25,36 @@
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use http::request::Parts;
 use http::{Request, Response};
-use hyper::body::{Body, Incoming};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::body::{
-    has_source, ClientBodyError, ClientBodyTimeout, RequestBody, UpstreamIncoming, CLIENT_FAILED,
-    CLIENT_OK, CLIENT_TIMED_OUT,
+    has_source, BoxError, ClientBodyError, ClientBodyTimeout, Replayable, RequestBody,
+    CLIENT_FAILED, CLIENT_OK, CLIENT_TIMED_OUT,
 };
 use super::error::ProxyError;
 use super::h1;
+use super::wire;
 use crate::metrics::PtrHasher;
+use crate::table::retry::MAX_REPLAY_BODY;
 use crate::table::Protocol;
+
+/// The bytes of an interim status line hyper's client does not show: `HTTP/1.1 1xx ` and the
+/// CRLFs around the fields (its reason phrase is not counted).
+const INTERIM_LINE: usize = 17;
 
 /// Idle HTTP/1.1 connections kept per endpoint beyond which released ones are closed.
 const MAX_IDLE_PER_ENDPOINT: usize = 512;
@@ -92,7 +102,8 @@ pub struct EndpointPool {
     /// Requests waiting for a permit.
     waiting: AtomicUsize,
     max_pending: usize,
-    idle: Mutex<Vec<http1::SendRequest<RequestBody>>>,
+    /// Idle hyper connections, oldest first, each with the [`IDLE_CLOCK`] second it went idle.
+    idle: Mutex<Vec<(H1Sender, u32)>>,
     /// Idle plain sockets, oldest first, each with the [`IDLE_CLOCK`] second it went idle.
     /// Boxed: a connection moves between this stack, request futures and response bodies,
     /// and a pointer is cheaper to move than the connection.
@@ -106,22 +117,31 @@ pub struct EndpointPool {
 #[derive(Debug)]
 pub struct PooledConn {
     pool: Arc<EndpointPool>,
-    sender: http1::SendRequest<RequestBody>,
+    sender: H1Sender,
+}
+
+/// A hyper HTTP/1.1 connection: the handle requests are sent through, and its connection
+/// task, which is aborted (closing the socket) when an endpoint sends interim heads past the
+/// head limit ([`EndpointPool::send_h1`]).
+#[derive(Debug)]
+struct H1Sender {
+    send: http1::SendRequest<RequestBody>,
+    task: tokio::task::AbortHandle,
 }
 
 impl PooledConn {
     pub fn release(self) {
         let PooledConn { pool, mut sender } = self;
-        if sender.is_closed() {
+        if sender.send.is_closed() {
             return;
         }
-        if sender.is_ready() {
+        if sender.send.is_ready() {
             pool.put(sender);
         } else {
             // The connection task has not yet noticed the exchange is over; wait for it off
             // the request path.
             tokio::spawn(async move {
-                if sender.ready().await.is_ok() {
+                if sender.send.ready().await.is_ok() {
                     pool.put(sender);
                 }
             });
@@ -162,20 +182,21 @@ impl EndpointPool {
         self.waiting.load(Ordering::Relaxed) != 0
     }
 
-    fn put(&self, sender: http1::SendRequest<RequestBody>) {
+    fn put(&self, sender: H1Sender) {
         if self.starved() {
             return;
         }
+        let since = IDLE_CLOCK.load(Ordering::Relaxed);
         let mut idle = lock(&self.idle);
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
-            idle.push(sender);
+            idle.push((sender, since));
         }
     }
 
-    fn pop_ready(&self) -> Option<http1::SendRequest<RequestBody>> {
+    fn pop_ready(&self) -> Option<H1Sender> {
         let mut idle = lock(&self.idle);
-        while let Some(s) = idle.pop() {
-            if s.is_ready() {
+        while let Some((s, _)) = idle.pop() {
+            if s.send.is_ready() {
                 return Some(s);
             }
         }
@@ -223,6 +244,10 @@ impl EndpointPool {
                 }
             }
         }
+        let mut idle = lock(&self.idle);
+        // Dropping the sender ends hyper's connection task, which closes the socket.
+        idle.retain(|(s, since)| now.saturating_sub(*since) < IDLE_SECS && !s.send.is_closed());
+        drop(idle);
         drop(dead);
     }
 
@@ -257,6 +282,9 @@ impl EndpointPool {
         req: &mut Option<Request<RequestBody>>,
         protocol: Protocol,
     ) -> Result<(Response<UpstreamIncoming>, Option<PooledConn>), ProxyError> {
+        let head_request = req
+            .as_ref()
+            .is_some_and(|r| r.method() == http::Method::HEAD);
         let (rsp, conn) = match protocol {
             // Boxed: hyper's futures are large, and these paths are the rarer ones.
             Protocol::Http1 => {
@@ -270,16 +298,19 @@ impl EndpointPool {
         };
         // On refusal the response and the connection are dropped unreleased, which closes an
         // HTTP/1.1 connection (its framing cannot be trusted) and resets an h2 stream.
-        check_hyper_head(&rsp).map_err(|e| ProxyError::Upstream {
-            addr: self.addr,
-            source: e.into(),
-        })?;
+        let (mut head, body) = rsp.into_parts();
+        wire::accept_response_head(head.version, head.status, &mut head.headers, head_request)
+            .map_err(|e| ProxyError::Upstream {
+                addr: self.addr,
+                source: h1::Error::Invalid(e).into(),
+            })?;
+        let rsp = Response::from_parts(head, body);
         Ok((rsp.map(UpstreamIncoming::Hyper), conn))
     }
 
     /// A bodiless HTTP/1.1 exchange driven by the calling task, on a pooled socket when one
     /// is idle. A reused socket that turns out closed is retried on another when
-    /// [`h1::Failure::retryable`] allows; a new one never is.
+    /// [`wire::send_again`] allows; a new one never is.
     pub async fn send_inline(
         self: &Arc<Self>,
         parts: &Parts,
@@ -288,20 +319,31 @@ impl EndpointPool {
             addr: self.addr,
             source: f.error.into(),
         };
-        let pooled = self.pop_inline(!h1::is_idempotent(&parts.method));
+        let idempotent = wire::is_idempotent(&parts.method);
+        let pooled = self.pop_inline(!idempotent);
         let reused = pooled.is_some();
         let conn = match pooled {
             Some(c) => c,
             None => self.connect_inline().await?,
         };
-        match h1::exchange(conn, parts, self).await {
+        match h1::exchange(conn, parts, self.clone()).await {
             Ok(rsp) => Ok(rsp),
             // A pooled connection closed under the request: once more, on a new connection
             // (never again on another pooled one, and never a second time).
-            Err(f) if reused && f.retryable => {
+            Err(f)
+                if wire::send_again(wire::Broken {
+                    reused,
+                    request_written: f.written,
+                    closed: f.closed,
+                    idempotent,
+                    replayable: true,
+                }) =>
+            {
                 tracing::debug!(addr = %self.addr, error = %f.error, "pooled connection was closed; sending once more");
                 let conn = self.connect_inline().await?;
-                h1::exchange(conn, parts, self).await.map_err(failed)
+                h1::exchange(conn, parts, self.clone())
+                    .await
+                    .map_err(failed)
             }
             Err(f) => Err(failed(f)),
         }
@@ -332,17 +374,63 @@ impl EndpointPool {
         self: &Arc<Self>,
         req: &mut Option<Request<RequestBody>>,
     ) -> Result<(Response<Incoming>, PooledConn), ProxyError> {
+        let mut again = false;
         loop {
-            let (mut sender, reused) = match self.pop_ready() {
+            // Sent again: on a new connection, never on another pooled one.
+            let pooled = if again { None } else { self.pop_ready() };
+            let (mut sender, reused) = match pooled {
                 Some(s) => (s, true),
                 // Boxed: the connect future is large and rare; inline it would bloat every
                 // request's future, which hyper and tokio move around by value.
                 None => (Box::pin(self.connect_h1()).await?, false),
             };
-            let Some(taken) = req.take() else {
+            let Some(mut taken) = req.take() else {
                 return Err(self.already_sent());
             };
-            match sender.try_send_request(taken).await {
+            let idempotent = wire::is_idempotent(taken.method());
+            // hyper's client skips any number of interim heads; the own client refuses them
+            // past MAX_HEAD_BYTES in all, and so must this path (counted from what hyper shows
+            // of each head: its fields, not its reason phrase).
+            let interim = Arc::new(AtomicUsize::new(0));
+            let (seen, task) = (interim.clone(), sender.task.clone());
+            hyper::ext::on_informational(&mut taken, move |head| {
+                let bytes = INTERIM_LINE
+                    + head
+                        .headers()
+                        .iter()
+                        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+                        .sum::<usize>();
+                if seen.fetch_add(bytes, Ordering::Relaxed) + bytes >= h1::MAX_HEAD_BYTES {
+                    task.abort();
+                }
+            });
+            // On a pooled connection an idempotent request may have to go once more
+            // (`wire::send_again`): its body is recorded on the way, up to the retry limit.
+            let mut replay = None;
+            if reused && idempotent && !taken.body().is_end_stream() {
+                let body = std::mem::replace(taken.body_mut(), RequestBody::Empty);
+                let (first, tape) = Replayable::record(body, MAX_REPLAY_BODY);
+                *taken.body_mut() = first;
+                replay = Some(tape);
+            }
+            let kept = (reused && idempotent).then(|| {
+                let (mut parts, ()) = Request::new(()).into_parts();
+                parts.method = taken.method().clone();
+                parts.uri = taken.uri().clone();
+                parts.version = taken.version();
+                parts.headers = taken.headers().clone();
+                parts
+            });
+            match sender.send.try_send_request(taken).await {
+                // The head may have come in the same read as the interim heads, before the
+                // aborted connection task stopped.
+                Ok(_) if interim.load(Ordering::Relaxed) >= h1::MAX_HEAD_BYTES => {
+                    sender.task.abort();
+                    return Err(ProxyError::Upstream {
+                        addr: self.addr,
+                        source: h1::Error::Invalid("response head too large").into(),
+                    });
+                }
                 Ok(rsp) => {
                     let conn = PooledConn {
                         pool: self.clone(),
@@ -350,12 +438,44 @@ impl EndpointPool {
                     };
                     return Ok((rsp, conn));
                 }
-                Err(mut e) => match e.take_message() {
-                    // A pooled connection the backend closed while idle: the request never
-                    // left, so it is safe to send it on another connection.
-                    Some(back) if reused => *req = Some(back),
-                    _ => return Err(self.exchange_failed(e.into_error())),
-                },
+                Err(mut e) => {
+                    if interim.load(Ordering::Relaxed) >= h1::MAX_HEAD_BYTES {
+                        return Err(ProxyError::Upstream {
+                            addr: self.addr,
+                            source: h1::Error::Invalid("response head too large").into(),
+                        });
+                    }
+                    let back = e.take_message();
+                    let error = e.into_error();
+                    let broken = wire::Broken {
+                        reused,
+                        request_written: back.is_none(),
+                        closed: back.is_some() || closed_before_head(&error),
+                        idempotent,
+                        replayable: back.is_some()
+                            || replay.as_ref().is_none_or(Replayable::replayable),
+                    };
+                    if again || !wire::send_again(broken) {
+                        return Err(self.exchange_failed(error));
+                    }
+                    *req = match (back, kept) {
+                        // The request never left: it goes as it is.
+                        (Some(back), _) => Some(back),
+                        (None, Some(parts)) => {
+                            let body = match &replay {
+                                Some(tape) => tape.for_retry(),
+                                None => Some(RequestBody::Empty),
+                            };
+                            match body {
+                                Some(b) => Some(Request::from_parts(parts, b)),
+                                None => return Err(self.exchange_failed(error)),
+                            }
+                        }
+                        (None, None) => return Err(self.exchange_failed(error)),
+                    };
+                    tracing::debug!(addr = %self.addr, %error, "pooled connection was closed; sending once more");
+                    again = true;
+                }
             }
         }
     }
@@ -475,7 +595,7 @@ impl EndpointPool {
         Ok((stream, slot))
     }
 
-    async fn connect_h1(&self) -> Result<http1::SendRequest<RequestBody>, ProxyError> {
+    async fn connect_h1(&self) -> Result<H1Sender, ProxyError> {
         let (stream, slot) = self.connect().await?;
         let io = TokioIo::new(stream);
         let (sender, conn) = http1::Builder::new()
@@ -489,13 +609,16 @@ impl EndpointPool {
                 source: source.into(),
             })?;
         let addr = self.addr;
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%addr, error = %e, "upstream connection ended");
             }
             drop(slot);
         });
-        Ok(sender)
+        Ok(H1Sender {
+            send: sender,
+            task: task.abort_handle(),
+        })
     }
 
     async fn connect_h2(&self) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
@@ -520,35 +643,75 @@ impl EndpointPool {
     }
 }
 
-/// Refuse a response head hyper's client accepted but that meshroute never forwards, so that
-/// both upstream paths agree with the inline client ([`h1`]): hyper reads a 101 as the start of
-/// an upgrade the proxy never asked for, takes any status up to 999, and frames a
-/// `Transfer-Encoding` that does not end in `chunked` as close-delimited while keeping the
-/// `Content-Length` next to it ([`h1::head_is_unambiguous`]).
-fn check_hyper_head(rsp: &Response<Incoming>) -> Result<(), h1::Error> {
-    let status = rsp.status().as_u16();
-    if status == 101 {
-        return Err(h1::Error::Invalid("unrequested protocol switch"));
-    }
-    if !(100..=599).contains(&status) {
-        return Err(h1::Error::Invalid("status code outside 100-599"));
-    }
-    let headers = rsp.headers();
-    let mut codings = h1::TransferCodings::default();
-    for line in headers.get_all(http::header::TRANSFER_ENCODING) {
-        codings.add(line.as_bytes());
-    }
-    h1::head_is_unambiguous(
-        rsp.version(),
-        &codings,
-        headers.contains_key(http::header::CONTENT_LENGTH),
-    )
-}
-
 /// Whether a request goes through [`EndpointPool::send_inline`]: HTTP/1.1, no body, and not
 /// CONNECT (whose 2xx answer starts a tunnel, not a body; `forward` refuses it before this).
 pub fn inline_eligible(parts: &Parts, body: &RequestBody, protocol: Protocol) -> bool {
     protocol == Protocol::Http1 && body.is_end_stream() && parts.method != http::Method::CONNECT
+}
+
+impl h1::Home for EndpointPool {
+    fn put(&self, conn: Box<h1::Conn>) {
+        self.put_inline(conn);
+    }
+}
+
+/// Whether hyper's client failed because the endpoint closed or reset the connection before
+/// a complete response head, rather than for something it sent.
+fn closed_before_head(e: &hyper::Error) -> bool {
+    if ClientBodyError::find(e) || has_source::<ClientBodyTimeout>(e) {
+        return false;
+    }
+    e.is_incomplete_message() || e.is_canceled() || has_source::<std::io::Error>(e)
+}
+
+/// A response body as it comes from an endpoint: read by the request's own task
+/// ([`h1`]) or by a hyper client connection.
+#[derive(Debug)]
+pub enum UpstreamIncoming {
+    Inline(h1::InlineBody),
+    Hyper(Incoming),
+}
+
+impl Body for UpstreamIncoming {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamIncoming::Inline(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamIncoming::Hyper(b) => {
+                let frame = ready!(Pin::new(b).poll_frame(cx));
+                Poll::Ready(frame.map(|f| {
+                    f.map(|f| match f.into_trailers() {
+                        Ok(mut trailers) => {
+                            // The inline client filters its trailers while decoding.
+                            wire::drop_forbidden_trailers(&mut trailers);
+                            Frame::trailers(trailers)
+                        }
+                        Err(f) => f,
+                    })
+                    .map_err(Into::into)
+                }))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamIncoming::Inline(b) => b.is_end_stream(),
+            UpstreamIncoming::Hyper(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamIncoming::Inline(b) => b.size_hint(),
+            UpstreamIncoming::Hyper(b) => b.size_hint(),
+        }
+    }
 }
 
 /// Pools by endpoint address, rebuilt (reusing surviving pools) with every table.

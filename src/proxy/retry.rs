@@ -18,12 +18,12 @@
 //! interleaved rounds of base 84e7eed and this code): proxy CPU 14.6 µs/req before, 14.7
 //! after (medians; the kit's calibrated noise is 1-2%), split 90.0% either way.
 //!
-//! Budgets ([`RetryBudget`]) are kept per backend Service (namespace/name, all ports) in
-//! [`Budgets`], carried over from table to table like connection pools, so a reload never
-//! refills one. Every first attempt of a rule that retries deposits to the budget of the
-//! backend it went to; every retry withdraws from the budget of the backend it goes to.
+//! Budgets ([`RetryBudget`](crate::table::retry::RetryBudget)) are kept per backend Service
+//! (namespace/name, all ports) in [`Budgets`](super::budget::Budgets), carried over from table to
+//! table like connection pools, so a reload never refills one. Every first attempt of a rule that
+//! retries deposits to the budget of the backend it went to; every retry withdraws from the budget
+//! of the backend it goes to.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -35,77 +35,16 @@ use super::attempt::{attempt, Outgoing};
 use super::body::{Replayable, RequestBody};
 use super::error::ProxyError;
 use super::filters::{self, RequestEffects};
-use super::forward::{accrual_now, has_mirror, prepare_upstream, send_mirrors, Failed, Forwarded};
+use super::live::{Live, Proxy};
+use super::pick::{accrual_now, fast_rand};
 use super::served::Served;
 use super::timeout::{self, Deadline};
-use super::{fast_rand, Live, Proxy};
+use super::upstream::{has_mirror, prepare_upstream, send_mirrors, Failed, Forwarded};
 use crate::metrics::{BackendMetrics, RetryMetrics};
-use crate::table::retry::{Hedge, RetryBudget, RetryPolicy, MAX_REPLAY_BODY};
+use crate::table::retry::{Hedge, RetryPolicy, MAX_REPLAY_BODY};
 use crate::table::{
-    Backend, BackendTarget, Endpoint, ParentPort, RequestMatch, RouteTable, Rule, ServiceBackend,
-    Timeouts,
+    Backend, BackendTarget, Endpoint, ParentPort, RequestMatch, Rule, ServiceBackend, Timeouts,
 };
-
-/// Retry budgets by backend Service (namespace, name).
-pub type Budgets = HashMap<(Arc<str>, Arc<str>), Arc<RetryBudget>>;
-
-/// The budgets for a new table: every backend Service of a rule that retries keeps the budget
-/// it had in `prev` unless its configuration changed, or gets a fresh one (an
-/// XBackendTrafficPolicy's, or the default).
-///
-/// `added` are the parent ports of `table` that `prev_table` does not share (an incremental
-/// compile rebuilds only some): while no budget configuration changed, only their backends are
-/// looked at and every budget of `prev` is kept (a Service no rule retries to any more keeps
-/// a small idle budget until the next configuration change). Otherwise every parent is.
-pub fn carry_over_budgets<'a>(
-    prev: &Budgets,
-    prev_table: &RouteTable,
-    table: &RouteTable,
-    added: impl IntoIterator<Item = &'a ParentPort>,
-) -> Budgets {
-    if prev_table.retry_budgets != table.retry_budgets {
-        let mut out = Budgets::new();
-        for svc in table.services() {
-            for parent in &svc.ports {
-                add_budgets(&mut out, prev, table, parent);
-            }
-        }
-        return out;
-    }
-    let mut out = prev.clone();
-    for parent in added {
-        add_budgets(&mut out, prev, table, parent);
-    }
-    out
-}
-
-fn add_budgets(out: &mut Budgets, prev: &Budgets, table: &RouteTable, parent: &ParentPort) {
-    for (_, rule) in &parent.matches {
-        if rule.retry.is_none() {
-            continue;
-        }
-        for b in rule.backends.iter() {
-            if let BackendTarget::Service(s) = &b.target {
-                let key = (s.namespace.clone(), s.name.clone());
-                if out.contains_key(&key) {
-                    continue;
-                }
-                let config = table
-                    .retry_budgets
-                    .get(&format!("{}/{}", s.namespace, s.name))
-                    .copied()
-                    .unwrap_or_default();
-                // A budget whose configuration changed starts afresh.
-                let budget = prev
-                    .get(&key)
-                    .filter(|b| b.config() == config)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(RetryBudget::new(config)));
-                out.insert(key, budget);
-            }
-        }
-    }
-}
 
 /// What the caller of [`forward`] had of the request after the rule's own filters.
 pub(super) struct Request<'t> {
@@ -156,7 +95,7 @@ pub(super) async fn forward<'t>(
     let hedge = policy
         .hedge
         .as_ref()
-        .filter(|_| super::h1::is_idempotent(&client_parts.method));
+        .filter(|_| super::wire::is_idempotent(&client_parts.method));
     let mut body = Some(body);
     let mut replay: Option<Replayable> = None;
     // A body that no attempt has sent yet (the first, or one whose attempt never connected):

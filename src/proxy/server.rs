@@ -22,10 +22,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::conns::{Activity, Drain, Ended};
+use super::live::Proxy;
 use super::parse_errors::{Exchanges, Labelled};
 use super::ports::ParentListeners;
 use super::timer::HyperTimer;
-use super::{forward, pool, Proxy};
+use super::{forward, pool};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 

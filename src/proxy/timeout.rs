@@ -4,7 +4,7 @@
 //! `backendRequest` from dispatching to a backend until its response ends. One attempt is
 //! bounded by whichever deadline comes first, and the same sleep keeps running while the body
 //! streams: expiry before the response head is a 504, expiry after it aborts the stream
-//! (see [`ResponseBody`](super::body::ResponseBody)). Dropping the upstream future or body on
+//! (see [`ResponseBody`](super::respond::ResponseBody)). Dropping the upstream future or body on
 //! expiry is what cancels the exchange upstream (h1 connection closed, h2 stream reset).
 
 use std::future::Future;
