@@ -170,7 +170,7 @@ impl Index {
     /// the API server refuses, leaves any earlier version in place).
     pub fn apply(&mut self, obj: Object) -> Result<(), Vec<FieldError>> {
         let key = obj.key();
-        let nn = (key.namespace.clone(), key.name.clone());
+        let nn = (key.namespace.to_string(), key.name.to_string());
         if let Some(mut route) = admit(&obj)? {
             compact(&mut route);
             if let Some(c) = &mut self.changes {
@@ -220,7 +220,7 @@ impl Index {
 
     /// Remove an object by key (no-op when absent).
     pub fn delete(&mut self, key: &ObjectKey) {
-        let nn = (key.namespace.clone(), key.name.clone());
+        let nn = (key.namespace.to_string(), key.name.to_string());
         match (key.group, key.kind) {
             ("", "Service") => {
                 if self.services.remove(&nn).is_some() {

@@ -499,7 +499,7 @@ mod tests {
             group,
             kind,
             namespace: NS.into(),
-            name,
+            name: name.into(),
         }
     }
 

@@ -493,7 +493,7 @@ mod tests {
     }
 
     fn names(objects: &[Object]) -> Vec<String> {
-        objects.iter().map(|o| o.key().name).collect()
+        objects.iter().map(|o| o.key().name.to_string()).collect()
     }
 
     fn patch(out: RoundOutcome) -> (Vec<String>, Vec<String>, Vec<String>) {
@@ -504,7 +504,7 @@ mod tests {
                 problems,
             } => (
                 names(&apply),
-                delete.into_iter().map(|k| k.name).collect(),
+                delete.into_iter().map(|k| k.name.to_string()).collect(),
                 problems,
             ),
             Round::Refused(e) => panic!("refused: {e:?}"),

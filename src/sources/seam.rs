@@ -145,7 +145,7 @@ pub(crate) struct State {
     /// Feeds that must have listed before the first table (the local ones: a linked cluster
     /// that cannot be reached must not keep the local routes from serving).
     pub(crate) expected: BTreeSet<Feed>,
-    pub(crate) infos: BTreeMap<ObjectKey, RouteInfo>,
+    pub(crate) infos: BTreeMap<ObjectKey, Arc<RouteInfo>>,
     pub(crate) rejected: BTreeMap<ObjectKey, Rejected>,
     /// Problems per feed ([`SourceEvent::Problems`]).
     pub(crate) problems: BTreeMap<Feed, Vec<String>>,
@@ -198,7 +198,7 @@ impl State {
         }
         match item.info {
             Some(info) => {
-                self.infos.insert(item.key.clone(), info);
+                self.infos.insert(item.key.clone(), Arc::new(info));
             }
             None => {
                 self.infos.remove(&item.key);
