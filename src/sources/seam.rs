@@ -428,11 +428,6 @@ fn publish(state: &mut State, sinks: &Sinks) {
     let compiled = &*compiled;
     let route_problems = compiled.route_problems();
     let parents = update.table.parent_count();
-    let publish = if sinks.compile.publish_endpoints {
-        crate::compile::publish::candidates(&state.index, &update.table)
-    } else {
-        Vec::new()
-    };
     let rejected: Vec<Rejected> = state.rejected.values().cloned().collect();
     let errors: Vec<String> = state
         .problems
@@ -503,6 +498,13 @@ fn publish(state: &mut State, sinks: &Sinks) {
         s.reloads += 1;
         s.last_reload_unix = unix_now();
     });
+    // Endpoint publishing walks every parent: after the table serves and /status says so,
+    // not on the way there.
+    let publish = if sinks.compile.publish_endpoints {
+        crate::compile::publish::candidates(&state.index, &sinks.proxy.table())
+    } else {
+        Vec::new()
+    };
     sinks.snapshots.send_replace(Arc::new(Snapshot {
         statuses: compiled.statuses().cloned().collect(),
         infos: state.infos.clone(),
