@@ -359,6 +359,8 @@ impl DirState {
                 early(std::mem::take(&mut apply));
             }
         }
+        // Start-up's peak is here: give back the first definitions before building `owner`.
+        drop(seen);
         if duplicates && locate != Locate::Always {
             // "already defined at" must name the first definition's line.
             if let Some(listing) = again {
@@ -381,13 +383,19 @@ impl DirState {
                 read,
             };
         }
-        let held: BTreeSet<ObjectKey> = fresh.values().flat_map(|s| s.keys.clone()).collect();
-        let delete: Vec<ObjectKey> = self
-            .owner
-            .keys()
-            .filter(|k| !held.contains(*k))
-            .cloned()
-            .collect();
+        // What went: nothing at start-up; otherwise owned keys no file holds now (borrowed,
+        // not a second copy of every key).
+        let delete: Vec<ObjectKey> = if self.owner.is_empty() {
+            Vec::new()
+        } else {
+            let held: std::collections::HashSet<&ObjectKey> =
+                fresh.values().flat_map(|s| s.keys.iter()).collect();
+            self.owner
+                .keys()
+                .filter(|k| !held.contains(*k))
+                .cloned()
+                .collect()
+        };
         self.owner.clear();
         for (p, s) in &fresh {
             let shared: Arc<Path> = Arc::from(p.as_path());
