@@ -11,6 +11,15 @@
 //! concurrency is correct for atomic and map lists alike. `lastTransitionTime` only moves when
 //! a condition's status changes.
 //!
+//! **A snapshot costs what changed.** The writer remembers, per route, the status and the
+//! watched object (both `Arc`s) it last found in sync, and skips a route whose pair is the very
+//! same: the incremental compile keeps an untouched route's status and the seam an unchanged
+//! object's info, so one edit leads to one comparison, not a JSON comparison per route. With
+//! the seam sharing route infos instead of deep-cloning them per publish and computing the
+//! endpoint-publishing candidates after the table serves, one route's weights patched through a
+//! real API server at 10k routes went from 5.7 ms to 1.9 ms (median, kubectl's return to the
+//! new generation on `/status`; 1k routes: 1.0 and 0.9 ms) — `benches/workload/measure_kube.py`.
+//!
 //! **Events.** TrafficSplits have no status subresource: a change in their problems (Warning,
 //! reason from the failing condition) and in their weights (Normal, `WeightsChanged`) becomes an
 //! Event (events.k8s.io/v1).
