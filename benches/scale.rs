@@ -119,7 +119,7 @@ fn bench_scale(c: &mut Criterion) {
             .map(|n| {
                 parent(target, parents, Some((route, 40 + n)))
                     .into_iter()
-                    .filter(|o| o.key().name == format!("route-{route}"))
+                    .filter(|o| *o.key().name == *format!("route-{route}"))
                     .collect()
             })
             .collect();

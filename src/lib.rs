@@ -17,6 +17,7 @@ pub mod compile;
 pub mod crds;
 pub mod demo;
 pub mod index;
+pub mod intern;
 pub mod metrics;
 pub mod model;
 pub mod output;

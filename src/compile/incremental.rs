@@ -204,7 +204,7 @@ impl Incremental {
                 .parents
                 .iter()
                 .filter(|p| is_core(&p.group) && p.kind.eq_ignore_ascii_case("Service"))
-                .map(|p| (p.namespace.clone(), p.name.clone()))
+                .map(|p| (p.namespace.to_string(), p.name.to_string()))
                 .collect();
             ps.sort_unstable();
             ps.dedup();
@@ -499,7 +499,7 @@ mod tests {
             group,
             kind,
             namespace: NS.into(),
-            name,
+            name: name.into(),
         }
     }
 

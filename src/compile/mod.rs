@@ -134,9 +134,9 @@ fn compile_route<'a>(
 ) -> RouteStatus {
     let mut rs = RouteStatus {
         kind: route.kind,
-        api_version: route.api_version.clone(),
-        namespace: route.namespace.clone(),
-        name: route.name.clone(),
+        api_version: route.api_version.to_string(),
+        namespace: route.namespace.to_string(),
+        name: route.name.to_string(),
         generation: route.generation,
         parents: vec![],
         notes: vec![],
@@ -144,13 +144,13 @@ fn compile_route<'a>(
     let route_ref = RouteRef {
         kind: route.kind.kind(),
         group: route.kind.group(),
-        namespace: route.namespace.as_str().into(),
-        name: route.name.as_str().into(),
+        namespace: route.namespace.clone(),
+        name: route.name.clone(),
     };
     if route.kind == RouteKind::TrafficSplit {
         for g in &route.smi_groups {
             cx.deps
-                .push(Dep::Group((route.namespace.clone(), g.clone())));
+                .push(Dep::Group((route.namespace.to_string(), g.clone())));
         }
     }
     let rules = expand_rules(cx.index, route);
@@ -180,8 +180,8 @@ fn compile_route<'a>(
             continue;
         }
         cx.deps.push(Dep::Service((
-            parent.namespace.clone(),
-            parent.name.clone(),
+            parent.namespace.to_string(),
+            parent.name.to_string(),
         )));
         let ports = match parent_ports(cx.index, &parent.namespace, &parent.name, parent.port) {
             Ok(p) => p,
@@ -226,8 +226,8 @@ fn compile_route<'a>(
                 }
                 for (mi, m) in rule.matches.iter().enumerate() {
                     emit(
-                        parent.namespace.as_str(),
-                        parent.name.as_str(),
+                        &parent.namespace,
+                        &parent.name,
                         *port,
                         Entry {
                             m: m.clone(),
@@ -470,7 +470,7 @@ fn expand_rules<'a>(index: &Index, route: &'a AdmittedRoute) -> ExpandedRules<'a
         // The split applies to requests matching its HTTPRouteGroups; the rest go to the apex.
         let mut matches = Vec::new();
         for g in &route.smi_groups {
-            match index.groups.get(&(route.namespace.clone(), g.clone())) {
+            match index.groups.get(&(route.namespace.to_string(), g.clone())) {
                 None => out.dropped.push(format!(
                     "spec.matches: HTTPRouteGroup {}/{g} not found",
                     route.namespace
@@ -501,8 +501,8 @@ fn expand_rules<'a>(index: &Index, route: &'a AdmittedRoute) -> ExpandedRules<'a
                 matches: vec![RequestMatch::default()],
                 filters: vec![],
                 backends: vec![BackendRefSpec {
-                    group: String::new(),
-                    kind: "Service".into(),
+                    group: crate::intern::intern(""),
+                    kind: crate::intern::intern("Service"),
                     namespace: apex.namespace.clone(),
                     name: apex.name.clone(),
                     port: None,
@@ -706,7 +706,7 @@ impl<'a> Cx<'a> {
             // Whether a backend has the apex's port (below).
             for b in spec.backends.iter().filter(|b| b.port.is_none()) {
                 self.deps
-                    .push(Dep::Service((b.namespace.clone(), b.name.clone())));
+                    .push(Dep::Service((b.namespace.to_string(), b.name.to_string())));
             }
         }
         let backends = spec
@@ -731,7 +731,7 @@ impl<'a> Cx<'a> {
                 !missing_port
             })
             .map(|b| {
-                let target = if !is_core(&b.group) || b.kind != "Service" {
+                let target = if !is_core(&b.group) || &*b.kind != "Service" {
                     let msg = format!("backendRef {}: kind {:?} (group {:?}) is not supported; only core Services", b.name, b.kind, b.group);
                     problems.push(("InvalidKind", msg.clone()));
                     BackendTarget::Invalid { reason: msg }

@@ -97,10 +97,10 @@ impl ParentStatus {
 impl From<&ParentRefSpec> for StatusParentRef {
     fn from(p: &ParentRefSpec) -> Self {
         StatusParentRef {
-            group: p.group.clone(),
-            kind: p.kind.clone(),
-            namespace: p.namespace.clone(),
-            name: p.name.clone(),
+            group: p.group.to_string(),
+            kind: p.kind.to_string(),
+            namespace: p.namespace.to_string(),
+            name: p.name.to_string(),
             port: p.port,
         }
     }

@@ -3,12 +3,14 @@
 //! — the one rule model compile works on — or refused with errors naming the field and value.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use gateway_api::apis::standard::grpcroutes as gw_grpc;
 use gateway_api::apis::standard::httproutes as gw;
 use http::{HeaderName, HeaderValue, Method};
 
+use crate::intern::intern;
 use crate::model::{self, smi, LinkerdHttpRoute, Object, TrafficSplit};
 use crate::table::{
     cors::{Cors, OriginPattern},
@@ -73,20 +75,22 @@ impl RouteKind {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParentRefSpec {
-    pub group: String,
-    pub kind: String,
-    pub namespace: String,
-    pub name: String,
+    /// Names are interned ([`crate::intern`]): the same Services recur in many routes.
+    pub group: Arc<str>,
+    pub kind: Arc<str>,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
     pub port: Option<u16>,
     pub section_name: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackendRefSpec {
-    pub group: String,
-    pub kind: String,
-    pub namespace: String,
-    pub name: String,
+    /// Interned, as [`ParentRefSpec`]'s.
+    pub group: Arc<str>,
+    pub kind: Arc<str>,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
     pub port: Option<u16>,
     pub weight: u32,
     pub filters: Vec<FilterSpec>,
@@ -127,9 +131,10 @@ pub struct RuleSpec {
 #[derive(Debug, Clone)]
 pub struct AdmittedRoute {
     pub kind: RouteKind,
-    pub api_version: String,
-    pub namespace: String,
-    pub name: String,
+    /// Interned, as the names of its [`ObjectKey`](crate::model::ObjectKey).
+    pub api_version: Arc<str>,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
     /// creationTimestamp; `None` (file mode without one) sorts after every timestamp.
     pub created: Option<i64>,
     pub generation: Option<i64>,
@@ -160,9 +165,9 @@ pub fn admit(obj: &Object) -> Result<Option<AdmittedRoute>, Vec<FieldError>> {
         .map(|t| t.0.as_nanosecond() as i64);
     let base = AdmittedRoute {
         kind: RouteKind::Gateway,
-        api_version: obj.api_version(),
-        namespace,
-        name,
+        api_version: intern(&obj.api_version()),
+        namespace: intern(&namespace),
+        name: intern(&name),
         created,
         generation: meta.generation,
         parents: vec![],
@@ -256,16 +261,13 @@ fn admit_httproute(
             .port
             .and_then(|port| check_port(port, &format!("{f}.port"), errors));
         route.parents.push(ParentRefSpec {
-            group: p
-                .group
-                .clone()
-                .unwrap_or_else(|| model::GATEWAY_GROUP.into()),
-            kind: p.kind.clone().unwrap_or_else(|| "Gateway".into()),
+            group: intern(p.group.as_deref().unwrap_or(model::GATEWAY_GROUP)),
+            kind: intern(p.kind.as_deref().unwrap_or("Gateway")),
             namespace: p
                 .namespace
-                .clone()
-                .unwrap_or_else(|| route.namespace.clone()),
-            name: p.name.clone(),
+                .as_deref()
+                .map_or_else(|| route.namespace.clone(), intern),
+            name: intern(&p.name),
             port,
             section_name: p.section_name.clone(),
         });
@@ -593,10 +595,10 @@ fn admit_rule(
         );
         check_filter_combination(&bf, &bfilters, has_prefix_match, errors);
         backends.push(BackendRefSpec {
-            group,
-            kind: bkind,
-            namespace: b.namespace.clone().unwrap_or_else(|| namespace.to_string()),
-            name: b.name.clone(),
+            group: intern(&group),
+            kind: intern(&bkind),
+            namespace: intern(b.namespace.as_deref().unwrap_or(namespace)),
+            name: intern(&b.name),
             port,
             weight,
             filters: bfilters,
@@ -1145,10 +1147,10 @@ fn admit_filters(
                     .and_then(|p| check_port(p, &format!("{mf}.backendRef.port"), errors));
                 FilterSpec::Mirror {
                     backend: BackendRefSpec {
-                        group: b.group.clone().unwrap_or_default(),
-                        kind: b.kind.clone().unwrap_or_else(|| "Service".into()),
-                        namespace: b.namespace.clone().unwrap_or_else(|| namespace.to_string()),
-                        name: b.name.clone(),
+                        group: intern(b.group.as_deref().unwrap_or_default()),
+                        kind: intern(b.kind.as_deref().unwrap_or("Service")),
+                        namespace: intern(b.namespace.as_deref().unwrap_or(namespace)),
+                        name: intern(&b.name),
                         port,
                         weight: 1,
                         filters: vec![],
@@ -1340,10 +1342,10 @@ fn admit_split(
     // The apex may be written as a bare name or as an FQDN (`svc.ns.svc.cluster.local`).
     let apex = service.split('.').next().unwrap_or_default().to_string();
     route.parents.push(ParentRefSpec {
-        group: String::new(),
-        kind: "Service".into(),
+        group: intern(""),
+        kind: intern("Service"),
         namespace: route.namespace.clone(),
-        name: apex,
+        name: intern(&apex),
         port: None,
         section_name: None,
     });
@@ -1357,10 +1359,10 @@ fn admit_split(
         }
         match w {
             Ok(weight) => refs.push(BackendRefSpec {
-                group: String::new(),
-                kind: "Service".into(),
+                group: intern(""),
+                kind: intern("Service"),
                 namespace: route.namespace.clone(),
-                name: svc.split('.').next().unwrap_or_default().to_string(),
+                name: intern(svc.split('.').next().unwrap_or_default()),
                 port: None,
                 weight,
                 filters: vec![],

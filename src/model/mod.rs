@@ -160,8 +160,9 @@ pub enum Object {
 pub struct ObjectKey {
     pub group: &'static str,
     pub kind: &'static str,
-    pub namespace: String,
-    pub name: String,
+    /// Interned ([`crate::intern`]): every copy of a key shares its names.
+    pub namespace: std::sync::Arc<str>,
+    pub name: std::sync::Arc<str>,
 }
 
 impl std::fmt::Display for ObjectKey {
@@ -271,8 +272,8 @@ impl Object {
         ObjectKey {
             group,
             kind,
-            namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
-            name: meta.name.clone().unwrap_or_default(),
+            namespace: crate::intern::intern(meta.namespace.as_deref().unwrap_or("default")),
+            name: crate::intern::intern(meta.name.as_deref().unwrap_or_default()),
         }
     }
 

@@ -495,8 +495,8 @@ pub(crate) fn info_of(obj: &Object) -> ObjectInfo {
     ObjectInfo {
         api_version: obj.api_version(),
         kind: key.kind.to_string(),
-        namespace: key.namespace,
-        name: key.name,
+        namespace: key.namespace.to_string(),
+        name: key.name.to_string(),
     }
 }
 

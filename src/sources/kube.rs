@@ -345,8 +345,8 @@ impl Slot {
         ObjectKey {
             group: self.group(),
             kind: self.kind(),
-            namespace: namespace.unwrap_or("default").to_string(),
-            name: name.unwrap_or_default().to_string(),
+            namespace: crate::intern::intern(namespace.unwrap_or("default")),
+            name: crate::intern::intern(name.unwrap_or_default()),
         }
     }
 }
@@ -470,7 +470,9 @@ pub struct Rejected {
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub statuses: Vec<Arc<RouteStatus>>,
-    pub infos: BTreeMap<ObjectKey, RouteInfo>,
+    /// Shared with the seam's copy: a route's info is replaced (a new `Arc`) only when its
+    /// object changes, so the status writer can tell untouched routes by pointer.
+    pub infos: BTreeMap<ObjectKey, Arc<RouteInfo>>,
     /// Objects that could not be used (an earlier good version, if any, keeps serving).
     pub rejected: Vec<Rejected>,
     /// Parents of accepted routes, and whether their endpoints are published (only when

@@ -145,7 +145,7 @@ pub(crate) struct State {
     /// Feeds that must have listed before the first table (the local ones: a linked cluster
     /// that cannot be reached must not keep the local routes from serving).
     pub(crate) expected: BTreeSet<Feed>,
-    pub(crate) infos: BTreeMap<ObjectKey, RouteInfo>,
+    pub(crate) infos: BTreeMap<ObjectKey, Arc<RouteInfo>>,
     pub(crate) rejected: BTreeMap<ObjectKey, Rejected>,
     /// Problems per feed ([`SourceEvent::Problems`]).
     pub(crate) problems: BTreeMap<Feed, Vec<String>>,
@@ -198,7 +198,7 @@ impl State {
         }
         match item.info {
             Some(info) => {
-                self.infos.insert(item.key.clone(), info);
+                self.infos.insert(item.key.clone(), Arc::new(info));
             }
             None => {
                 self.infos.remove(&item.key);
@@ -428,11 +428,6 @@ fn publish(state: &mut State, sinks: &Sinks) {
     let compiled = &*compiled;
     let route_problems = compiled.route_problems();
     let parents = update.table.parent_count();
-    let publish = if sinks.compile.publish_endpoints {
-        crate::compile::publish::candidates(&state.index, &update.table)
-    } else {
-        Vec::new()
-    };
     let rejected: Vec<Rejected> = state.rejected.values().cloned().collect();
     let errors: Vec<String> = state
         .problems
@@ -503,6 +498,13 @@ fn publish(state: &mut State, sinks: &Sinks) {
         s.reloads += 1;
         s.last_reload_unix = unix_now();
     });
+    // Endpoint publishing walks every parent: after the table serves and /status says so,
+    // not on the way there.
+    let publish = if sinks.compile.publish_endpoints {
+        crate::compile::publish::candidates(&state.index, &sinks.proxy.table())
+    } else {
+        Vec::new()
+    };
     sinks.snapshots.send_replace(Arc::new(Snapshot {
         statuses: compiled.statuses().cloned().collect(),
         infos: state.infos.clone(),
