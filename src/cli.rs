@@ -665,12 +665,14 @@ pub fn crds(
 }
 
 /// Render CRDs as one multi-document YAML stream: ours, or (`gateway_api`) the Gateway API
-/// HTTPRoute CRD with the approval annotation and upstream's validation.
+/// HTTPRoute, GRPCRoute and XBackendTrafficPolicy CRDs with the approval annotation and
+/// upstream's validation.
 pub fn crds_yaml(gateway_api: bool) -> String {
     if gateway_api {
         crate::crds::to_yaml(&[
             crate::crds::gateway_httproute(),
             crate::crds::gateway_grpcroute(),
+            crate::crds::gateway_backendtrafficpolicy(),
         ])
     } else {
         crate::crds::to_yaml(&crds())

@@ -143,6 +143,89 @@ pub fn gateway_grpcroute() -> CustomResourceDefinition {
 }
 
 /// The annotation a CRD in a `*.k8s.io` group needs to be accepted by an API server.
+/// The gateway.networking.x-k8s.io XBackendTrafficPolicy CRD (Gateway API experimental,
+/// v1alpha1), for clusters without upstream's experimental install: the fields meshroute reads
+/// (`targetRefs`, `retryConstraint`) with upstream's bounds, so the API server refuses what
+/// `meshroute check` refuses. `sessionPersistence` is left out: meshroute does not act on it,
+/// and a policy that states it is refused by both rather than silently ignored.
+pub fn gateway_backendtrafficpolicy() -> CustomResourceDefinition {
+    let duration = json!({"type": "string", "pattern": DURATION_PATTERN, "maxLength": 32});
+    let target = json!({
+        "type": "object",
+        "required": ["group", "kind", "name"],
+        "properties": {
+            "group": {"type": "string", "maxLength": 253},
+            "kind": {"type": "string", "minLength": 1, "maxLength": 63},
+            "name": {"type": "string", "minLength": 1, "maxLength": 253}
+        }
+    });
+    let schema = json!({
+        "type": "object",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": {
+                "type": "object",
+                "required": ["targetRefs"],
+                "properties": {
+                    "targetRefs": {
+                        "type": "array", "minItems": 1, "maxItems": 16, "items": target,
+                        "x-kubernetes-list-type": "map",
+                        "x-kubernetes-list-map-keys": ["group", "kind", "name"]
+                    },
+                    "retryConstraint": {
+                        "type": "object",
+                        "properties": {
+                            "budget": {
+                                "type": "object",
+                                "properties": {
+                                    "percent": {"type": "integer", "minimum": 0, "maximum": 100},
+                                    "interval": duration.clone()
+                                }
+                            },
+                            "minRetryRate": {
+                                "type": "object",
+                                "properties": {
+                                    "count": {"type": "integer", "minimum": 0},
+                                    "interval": duration
+                                }
+                            }
+                        }
+                    }
+                }
+            },
+            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+        }
+    });
+    let crd = json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "xbackendtrafficpolicies.gateway.networking.x-k8s.io"},
+        "spec": {
+            "group": crate::model::GATEWAY_X_GROUP,
+            "names": {
+                "kind": "XBackendTrafficPolicy",
+                "listKind": "XBackendTrafficPolicyList",
+                "plural": "xbackendtrafficpolicies",
+                "singular": "xbackendtrafficpolicy",
+                "shortNames": ["xbtrafficpolicy"]
+            },
+            "scope": "Namespaced",
+            "versions": [{
+                "name": "v1alpha1",
+                "served": true,
+                "storage": true,
+                "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": schema}
+            }]
+        }
+    });
+    // Not a `*.k8s.io` group (`x-k8s.io`): no approval annotation.
+    serde_json::from_value(crd).unwrap_or_else(|e| unreachable!("a fixed, valid CRD: {e}"))
+}
+
 fn approve(crd: &mut CustomResourceDefinition) {
     crd.metadata
         .annotations

@@ -138,6 +138,11 @@ fn shipped_roles_grant_exactly_the_allowlist() {
             ("gateway.networking.k8s.io", "httproutes/status", &["patch"]),
             ("gateway.networking.k8s.io", "grpcroutes", read),
             ("gateway.networking.k8s.io", "grpcroutes/status", &["patch"]),
+            (
+                "gateway.networking.x-k8s.io",
+                "xbackendtrafficpolicies",
+                read
+            ),
             ("policy.linkerd.io", "httproutes", read),
             ("policy.linkerd.io", "httproutes/status", &["patch"]),
             ("split.smi-spec.io", "trafficsplits", read),

@@ -681,3 +681,68 @@ async fn grpcroute_applied_with_kubectl_is_watched_gets_status_and_bad_ones_are_
         out.stderr
     );
 }
+
+#[tokio::test]
+async fn xbackendtrafficpolicy_applied_with_kubectl_sets_the_budget_and_bad_ones_are_refused() {
+    let test =
+        "xbackendtrafficpolicy_applied_with_kubectl_sets_the_budget_and_bad_ones_are_refused";
+    let Some(c) = cluster(test) else { return };
+    let Some(b) = Backends::start(test, &["smiley-east", "color", "color2-west"]) else {
+        return;
+    };
+    let k = Kubectl::new(&c.admin);
+    let ns = unique("budget");
+    setup(&k, &b, &ns).await;
+    // Only the shipped RBAC (the restricted user): reading the policies must be allowed by it.
+    let mesh = Mesh::start(&kubeconfig_for_meshroute(&c), &ns).await;
+    let key = format!("{ns}/color");
+    let budget = |mesh: &Mesh| {
+        mesh.running()
+            .proxy
+            .table()
+            .retry_budgets
+            .get(&key)
+            .copied()
+    };
+    assert_eq!(budget(&mesh), None);
+    let policy = format!(
+        "apiVersion: gateway.networking.x-k8s.io/v1alpha1\nkind: XBackendTrafficPolicy\nmetadata: {{name: color-budget, namespace: {ns}}}\nspec:\n  targetRefs: [{{group: \"\", kind: Service, name: color}}]\n  retryConstraint:\n    budget: {{percent: 5, interval: 30s}}\n    minRetryRate: {{count: 0, interval: 1s}}\n"
+    );
+    k.apply(&policy).await;
+    let t0 = Instant::now();
+    let got = loop {
+        if let Some(b) = budget(&mesh) {
+            break b;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the policy never reached the table"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        (got.percent, got.interval, got.min_count),
+        (5, Duration::from_secs(30), 0)
+    );
+    // What the printed CRD refuses never reaches meshroute.
+    let bad = policy
+        .replace("color-budget", "color-budget-bad")
+        .replace("percent: 5", "percent: 500");
+    let out = k.arun(&["apply", "-f", "-"], &bad).await;
+    assert!(!out.ok, "a budget of 500% was stored");
+    assert!(out.stderr.contains("percent"), "{}", out.stderr);
+    // Deleted: back to the default budget.
+    k.arun(
+        &["delete", "-n", &ns, "xbackendtrafficpolicy", "color-budget"],
+        "",
+    )
+    .await;
+    let t0 = Instant::now();
+    while budget(&mesh).is_some() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the deleted policy stayed in the table"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

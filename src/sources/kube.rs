@@ -278,17 +278,20 @@ pub enum Slot {
     LinkerdHttpRoute,
     TrafficSplit,
     HttpRouteGroup,
+    /// gateway.networking.x-k8s.io XBackendTrafficPolicy (retry budgets).
+    BackendTrafficPolicy,
     /// Every kind at once, from a directory of manifests (file mode's one feed).
     Manifests,
 }
 
 impl Slot {
-    pub const CRDS: [Slot; 5] = [
+    pub const CRDS: [Slot; 6] = [
         Slot::GatewayHttpRoute,
         Slot::GatewayGrpcRoute,
         Slot::LinkerdHttpRoute,
         Slot::TrafficSplit,
         Slot::HttpRouteGroup,
+        Slot::BackendTrafficPolicy,
     ];
 
     pub fn group(self) -> &'static str {
@@ -299,6 +302,7 @@ impl Slot {
             Slot::LinkerdHttpRoute => LINKERD_GROUP,
             Slot::TrafficSplit => SPLIT_GROUP,
             Slot::HttpRouteGroup => SPECS_GROUP,
+            Slot::BackendTrafficPolicy => crate::model::GATEWAY_X_GROUP,
             Slot::Manifests => "",
         }
     }
@@ -312,6 +316,7 @@ impl Slot {
             Slot::GatewayGrpcRoute => "GRPCRoute",
             Slot::TrafficSplit => "TrafficSplit",
             Slot::HttpRouteGroup => "HTTPRouteGroup",
+            Slot::BackendTrafficPolicy => "XBackendTrafficPolicy",
             Slot::Manifests => "manifests",
         }
     }
@@ -326,6 +331,7 @@ impl Slot {
             Slot::TrafficSplit | Slot::HttpRouteGroup => {
                 &["v1alpha4", "v1alpha3", "v1alpha2", "v1alpha1"]
             }
+            Slot::BackendTrafficPolicy => &["v1alpha1"],
             Slot::Manifests => &[],
         }
     }
@@ -338,6 +344,7 @@ impl Slot {
                 | Slot::LinkerdHttpRoute
                 | Slot::TrafficSplit
                 | Slot::HttpRouteGroup
+                | Slot::BackendTrafficPolicy
         )
     }
 
@@ -389,7 +396,10 @@ impl Plan {
 
 /// Ask the API server which versions of our CRD kinds it serves.
 pub async fn discover(client: &Client) -> Result<Plan, KubeSourceError> {
-    let groups = [GATEWAY_GROUP, LINKERD_GROUP, SPLIT_GROUP, SPECS_GROUP];
+    // Every group of a kind in `Slot::CRDS`, once.
+    let mut groups: Vec<&str> = Slot::CRDS.iter().map(|s| s.group()).collect();
+    groups.sort_unstable();
+    groups.dedup();
     let discovery = kube::Discovery::new(client.clone())
         .filter(&groups)
         .run()

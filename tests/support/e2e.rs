@@ -297,6 +297,7 @@ fn prepare(c: &Cluster) -> Result<(), String> {
         "crd/httproutes.gateway.networking.k8s.io",
         "crd/trafficsplits.split.smi-spec.io",
         "crd/httproutegroups.specs.smi-spec.io",
+        "crd/xbackendtrafficpolicies.gateway.networking.x-k8s.io",
     ])
     .into_result()?;
     let deploy = repo().join("deploy");
