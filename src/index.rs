@@ -99,10 +99,6 @@ fn compact(route: &mut AdmittedRoute) {
     route.rules.shrink_to_fit();
     for rule in &mut route.rules {
         rule.matches.shrink_to_fit();
-        for m in &mut rule.matches {
-            m.headers.shrink_to_fit();
-            m.query.shrink_to_fit();
-        }
         rule.filters.shrink_to_fit();
         rule.backends.shrink_to_fit();
         for b in &mut rule.backends {

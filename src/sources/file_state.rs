@@ -314,14 +314,18 @@ impl DirState {
         let mut canonical = std::collections::HashSet::new();
         files.retain(|f| canonical.insert(std::fs::canonicalize(f).unwrap_or_else(|_| f.clone())));
         let stream = !self.listed;
-        let mut seen: HashMap<ObjectKey, crate::sources::file::Location> = HashMap::new();
+        // First definitions: which file (by its place in `files`) and where in it; the
+        // location is spelled out only for a duplicate.
+        let mut seen: HashMap<ObjectKey, (usize, usize, Option<crate::sources::positions::Pos>)> =
+            HashMap::new();
         let mut fresh: BTreeMap<PathBuf, FileState> = BTreeMap::new();
         let mut apply: Vec<Object> = Vec::new();
         let mut duplicates = false;
         let mut symlinks = false;
-        for chunk in files.chunks(CHUNK) {
+        for (c, chunk) in files.chunks(CHUNK).enumerate() {
             let read = read_parallel(chunk, locate);
-            for (p, items) in chunk.iter().zip(read) {
+            for (i, (p, items)) in chunk.iter().zip(read).enumerate() {
+                let file_index = c * CHUNK + i;
                 symlinks |= is_symlink(p);
                 let mut state = FileState {
                     stamp: stamp(p),
@@ -332,7 +336,12 @@ impl DirState {
                         Err(e) => state.errors.push(e),
                         Ok(loaded) => {
                             let key = loaded.object.key();
-                            if let Some(first) = seen.get(&key) {
+                            if let Some(&(f, document, pos)) = seen.get(&key) {
+                                let first = crate::sources::file::Location {
+                                    file: files[f].clone(),
+                                    document,
+                                    pos,
+                                };
                                 duplicates = true;
                                 state.errors.push(LoadError {
                                     object: Some(Box::new(crate::sources::file::info_of(
@@ -346,7 +355,10 @@ impl DirState {
                                 });
                                 continue;
                             }
-                            seen.insert(key.clone(), loaded.location.clone());
+                            seen.insert(
+                                key.clone(),
+                                (file_index, loaded.location.document, loaded.location.pos),
+                            );
                             match admitted(loaded) {
                                 Ok(object) => {
                                     state.keys.push(key);
@@ -357,6 +369,7 @@ impl DirState {
                         }
                     }
                 }
+                state.keys.shrink_to_fit();
                 fresh.insert(p.clone(), state);
             }
             if stream {

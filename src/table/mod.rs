@@ -117,7 +117,7 @@ pub struct ParentPort {
     pub port: u16,
     /// Every (match, rule) pair that applies to this parent port, most specific first. A
     /// passthrough parent has exactly one entry: a match-all rule with no route.
-    pub matches: Vec<(RequestMatch, Arc<Rule>)>,
+    pub matches: Vec<(Arc<RequestMatch>, Arc<Rule>)>,
 }
 
 /// Which object a rule came from (for metrics, logs and `/debug/table`).
