@@ -112,6 +112,23 @@ impl Index {
         Self::default()
     }
 
+    /// Rebuild the large maps with full B-tree nodes. They fill in key order (a directory is
+    /// read in name order, an API server lists in key order), and a B-tree filled that way
+    /// leaves every node it splits half empty; a map built from sorted entries at once packs
+    /// its nodes. The seam calls this once, after start-up's listing and before the first
+    /// compile (which reuses the memory the old nodes give back).
+    pub fn compact(&mut self) {
+        self.routes = std::mem::take(&mut self.routes).into_iter().collect();
+        self.services = std::mem::take(&mut self.services).into_iter().collect();
+        self.slices = std::mem::take(&mut self.slices).into_iter().collect();
+        self.slices_by_service = std::mem::take(&mut self.slices_by_service)
+            .into_iter()
+            .collect();
+        for r in self.remote.values_mut() {
+            r.compact();
+        }
+    }
+
     /// Record what every apply and delete touches from now on (see [`Index::take_changes`]).
     /// Linked clusters' indexes created later track too.
     pub fn track_changes(&mut self) {
