@@ -20,6 +20,17 @@
 //!   went by borrowing the keys it holds (at start-up it does not look): start-up's peak no
 //!   longer holds three copies of every key (part of a 461 → 437 MiB cut at 100k routes, with
 //!   the index's boxed values; see [`crate::index`]).
+//! - **Start-up keeps little per key**: the map of first definitions holds a file's place in
+//!   the listing and the document's position, not a copy of the file's path per object (part
+//!   of the 438 → 401 MiB cut at 100k routes that [`crate::table`]'s shared matches made);
+//!   `owner` is a B-tree built at once from the sorted keys after a whole read (full nodes)
+//!   instead of a hash map (whose table, at 120k keys, doubles to 262,144 slots of 80 bytes);
+//!   and start-up reads `CHUNK` = 64 files per parallel round instead of 256, so fewer
+//!   decoded objects are alive at once in the parse threads' allocator arenas. With the
+//!   index's and the seam's packed B-trees ([`crate::index::Index::compact`]) these took the
+//!   peak RSS from 400.6 to 382.6 MiB at 100k routes (a second run: 370.3; 4.2 → 3.9 KiB per
+//!   route), 133.1 → 124.1 MiB at 30k and 57.1 → 52.9 MiB at 10k
+//!   (`benches/workload/measure.py`; measured together, not one by one).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
