@@ -351,7 +351,7 @@ fn build_parent<'a>(
                     timeouts: Default::default(),
                     retry: retry::for_service(svc),
                 };
-                vec![(RequestMatch::default(), Arc::new(rule))]
+                vec![(Arc::new(RequestMatch::default()), Arc::new(rule))]
             }
         };
         out.push(ParentPort {
@@ -402,7 +402,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 /// One (match, rule) pair destined for a parent port, with its tie-breakers.
 struct Entry<'a> {
-    m: RequestMatch,
+    m: Arc<RequestMatch>,
     rule: Arc<Rule>,
     created: Option<i64>,
     key: &'a ObjectKey,
@@ -478,7 +478,7 @@ fn expand_rules<'a>(index: &Index, route: &'a AdmittedRoute) -> ExpandedRules<'a
                 Some(group) => {
                     for entry in &group.spec.matches {
                         match validate::group_matches(group, entry) {
-                            Ok(ms) => matches.extend(ms),
+                            Ok(ms) => matches.extend(ms.into_iter().map(validate::shared_match)),
                             Err(errs) => out.dropped.push(format!(
                                 "HTTPRouteGroup {}/{g}: {}",
                                 route.namespace,
@@ -498,7 +498,7 @@ fn expand_rules<'a>(index: &Index, route: &'a AdmittedRoute) -> ExpandedRules<'a
         }
         if let Some(apex) = route.parents.first() {
             out.rules.push(Some(Cow::Owned(RuleSpec {
-                matches: vec![RequestMatch::default()],
+                matches: vec![validate::shared_match(RequestMatch::default())],
                 filters: vec![],
                 backends: vec![BackendRefSpec {
                     group: crate::intern::intern(""),

@@ -118,7 +118,7 @@ impl PartialEq for FilterSpec {
 
 #[derive(Debug, Clone)]
 pub struct RuleSpec {
-    pub matches: Vec<RequestMatch>,
+    pub matches: Vec<Arc<RequestMatch>>,
     pub filters: Vec<FilterSpec>,
     pub backends: Vec<BackendRefSpec>,
     pub timeouts: Timeouts,
@@ -371,23 +371,32 @@ fn admit_grpcroute(
         }
         rule.matches = if raw.is_empty() {
             // No matches: every gRPC request (still ranked among gRPC matches).
-            vec![RequestMatch {
+            vec![shared_match(RequestMatch {
                 grpc: Some(GrpcRank {
                     service: 0,
                     method: 0,
                 }),
                 ..RequestMatch::default()
-            }]
+            })]
         } else {
             raw.iter()
                 .enumerate()
                 .filter_map(|(j, m)| {
                     grpc_match(&format!("spec.rules[{i}].matches[{j}]"), m, errors)
                 })
+                .map(shared_match)
                 .collect()
         };
     }
     route
+}
+
+/// A match as admitted routes and compiled tables hold it: one allocation shared by the route
+/// (in the index) and every table entry compiled from it, its vectors without spare capacity.
+pub fn shared_match(mut m: RequestMatch) -> Arc<RequestMatch> {
+    m.headers.shrink_to_fit();
+    m.query.shrink_to_fit();
+    Arc::new(m)
 }
 
 /// One GRPCRoute match: headers as in HTTPRoute; the method match as a path match.
@@ -607,7 +616,7 @@ fn admit_rule(
 
     let timeouts = admit_timeouts(&format!("{f}.timeouts"), rule.timeouts.as_ref(), errors);
     RuleSpec {
-        matches,
+        matches: matches.into_iter().map(shared_match).collect(),
         filters,
         backends,
         timeouts,
@@ -1380,7 +1389,7 @@ fn admit_split(
         route.smi_groups.push(m.name.clone());
     }
     route.rules.push(RuleSpec {
-        matches: vec![RequestMatch::default()],
+        matches: vec![shared_match(RequestMatch::default())],
         filters: vec![],
         backends: refs,
         timeouts: Timeouts::default(),

@@ -20,6 +20,17 @@
 //!   went by borrowing the keys it holds (at start-up it does not look): start-up's peak no
 //!   longer holds three copies of every key (part of a 461 → 437 MiB cut at 100k routes, with
 //!   the index's boxed values; see [`crate::index`]).
+//! - **Start-up keeps little per key**: the map of first definitions holds a file's place in
+//!   the listing and the document's position, not a copy of the file's path per object (part
+//!   of the 438 → 401 MiB cut at 100k routes that [`crate::table`]'s shared matches made);
+//!   `owner` is a B-tree built at once from the sorted keys after a whole read (full nodes)
+//!   instead of a hash map (whose table, at 120k keys, doubles to 262,144 slots of 80 bytes);
+//!   and start-up reads `CHUNK` = 64 files per parallel round instead of 256, so fewer
+//!   decoded objects are alive at once in the parse threads' allocator arenas. With the
+//!   index's and the seam's packed B-trees ([`crate::index::Index::compact`]) these took the
+//!   peak RSS from 400.6 to 382.6 MiB at 100k routes (a second run: 370.3; 4.2 → 3.9 KiB per
+//!   route), 133.1 → 124.1 MiB at 30k and 57.1 → 52.9 MiB at 10k
+//!   (`benches/workload/measure.py`; measured together, not one by one).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -80,7 +91,7 @@ pub struct RoundOutcome {
 }
 
 /// Files read per parallel chunk at startup: bounds the decoded objects alive at once.
-const CHUNK: usize = 256;
+const CHUNK: usize = 64;
 
 /// What each file of a directory contributed.
 #[derive(Debug)]
@@ -88,7 +99,9 @@ pub struct DirState {
     dir: PathBuf,
     files: BTreeMap<PathBuf, FileState>,
     /// The file whose object the seam holds, per key.
-    owner: HashMap<ObjectKey, Arc<Path>>,
+    /// A B-tree built at once from sorted keys after a whole read (full nodes: about half the
+    /// bytes of a hash map of 100k keys, whose table doubles to twice the keys' size).
+    owner: BTreeMap<ObjectKey, Arc<Path>>,
     /// Read the whole directory on every change (symlinked files, duplicate objects).
     whole: bool,
     /// Files touched by a refused or unsettled round: read again next round.
@@ -106,7 +119,7 @@ impl DirState {
         DirState {
             dir,
             files: BTreeMap::new(),
-            owner: HashMap::new(),
+            owner: BTreeMap::new(),
             whole: true,
             pending: BTreeSet::new(),
             listed: false,
@@ -314,14 +327,18 @@ impl DirState {
         let mut canonical = std::collections::HashSet::new();
         files.retain(|f| canonical.insert(std::fs::canonicalize(f).unwrap_or_else(|_| f.clone())));
         let stream = !self.listed;
-        let mut seen: HashMap<ObjectKey, crate::sources::file::Location> = HashMap::new();
+        // First definitions: which file (by its place in `files`) and where in it; the
+        // location is spelled out only for a duplicate.
+        let mut seen: HashMap<ObjectKey, (usize, usize, Option<crate::sources::positions::Pos>)> =
+            HashMap::new();
         let mut fresh: BTreeMap<PathBuf, FileState> = BTreeMap::new();
         let mut apply: Vec<Object> = Vec::new();
         let mut duplicates = false;
         let mut symlinks = false;
-        for chunk in files.chunks(CHUNK) {
+        for (c, chunk) in files.chunks(CHUNK).enumerate() {
             let read = read_parallel(chunk, locate);
-            for (p, items) in chunk.iter().zip(read) {
+            for (i, (p, items)) in chunk.iter().zip(read).enumerate() {
+                let file_index = c * CHUNK + i;
                 symlinks |= is_symlink(p);
                 let mut state = FileState {
                     stamp: stamp(p),
@@ -332,7 +349,12 @@ impl DirState {
                         Err(e) => state.errors.push(e),
                         Ok(loaded) => {
                             let key = loaded.object.key();
-                            if let Some(first) = seen.get(&key) {
+                            if let Some(&(f, document, pos)) = seen.get(&key) {
+                                let first = crate::sources::file::Location {
+                                    file: files[f].clone(),
+                                    document,
+                                    pos,
+                                };
                                 duplicates = true;
                                 state.errors.push(LoadError {
                                     object: Some(Box::new(crate::sources::file::info_of(
@@ -346,7 +368,10 @@ impl DirState {
                                 });
                                 continue;
                             }
-                            seen.insert(key.clone(), loaded.location.clone());
+                            seen.insert(
+                                key.clone(),
+                                (file_index, loaded.location.document, loaded.location.pos),
+                            );
                             match admitted(loaded) {
                                 Ok(object) => {
                                     state.keys.push(key);
@@ -357,6 +382,7 @@ impl DirState {
                         }
                     }
                 }
+                state.keys.shrink_to_fit();
                 fresh.insert(p.clone(), state);
             }
             if stream {
@@ -400,13 +426,15 @@ impl DirState {
                 .cloned()
                 .collect()
         };
-        self.owner.clear();
-        for (p, s) in &fresh {
-            let shared: Arc<Path> = Arc::from(p.as_path());
-            for k in &s.keys {
-                self.owner.insert(k.clone(), shared.clone());
-            }
-        }
+        // The old map goes before the new one is built.
+        self.owner = BTreeMap::new();
+        self.owner = fresh
+            .iter()
+            .flat_map(|(p, s)| {
+                let shared: Arc<Path> = Arc::from(p.as_path());
+                s.keys.iter().map(move |k| (k.clone(), shared.clone()))
+            })
+            .collect();
         // Files caught mid-write are read again soon; their objects stay until they settle.
         self.pending = fresh
             .iter()

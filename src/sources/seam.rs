@@ -157,6 +157,16 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// Rebuild the key maps filled at start-up with full B-tree nodes (see
+    /// [`Index::compact`]): the per-feed key sets and the route infos.
+    pub(crate) fn compact(&mut self) {
+        for keys in self.known.values_mut() {
+            *keys = std::mem::take(keys).into_iter().collect();
+        }
+        self.infos = std::mem::take(&mut self.infos).into_iter().collect();
+        self.index.compact();
+    }
+
     pub(crate) fn new(expected: BTreeSet<Feed>) -> Self {
         let mut index = Index::new();
         index.track_changes();
@@ -421,6 +431,10 @@ fn refused(state: &mut State, sinks: &Sinks) {
 
 fn publish(state: &mut State, sinks: &Sinks) {
     let started = std::time::Instant::now();
+    if state.compiled.is_none() {
+        // Start-up: everything listed, nothing compiled yet.
+        state.compact();
+    }
     let compiled = state.compiled.get_or_insert_with(|| {
         Incremental::new(sinks.compile.clone()).keep_statuses(sinks.statuses)
     });
