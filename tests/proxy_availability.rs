@@ -491,10 +491,10 @@ fn proc_kib(pid: u32, field: &str) -> u64 {
 /// Figures, not a check (the machine is shared): the amplification probe of issue 16 against
 /// the meshroute binary in its own process, with default flags, and its resident memory before,
 /// at the peak and after. Run with
-/// `cargo test --release --test proxy_availability -- --ignored --nocapture memory_after`.
+/// `cargo test --release --test proxy_availability -- --ignored --nocapture memory_before`.
 #[tokio::test]
 #[ignore]
-async fn memory_after_an_amplification_probe_is_given_back() {
+async fn memory_before_during_and_after_an_amplification_probe() {
     let a = Backend::start("a").await;
     let dir = tempfile::tempdir().unwrap();
     write(
@@ -515,8 +515,12 @@ async fn memory_after_an_amplification_probe_is_given_back() {
         .unwrap();
     let pid = child.id().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while get(&client(), addr, "web.shop", "/").await.status != 200 {
+    while TcpStream::connect(addr).await.is_err() {
         assert!(Instant::now() < deadline, "meshroute did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    while get(&client(), addr, "web.shop", "/").await.status != 200 {
+        assert!(Instant::now() < deadline, "meshroute did not become ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
