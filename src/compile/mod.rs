@@ -163,19 +163,7 @@ fn compile_route<'a>(
             // parent that is not a Service, or a "Service" outside the core group, is
             // nobody's: a typo that would silently detach the route.
             if let Some(msg) = misspelled_service_parent(&parent.group, &parent.kind) {
-                conds.push(condition("Accepted", false, "NoMatchingParent", msg, g));
-                conds.push(condition(
-                    "ResolvedRefs",
-                    true,
-                    "ResolvedRefs",
-                    "not evaluated: parent not accepted",
-                    g,
-                ));
-                rs.parents.push(ParentStatus {
-                    parent_ref: parent.into(),
-                    controller_name: CONTROLLER_NAME,
-                    conditions: conds,
-                });
+                rs.parents.push(parent_not_accepted(parent, msg, g));
             }
             continue;
         }
@@ -186,19 +174,7 @@ fn compile_route<'a>(
         let ports = match parent_ports(cx.index, &parent.namespace, &parent.name, parent.port) {
             Ok(p) => p,
             Err(msg) => {
-                conds.push(condition("Accepted", false, "NoMatchingParent", msg, g));
-                conds.push(condition(
-                    "ResolvedRefs",
-                    true,
-                    "ResolvedRefs",
-                    "not evaluated: parent not accepted",
-                    g,
-                ));
-                rs.parents.push(ParentStatus {
-                    parent_ref: parent.into(),
-                    controller_name: CONTROLLER_NAME,
-                    conditions: conds,
-                });
+                rs.parents.push(parent_not_accepted(parent, msg, g));
                 continue;
             }
         };
@@ -311,6 +287,29 @@ fn compile_route<'a>(
         });
     }
     rs
+}
+
+/// The status under a parentRef that names no Service meshroute can serve (`msg` says why):
+/// not accepted, and its references not evaluated.
+fn parent_not_accepted(
+    parent: &validate::ParentRefSpec,
+    msg: impl Into<String>,
+    generation: Option<i64>,
+) -> ParentStatus {
+    ParentStatus {
+        parent_ref: parent.into(),
+        controller_name: CONTROLLER_NAME,
+        conditions: vec![
+            condition("Accepted", false, "NoMatchingParent", msg, generation),
+            condition(
+                "ResolvedRefs",
+                true,
+                "ResolvedRefs",
+                "not evaluated: parent not accepted",
+                generation,
+            ),
+        ],
+    }
 }
 
 /// The ports of parent Service `ns/name` (none for an ExternalName Service): each port's

@@ -15,11 +15,10 @@ use std::sync::{Arc, Weak};
 use futures::FutureExt;
 use http::header::HOST;
 use http::{HeaderValue, Method, Request, Response, Version};
-use hyper::body::{Body, Incoming};
+use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::attempt::{attempt, Outgoing, Sent};
-use super::body::RequestBody;
 use super::conns::{Open, Tracked};
 use super::error::ProxyError;
 use super::filters::{self, RequestEffects};
@@ -31,7 +30,7 @@ use super::respond::{
 use super::route;
 use super::served::{AccessEntry, AccessStart, Served};
 use super::timeout::{self, Deadline};
-use super::upstream::{has_mirror, prepare_upstream, send_mirrors, Failed, Forwarded};
+use super::upstream::{first_body, prepare_upstream, Failed, Forwarded};
 use crate::table::matching::RequestView;
 use crate::table::{BackendTarget, Lookup, ParentPort, RequestMatch, Rule};
 use http::request::Parts;
@@ -387,29 +386,7 @@ async fn forward_once<'t>(
         }
     }
 
-    let mut body = if body.is_end_stream() {
-        RequestBody::Empty
-    } else {
-        RequestBody::Incoming(body)
-    };
-    if has_mirror(&rule.filters) || has_mirror(&backend.filters) {
-        send_mirrors(
-            proxy,
-            live,
-            parent,
-            rule.filters.iter().chain(&backend.filters),
-            &parts,
-            &mut body,
-            rule.timeouts.request,
-        );
-    }
-    let client_body_timeout = proxy.config.client_body_timeout;
-    if !client_body_timeout.is_zero() && !matches!(body, RequestBody::Empty) {
-        body = RequestBody::Timed {
-            inner: Box::new(body),
-            idle: timeout::IdleTimer::new(client_body_timeout),
-        };
-    }
+    let body = first_body(proxy, live, parent, rule, backend, &parts, body);
 
     let endpoint = svc
         .pick_endpoint(fast_rand(), fast_rand(), accrual_now)

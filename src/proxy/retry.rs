@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::request::Parts;
-use hyper::body::{Body, Incoming};
+use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::attempt::{attempt, Outgoing};
@@ -39,7 +39,7 @@ use super::live::{Live, Proxy};
 use super::pick::{accrual_now, fast_rand};
 use super::served::Served;
 use super::timeout::{self, Deadline};
-use super::upstream::{has_mirror, prepare_upstream, send_mirrors, Failed, Forwarded};
+use super::upstream::{first_body, prepare_upstream, Failed, Forwarded};
 use crate::metrics::{BackendMetrics, RetryMetrics};
 use crate::table::retry::{Hedge, RetryPolicy, MAX_REPLAY_BODY};
 use crate::table::{
@@ -138,30 +138,8 @@ pub(super) async fn forward<'t>(
                 {
                     // Only the first pass gets here, and it has the client's body.
                     let incoming = body.take().ok_or(ProxyError::NoBackends)?;
-                    let mut b = if incoming.is_end_stream() {
-                        RequestBody::Empty
-                    } else {
-                        RequestBody::Incoming(incoming)
-                    };
                     // Mirrors get one copy of the request, from the first attempt.
-                    if has_mirror(&rule.filters) || has_mirror(&backend.filters) {
-                        send_mirrors(
-                            proxy,
-                            live,
-                            parent,
-                            rule.filters.iter().chain(&backend.filters),
-                            &parts,
-                            &mut b,
-                            rule.timeouts.request,
-                        );
-                    }
-                    let client_body_timeout = proxy.config.client_body_timeout;
-                    if !client_body_timeout.is_zero() && !matches!(b, RequestBody::Empty) {
-                        b = RequestBody::Timed {
-                            inner: Box::new(b),
-                            idle: timeout::IdleTimer::new(client_body_timeout),
-                        };
-                    }
+                    let b = first_body(proxy, live, parent, rule, backend, &parts, incoming);
                     let (first, r) = Replayable::record(b, MAX_REPLAY_BODY);
                     replay = Some(r);
                     pending = Some(first);

@@ -23,7 +23,7 @@ use super::pick::{accrual_now, fast_rand};
 use super::respond::ResponseBody;
 use super::timeout::Deadline;
 use super::wire::strip_hop_by_hop;
-use crate::table::{Backend, Filter, ParentPort, Protocol, ServiceBackend};
+use crate::table::{Backend, Filter, ParentPort, Protocol, Rule, ServiceBackend};
 
 /// What the single-attempt path or the retry loop hands back: the backend and endpoint that
 /// answered, with the response head and the deadline its body still runs under.
@@ -55,6 +55,44 @@ pub(super) fn has_mirror(filters: &[Filter]) -> bool {
     filters
         .iter()
         .any(|f| matches!(f, Filter::RequestMirror(_)))
+}
+
+/// The client's body as the first attempt sends it: nothing for a body that has already ended,
+/// copied to the mirrors of the rule and `backend` (each gets one copy), and cut off with 408
+/// when the client stops sending for the client-body timeout.
+pub(super) fn first_body(
+    proxy: &Proxy,
+    live: &Arc<Live>,
+    parent: &ParentPort,
+    rule: &Rule,
+    backend: &Backend,
+    parts: &Parts,
+    incoming: hyper::body::Incoming,
+) -> RequestBody {
+    let mut body = if incoming.is_end_stream() {
+        RequestBody::Empty
+    } else {
+        RequestBody::Incoming(incoming)
+    };
+    if has_mirror(&rule.filters) || has_mirror(&backend.filters) {
+        send_mirrors(
+            proxy,
+            live,
+            parent,
+            rule.filters.iter().chain(&backend.filters),
+            parts,
+            &mut body,
+            rule.timeouts.request,
+        );
+    }
+    let client_body_timeout = proxy.config.client_body_timeout;
+    if !client_body_timeout.is_zero() && !matches!(body, RequestBody::Empty) {
+        body = RequestBody::Timed {
+            inner: Box::new(body),
+            idle: super::timeout::IdleTimer::new(client_body_timeout),
+        };
+    }
+    body
 }
 
 /// Turn the client's request head into the head for an endpoint speaking `protocol`.
