@@ -583,6 +583,31 @@ fn cases() -> Vec<Case> {
             expect: |o| all(o, BROKEN, None),
         },
         Case {
+            name: "a trailer line ended by LF then CRLF is one field, connection reused",
+            method: "GET",
+            script: |_, _, _| {
+                reply("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-a: 1\n\r\n\r\n")
+            },
+            requests: 2,
+            pause: Duration::ZERO,
+            expect: |o| {
+                all(o, 200, Some("ok"))?;
+                connections(o, 1)
+            },
+        },
+        Case {
+            name: "a bare LF starting a second trailer field in one line fails the body",
+            method: "GET",
+            script: |_, _, _| {
+                reply_and_close(
+                    "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-a: 1\nx-b: 2\r\n\r\n",
+                )
+            },
+            requests: 1,
+            pause: Duration::ZERO,
+            expect: |o| all(o, BROKEN, None),
+        },
+        Case {
             name: "pooled connection the endpoint closed is replaced (POST is never sent twice)",
             method: "POST",
             script: |_, _, _| reply_and_close("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),

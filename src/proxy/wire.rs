@@ -13,9 +13,11 @@
 //! Interim heads count against the 64 KiB head limit on both paths (hyper's through
 //! `hyper::ext::on_informational`, in [`pool`](super::pool)).
 //!
-//! What is not held to one policy: the chunked body decoders. hyper's accepts a few bare LFs
-//! and CRs in chunked framing that the own client refuses (`tests/fuzz.rs` lists them); both
-//! fail the body in every case the scripted tests try.
+//! Chunked bodies are decoded by two decoders held to one grammar: the own client's
+//! (`h1::codec`) delimits the trailer section exactly as hyper's does (lines ended by CRLF, a
+//! bare LF inside one read as hyper's field parser reads it, one field per line), and both
+//! refuse a bare LF or CR anywhere else in the framing. `tests/fuzz.rs` checks that both take
+//! and refuse the same bytes, with the same body and trailers.
 
 use http::header::{
     self, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HOST, TRAILER,

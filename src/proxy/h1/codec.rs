@@ -253,40 +253,68 @@ pub(super) fn decode(
                 *state = State::ChunkSize;
             }
             State::Trailers => {
-                if buf.starts_with(b"\n") {
-                    return Err(Error::Invalid("bare LF in chunked framing"));
-                }
-                if buf.starts_with(b"\r\n") {
+                let Some((section, lines)) = trailer_section(buf)? else {
+                    return Ok(Step::NeedMore);
+                };
+                if lines == 0 {
                     buf.advance(2);
                     *state = State::Done;
                     return Ok(Step::End);
                 }
                 let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
                 let mut spans = Vec::new();
-                let len = match httparse::parse_headers(buf, &mut fields) {
-                    Ok(httparse::Status::Complete((len, parsed))) => {
-                        // httparse takes a bare LF as a line end; hyper's client (the other
-                        // upstream path) refuses it, and so does the rest of this decoder.
-                        let block = &buf[..len];
-                        if (1..len).any(|i| block[i] == b'\n' && block[i - 1] != b'\r') {
-                            return Err(Error::Invalid("bare LF in chunked framing"));
-                        }
-                        record_spans(&mut spans, buf, parsed);
-                        len
+                // Room for one field per line, as hyper's decoder allows: a bare LF that
+                // starts another field within a line is one field too many.
+                match httparse::parse_headers(&buf[..section], &mut fields[..lines]) {
+                    Ok(httparse::Status::Complete((_, parsed))) => {
+                        record_spans(&mut spans, buf, parsed)
                     }
-                    Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
-                        return Err(Error::Invalid("trailer section too large"))
-                    }
-                    Ok(httparse::Status::Partial) => return Ok(Step::NeedMore),
-                    Err(_) => return Err(Error::Invalid("malformed trailer section")),
-                };
-                let block = buf.split_to(len).freeze();
+                    _ => return Err(Error::Invalid("malformed trailer section")),
+                }
+                let block = buf.split_to(section).freeze();
                 let mut trailers = header_map(&block, &spans, None)?;
                 wire::drop_forbidden_trailers(&mut trailers);
                 *state = State::Done;
                 return Ok(Step::Frame(Frame::trailers(trailers)));
             }
         }
+    }
+}
+
+/// The length of the trailer section at the start of `buf`, its final empty line included,
+/// and its number of lines, delimited exactly as hyper's chunked decoder delimits it, so that
+/// both upstream paths take and refuse the same trailers: lines of any bytes but CR, each
+/// ended by CRLF, then CRLF. A bare CR is refused, and so are more than [`MAX_HEADERS`] lines
+/// or a section of [`MAX_HEAD_BYTES`]. A bare LF inside a line passes here (RFC 9112 §2.2
+/// lets a recipient read a lone LF as a line end), but the fields are then parsed with room
+/// for one per line, as hyper does, so one that would start a second field is refused.
+/// `None`: the section is not complete yet.
+pub(super) fn trailer_section(buf: &[u8]) -> Result<Option<(usize, usize)>, Error> {
+    let mut at = 0;
+    let mut lines = 0;
+    let end = loop {
+        let Some(cr) = buf[at..].iter().position(|&b| b == b'\r') else {
+            break None;
+        };
+        let empty_line = cr == 0;
+        at += cr;
+        match buf.get(at + 1) {
+            None => break None,
+            Some(b'\n') => at += 2,
+            Some(_) => return Err(Error::Invalid("bare CR in chunked framing")),
+        }
+        if empty_line {
+            break Some(at);
+        }
+        if lines == MAX_HEADERS {
+            return Err(Error::Invalid("too many trailer fields"));
+        }
+        lines += 1;
+    };
+    match end {
+        Some(len) if len < MAX_HEAD_BYTES => Ok(Some((len, lines))),
+        None if buf.len() < MAX_HEAD_BYTES => Ok(None),
+        _ => Err(Error::Invalid("trailer section too large")),
     }
 }
 
@@ -674,6 +702,29 @@ mod tests {
         let (body, trailers) = decode_bytewise(State::ChunkSize, b"3\r\nabc\r\n0\r\n\r\n").unwrap();
         assert_eq!(body, b"abc");
         assert!(trailers.is_none());
+
+        // A trailer line ended by LF then CRLF is one field, as hyper's decoder reads it.
+        let (_, trailers) =
+            decode_bytewise(State::ChunkSize, b"1\r\nx\r\n0\r\nx-a: 1\n\r\n\r\n").unwrap();
+        assert_eq!(trailers.unwrap()["x-a"], "1");
+    }
+
+    #[test]
+    fn trailer_sections_end_only_at_an_empty_crlf_line() {
+        // Lines ended by a bare LF do not end the section: these bodies never end, and fail
+        // when the endpoint closes (Truncated), as they do through hyper's client.
+        for raw in [
+            &b"0\r\n\n"[..],
+            b"0\r\nx-sum: 1\n\r\n",
+            b"0\r\nx-sum: 1\r\n\n",
+        ] {
+            let r = decode_bytewise(State::ChunkSize, raw);
+            assert!(
+                matches!(r, Err(Error::Truncated)),
+                "{:?}: {r:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
     }
 
     #[test]
@@ -688,9 +739,9 @@ mod tests {
             b"0\r\nbad trailer\r\n\r\n",
             b"3\r\r\nabc\r\n0\r\n\r\n",
             b"3\x0c\r\nabc\r\n0\r\n\r\n",
-            b"0\r\n\n",
-            b"0\r\nx-sum: 1\n\r\n",
-            b"0\r\nx-sum: 1\r\n\n",
+            // A bare LF that would start a second trailer field within one line; a bare CR.
+            b"0\r\nx-a: 1\nx-b: 2\r\n\r\n",
+            b"0\r\nx-a: 1\rx\r\n\r\n",
         ] {
             let r = decode_bytewise(State::ChunkSize, raw);
             assert!(
