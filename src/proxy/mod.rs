@@ -42,8 +42,8 @@
 //! Speed tricks carry their measured gain in their module's doc: [`forward`] (one `map`
 //! around the service future: -1.4% instructions per request), [`route`] (the authority byte
 //! table: 746 -> 427 instructions), [`retry`] (no cost for rules without a policy, within
-//! noise). No figure is on record yet for [`h1`] (the own client, against hyper's), nor for the
-//! smaller ones: the per-connection parent cache in [`forward`], the length-first hop-by-hop
+//! noise), [`h1`] (the own client: about 20% less CPU per request than hyper's client driven
+//! in the request's task, peer kit). No figure is on record for the smaller ones: the per-connection parent cache in [`forward`], the length-first hop-by-hop
 //! lookup in [`wire`] and the idle clock of [`pool`]; their docs say what they save, not by how
 //! much.
 
