@@ -122,6 +122,25 @@ async fn host_that_is_not_an_authority_is_400() {
         );
     }
     assert_eq!(app.count(), 0);
+
+    // On a connection whose last request was routed: the valid Host is trusted as the one
+    // before it, an invalid one is still checked and refused.
+    let text = raw(
+        m.proxy_addr,
+        format!(
+            "GET /x HTTP/1.1\r\nhost: {APP}\r\n\r\nGET /x HTTP/1.1\r\nhost: {APP}\r\n\r\n\
+             GET /x HTTP/1.1\r\nhost: app.shop b\r\nconnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    let statuses: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &text[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "200", "400"], "{text:?}");
+    assert!(text.contains("invalid-authority"), "{text:?}");
+    assert_eq!(app.count(), 2);
 }
 
 #[tokio::test]

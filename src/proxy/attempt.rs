@@ -11,6 +11,8 @@
 //! never sent, so it goes to another ready endpoint of the same backend (at most
 //! [`MAX_CONNECT_ATTEMPTS`] endpoints in all), whatever the rule says about retries.
 
+use std::pin::pin;
+
 use http::request::Parts;
 use http::{Request, Response};
 
@@ -31,6 +33,7 @@ pub(super) enum Outgoing {
 
 impl Outgoing {
     /// The form `pool` sends `parts` and `body` in for an endpoint speaking `svc`'s protocol.
+    #[inline]
     pub(super) fn new(parts: Parts, body: RequestBody, svc: &ServiceBackend) -> Outgoing {
         if super::pool::inline_eligible(&parts, &body, svc.protocol) {
             Outgoing::Inline(parts)
@@ -70,13 +73,15 @@ pub(super) async fn attempt<'t>(
         let in_flight = endpoint.load.start();
         let sent = match outgoing {
             Outgoing::Inline(parts) => {
-                timeout::bounded(pool.send_inline(parts), deadline.as_deref_mut())
+                let send = pin!(pool.send_inline(parts));
+                timeout::bounded(send, deadline.as_deref_mut())
                     .await
                     .map(|rsp| (rsp.map(UpstreamIncoming::Inline), None))
             }
             Outgoing::Hyper(req) => {
-                let send = pool.send_hyper(req, svc.protocol);
-                Box::pin(timeout::bounded(send, deadline.as_deref_mut())).await
+                // Boxed: hyper's futures are large, and this path is the rarer one.
+                let mut send = Box::pin(pool.send_hyper(req, svc.protocol));
+                timeout::bounded(send.as_mut(), deadline.as_deref_mut()).await
             }
         };
         let health = &endpoint.load.health;

@@ -72,7 +72,7 @@ pub(crate) struct Completion {
     pub started: Instant,
     pub dispatched: Instant,
     pub in_flight: InFlight,
-    pub conn: Option<PooledConn>,
+    pub conn: Option<Box<PooledConn>>,
     /// The access-log line, when `--access-log` is on.
     pub access: Option<Box<AccessEntry>>,
 }
