@@ -41,11 +41,9 @@ use super::respond::{
 use super::route;
 use super::served::{AccessEntry, AccessStart, Served};
 use super::timeout::{self, Deadline};
-use super::upstream::{first_body, prepare_upstream, Failed, Forwarded};
+use super::upstream::{first_body, prepare_upstream, Failed, Forwarded, Launch};
 use crate::table::matching::RequestView;
-use crate::table::{
-    Backend, BackendTarget, Endpoint, Lookup, ParentPort, RequestMatch, Rule, ServiceBackend,
-};
+use crate::table::{BackendTarget, Lookup, ParentPort, RequestMatch, Rule};
 use http::request::Parts;
 
 /// hyper service entry point: never fails; failures become responses. Binds the request to
@@ -269,21 +267,21 @@ fn serve(
                 };
                 // The pick's `Result` is matched in a statement of its own, so that the future
                 // does not keep it next to the value it held.
-                let mut picked = match pick_once(proxy, live, once, &mut at) {
+                let (mut launch, mut outgoing) = match pick_once(proxy, live, once, &mut at) {
                     Ok(picked) => picked,
                     Err(failed) => break 'once Err(failed),
                 };
                 let sent = attempt(
                     proxy,
                     live,
-                    picked.svc,
-                    picked.endpoint,
-                    &mut picked.outgoing,
-                    picked.deadline.as_mut(),
+                    launch.svc,
+                    launch.endpoint,
+                    &mut outgoing,
+                    launch.deadline.as_mut(),
                 )
                 .await;
                 match sent {
-                    Ok(sent) => Ok(picked.forwarded(sent)),
+                    Ok(sent) => Ok(launch.answered(sent)),
                     Err((e, endpoint)) => {
                         at = at.at(endpoint.addr);
                         Err(e.into())
@@ -399,33 +397,6 @@ struct Once<'t> {
     received: Instant,
 }
 
-/// A bound request of a rule without retries, picked and ready for its one attempt.
-struct Picked<'t> {
-    backend: &'t Backend,
-    svc: &'t Arc<ServiceBackend>,
-    endpoint: &'t Endpoint,
-    outgoing: Outgoing,
-    deadline: Option<Deadline>,
-    dispatched: Instant,
-    backend_metrics: Option<&'t Arc<crate::metrics::BackendMetrics>>,
-    effects: RequestEffects,
-}
-
-impl<'t> Picked<'t> {
-    #[inline]
-    fn forwarded(self, sent: Sent<'t>) -> Forwarded<'t> {
-        Forwarded {
-            backend: self.backend,
-            svc: self.svc,
-            sent,
-            dispatched: self.dispatched,
-            deadline: self.deadline,
-            backend_metrics: self.backend_metrics,
-            effects: self.effects,
-        }
-    }
-}
-
 /// The one pick: a backend by weight (its filters, mirrors), an endpoint by P2C, the head it
 /// gets and the rule's deadlines for the attempt. Inlined into its one caller, so that what it
 /// returns can be built in the request's future rather than copied there.
@@ -435,7 +406,7 @@ fn pick_once<'t>(
     live: &'t Arc<Live>,
     once: Once<'t>,
     at: &mut Served<'t>,
-) -> Result<Picked<'t>, Failed> {
+) -> Result<(Launch<'t>, Outgoing), Failed> {
     let Once {
         parent,
         rule,
@@ -490,16 +461,16 @@ fn pick_once<'t>(
     .map(|(at, which)| Deadline::new(at, which));
     // The common case (inline) keeps the head in the request's future and only lends it
     // out, rather than moving it through every layer of futures.
-    Ok(Picked {
+    let launch = Launch {
         backend,
         svc,
         endpoint,
-        outgoing: Outgoing::new(parts, body, svc),
-        deadline,
         dispatched,
+        deadline,
         backend_metrics,
         effects,
-    })
+    };
+    Ok((launch, Outgoing::new(parts, body, svc)))
 }
 /// The endpoint's answer on its way to the client: the response filters on its head, its body
 /// under the deadline that is left, settled ([`Completion`]) when the body ends.

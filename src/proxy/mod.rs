@@ -34,7 +34,7 @@
 //! | 3, connections | [`pool`] | h1, body, error, wire |
 //! | 4, state, answers | [`live`] (config, live table, publish), [`respond`] | pool, budget; pool, body, served, timeout, timer |
 //! | 5, the seam, filters | [`attempt`], [`filters`], [`conns`] | live, pool, pick, timeout; respond, route |
-//! | 6, upstream request | [`upstream`] | attempt, filters, live, respond |
+//! | 6, upstream request | [`upstream`] | attempt, filters, live, respond, timeout |
 //! | 7, retries | [`retry`] | upstream, attempt, filters |
 //! | 8, the request path | [`forward`] | retry, upstream, attempt, filters, route, conns |
 //! | 9, serving | [`parse_errors`], [`server`] | conns; forward, pool, ports |

@@ -39,12 +39,10 @@ use super::live::{Live, Proxy};
 use super::pick::{accrual_now, fast_rand};
 use super::served::Served;
 use super::timeout::{self, Deadline};
-use super::upstream::{first_body, prepare_upstream, Failed, Forwarded};
-use crate::metrics::{BackendMetrics, RetryMetrics};
+use super::upstream::{first_body, prepare_upstream, Failed, Forwarded, Launch};
+use crate::metrics::RetryMetrics;
 use crate::table::retry::{Hedge, RetryPolicy, MAX_REPLAY_BODY};
-use crate::table::{
-    Backend, BackendTarget, Endpoint, ParentPort, RequestMatch, Rule, ServiceBackend, Timeouts,
-};
+use crate::table::{BackendTarget, ParentPort, RequestMatch, Rule, Timeouts};
 
 /// What the caller of [`forward`] had of the request after the rule's own filters.
 pub(super) struct Request<'t> {
@@ -280,31 +278,6 @@ pub(super) async fn forward<'t>(
             parent = %parent.name, namespace = %parent.namespace, retry = retries,
             "retrying request"
         );
-    }
-}
-
-/// One attempt about to be sent: where to, and what its answer is handed on with.
-struct Launch<'t> {
-    backend: &'t Backend,
-    svc: &'t Arc<ServiceBackend>,
-    endpoint: &'t Endpoint,
-    dispatched: Instant,
-    deadline: Option<Deadline>,
-    backend_metrics: Option<&'t Arc<BackendMetrics>>,
-    effects: RequestEffects,
-}
-
-impl<'t> Launch<'t> {
-    fn answered(self, sent: super::attempt::Sent<'t>) -> Forwarded<'t> {
-        Forwarded {
-            backend: self.backend,
-            svc: self.svc,
-            sent,
-            dispatched: self.dispatched,
-            deadline: self.deadline,
-            backend_metrics: self.backend_metrics,
-            effects: self.effects,
-        }
     }
 }
 

@@ -23,7 +23,7 @@ use super::pick::{accrual_now, fast_rand};
 use super::respond::ResponseBody;
 use super::timeout::Deadline;
 use super::wire::strip_hop_by_hop;
-use crate::table::{Backend, Filter, ParentPort, Protocol, Rule, ServiceBackend};
+use crate::table::{Backend, Endpoint, Filter, ParentPort, Protocol, Rule, ServiceBackend};
 
 /// What the single-attempt path or the retry loop hands back: the backend and endpoint that
 /// answered, with the response head and the deadline its body still runs under.
@@ -35,6 +35,33 @@ pub(super) struct Forwarded<'t> {
     pub deadline: Option<Deadline>,
     pub backend_metrics: Option<&'t Arc<crate::metrics::BackendMetrics>>,
     pub effects: RequestEffects,
+}
+
+/// One attempt about to be sent: where to, and what its answer is handed on with. Built by the
+/// single-attempt path and the retry loop alike.
+pub(super) struct Launch<'t> {
+    pub backend: &'t Backend,
+    pub svc: &'t Arc<ServiceBackend>,
+    pub endpoint: &'t Endpoint,
+    pub dispatched: Instant,
+    pub deadline: Option<Deadline>,
+    pub backend_metrics: Option<&'t Arc<crate::metrics::BackendMetrics>>,
+    pub effects: RequestEffects,
+}
+
+impl<'t> Launch<'t> {
+    #[inline]
+    pub fn answered(self, sent: Sent<'t>) -> Forwarded<'t> {
+        Forwarded {
+            backend: self.backend,
+            svc: self.svc,
+            sent,
+            dispatched: self.dispatched,
+            deadline: self.deadline,
+            backend_metrics: self.backend_metrics,
+            effects: self.effects,
+        }
+    }
 }
 
 /// How the retry loop ends without a response from an endpoint.
