@@ -715,14 +715,27 @@ struct ParentSlot {
 
 /// Handles of one parent port's rules, backends and mirrors.
 #[derive(Debug, Default)]
-struct ParentMetrics {
+pub struct ParentMetrics {
     routes: PtrMap<Arc<RouteMetrics>>,
     backends: PtrMap<Arc<BackendMetrics>>,
 }
 
+impl ParentMetrics {
+    /// Handles for one rule of this parent port.
+    pub fn route(&self, rule: &Rule) -> Option<&Arc<RouteMetrics>> {
+        self.routes.get(&ptr(rule))
+    }
+
+    /// Handles for one backend of this parent port's rules.
+    pub fn backend(&self, backend: &Backend) -> Option<&Arc<BackendMetrics>> {
+        self.backends.get(&ptr(backend))
+    }
+}
+
 impl TableMetrics {
-    /// The handles of `parent`, resolved on first use.
-    fn handles(&self, parent: &ParentPort) -> Option<&ParentMetrics> {
+    /// The handles of `parent`, resolved on first use. A request looks them up once and takes
+    /// its rule's and backend's from them ([`ParentMetrics::route`], [`ParentMetrics::backend`]).
+    pub fn handles(&self, parent: &ParentPort) -> Option<&ParentMetrics> {
         let slot = self.parents.get(&ptr(parent))?;
         let metrics = self.metrics.as_ref()?;
         Some(slot.handles.get_or_init(|| metrics.parent_handles(parent)))
@@ -731,11 +744,11 @@ impl TableMetrics {
     /// Handles for `rule` served under `parent`. Both must belong to the table these metrics
     /// were built for.
     pub fn route(&self, parent: &ParentPort, rule: &Rule) -> Option<&Arc<RouteMetrics>> {
-        self.handles(parent)?.routes.get(&ptr(rule))
+        self.handles(parent)?.route(rule)
     }
 
     pub fn backend(&self, parent: &ParentPort, backend: &Backend) -> Option<&Arc<BackendMetrics>> {
-        self.handles(parent)?.backends.get(&ptr(backend))
+        self.handles(parent)?.backend(backend)
     }
 
     pub fn mirror(&self, parent: &ParentPort, mirror: &Mirror) -> Option<&Arc<BackendMetrics>> {

@@ -19,8 +19,10 @@ use crate::table::{Filter, HeaderModifier, PathMatch, PathModifier, Redirect, Re
 pub struct RequestEffects {
     /// Authority to send upstream instead of the client's (URLRewrite hostname).
     pub authority: Option<HeaderValue>,
-    /// CORS headers for the upstream's response (CORS filter, actual requests).
-    pub cors: Option<HeaderMap>,
+    /// CORS headers for the upstream's response (CORS filter, actual requests). Boxed: the
+    /// effects move with every request's pick, and unboxed they would take a `memcpy` call
+    /// each time (136 bytes against 48).
+    pub cors: Option<Box<HeaderMap>>,
 }
 
 /// Apply the request-side filters in order. Returns a response when a filter answers the
@@ -57,7 +59,7 @@ pub fn apply_request(
                 }
                 let add = c.actual(&parts.headers);
                 if !add.is_empty() {
-                    effects.cors.get_or_insert_with(HeaderMap::new).extend(add);
+                    effects.cors.get_or_insert_with(Box::default).extend(add);
                 }
             }
             Filter::ResponseHeaderModifier(_) | Filter::RequestMirror(_) => {}
@@ -71,7 +73,7 @@ pub fn apply_request(
 pub fn apply_cors(effects: &mut RequestEffects, headers: &mut HeaderMap) {
     if let Some(add) = effects.cors.take() {
         let mut last = None;
-        for (name, value) in add {
+        for (name, value) in *add {
             match name {
                 Some(n) => {
                     headers.insert(n.clone(), value);

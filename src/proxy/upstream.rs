@@ -25,16 +25,12 @@ use super::timeout::Deadline;
 use super::wire::strip_hop_by_hop;
 use crate::table::{Backend, Endpoint, Filter, ParentPort, Protocol, Rule, ServiceBackend};
 
-/// What the single-attempt path or the retry loop hands back: the backend and endpoint that
-/// answered, with the response head and the deadline its body still runs under.
+/// What the retry loop hands back: the attempt that answered (backend, endpoint, the deadline
+/// its body still runs under) and the response head. The single-attempt path responds with
+/// its `Launch` and `Sent` as they are, without putting them together first.
 pub(super) struct Forwarded<'t> {
-    pub backend: &'t Backend,
-    pub svc: &'t Arc<ServiceBackend>,
+    pub launch: Launch<'t>,
     pub sent: Sent<'t>,
-    pub dispatched: Instant,
-    pub deadline: Option<Deadline>,
-    pub backend_metrics: Option<&'t Arc<crate::metrics::BackendMetrics>>,
-    pub effects: RequestEffects,
 }
 
 /// One attempt about to be sent: where to, and what its answer is handed on with. Built by the
@@ -52,15 +48,7 @@ pub(super) struct Launch<'t> {
 impl<'t> Launch<'t> {
     #[inline]
     pub fn answered(self, sent: Sent<'t>) -> Forwarded<'t> {
-        Forwarded {
-            backend: self.backend,
-            svc: self.svc,
-            sent,
-            dispatched: self.dispatched,
-            deadline: self.deadline,
-            backend_metrics: self.backend_metrics,
-            effects: self.effects,
-        }
+        Forwarded { launch: self, sent }
     }
 }
 
