@@ -494,14 +494,36 @@ fn h1_generate(rng: &mut StdRng) -> Vec<u8> {
                 )
             }
             5 => (
-                "connection",
-                ["close", "keep-alive", "x-drop", "Upgrade, close"]
+                *["connection", "Connection", "CONNECTION"]
                     .choose(rng)
-                    .unwrap()
-                    .to_string(),
+                    .unwrap(),
+                [
+                    "close",
+                    "keep-alive",
+                    "Keep-Alive",
+                    "x-drop",
+                    "Upgrade, close",
+                ]
+                .choose(rng)
+                .unwrap()
+                .to_string(),
             ),
             6 => ("x-drop", "1".into()),
-            7 => ("content-type", "text/plain".into()),
+            // Names the own client's fast path (`wire::common_field`) takes, in the spellings it
+            // takes and one it leaves to the general path.
+            7 => (
+                *[
+                    "content-type",
+                    "Content-Type",
+                    "Server",
+                    "date",
+                    "ETag",
+                    "eTag",
+                ]
+                .choose(rng)
+                .unwrap(),
+                "text/plain".into(),
+            ),
             _ => (
                 "x-random",
                 (0..rng.random_range(0..12))
