@@ -92,16 +92,20 @@ impl ProxyError {
     }
 }
 
-/// True for a gRPC request (`content-type: application/grpc[+proto|;…]`): its errors are
-/// gRPC statuses, which gRPC clients read, not HTTP ones, which they do not.
-pub fn is_grpc(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.get(..16)
-                .is_some_and(|p| p.eq_ignore_ascii_case("application/grpc"))
-        })
+/// True for a gRPC request (a POST with `content-type: application/grpc[+proto|;…]`): its
+/// errors are gRPC statuses, which gRPC clients read, not HTTP ones, which they do not. gRPC
+/// and gRPC-Web calls are always POSTs (gRPC's PROTOCOL-HTTP2.md), so other methods skip the
+/// header lookup.
+pub fn is_grpc(parts: &http::request::Parts) -> bool {
+    parts.method == http::Method::POST
+        && parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.get(..16)
+                    .is_some_and(|p| p.eq_ignore_ascii_case("application/grpc"))
+            })
 }
 
 /// The gRPC status code for a proxy error, by the meaning of the error (timeouts are
@@ -121,5 +125,35 @@ pub fn grpc_status(err: &ProxyError) -> u8 {
         | UpstreamOverflow(_)
         | Upstream { .. } => UNAVAILABLE,
         _ => INTERNAL,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(method: &str, content_type: Option<&str>) -> http::request::Parts {
+        let mut req = http::Request::builder().method(method).uri("/pkg.Svc/Call");
+        if let Some(ct) = content_type {
+            req = req.header(http::header::CONTENT_TYPE, ct);
+        }
+        req.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn only_posts_with_a_grpc_content_type_are_grpc() {
+        for ct in [
+            "application/grpc",
+            "application/grpc+proto",
+            "Application/GRPC;charset=utf-8",
+            "application/grpc-web+proto",
+        ] {
+            assert!(is_grpc(&parts("POST", Some(ct))), "{ct}");
+            assert!(!is_grpc(&parts("GET", Some(ct))), "GET {ct}");
+            assert!(!is_grpc(&parts("PUT", Some(ct))), "PUT {ct}");
+        }
+        for ct in [Some("application/json"), Some("application/grp"), None] {
+            assert!(!is_grpc(&parts("POST", ct)), "{ct:?}");
+        }
     }
 }

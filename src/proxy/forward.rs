@@ -39,7 +39,7 @@ use http::{HeaderValue, Method, Request, Response, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::attempt::{attempt, Outgoing, Sent};
+use super::attempt::{Outgoing, Sent};
 use super::body::RequestBody;
 use super::conns::{Open, Tracked};
 use super::error::ProxyError;
@@ -225,20 +225,20 @@ fn serve(
             // A tunnel is not a request a route could match or an endpoint answer in origin form;
             // in h2 plain CONNECT has no :path, and extended CONNECT is never enabled.
             let e = ProxyError::ConnectNotSupported;
-            return unrouted(proxy, &e, access, at, &parts.headers);
+            return unrouted(proxy, &e, access, at, &parts);
         }
         let parent_port = match parent {
             Ok(p) => p,
-            Err(e) => return unrouted(proxy, &e, access, at, &parts.headers),
+            Err(e) => return unrouted(proxy, &e, access, at, &parts),
         };
         if let Err(e) = route::host_from_target(&mut parts) {
-            return unrouted(proxy, &e, access, at, &parts.headers);
+            return unrouted(proxy, &e, access, at, &parts);
         }
         let parent: &ParentPort = &parent_port;
         at.parent = Some(parent);
         let (matched, rule) = match rule_for(parent, &parts) {
             Ok(bound) => bound,
-            Err(e) => return unrouted(proxy, &e, access, at, &parts.headers),
+            Err(e) => return unrouted(proxy, &e, access, at, &parts),
         };
         at.rule = Some(rule);
         // The parent's metric handles, looked up once for the rule's and the backend's.
@@ -248,9 +248,7 @@ fn serve(
             parent,
             metrics,
             route_metrics: metrics.and_then(|m| m.route(rule)),
-            // gRPC (and gRPC-Web) calls are POSTs (gRPC's PROTOCOL-HTTP2.md): other methods
-            // skip the header lookup.
-            grpc: parts.method == Method::POST && super::error::is_grpc(&parts.headers),
+            grpc: super::error::is_grpc(&parts),
             access,
             received,
         };
@@ -289,15 +287,7 @@ fn serve(
                 Err(Failed::Answered(rsp)) => return ledger.answered(*rsp, at),
             };
             let mut outgoing = Outgoing::new(parts, body, launch.svc);
-            let sent = attempt(
-                proxy,
-                live,
-                launch.svc,
-                launch.endpoint,
-                &mut outgoing,
-                launch.deadline.as_mut(),
-            )
-            .await;
+            let sent = launch.send(proxy, live, &mut outgoing).await;
             return match sent {
                 Ok(sent) => respond(&ledger, &parent_port, rule, launch, sent, at),
                 Err((e, endpoint)) => ledger.fail(e, at.at(endpoint.addr)),
@@ -542,7 +532,7 @@ fn unrouted(
     e: &ProxyError,
     access: Option<&AccessStart>,
     at: Served<'_>,
-    request: &http::HeaderMap,
+    request: &Parts,
 ) -> Response<ResponseBody> {
     proxy.metrics.count_unrouted(e.reason());
     tracing::debug!(error = %e, "request not routed");

@@ -238,8 +238,11 @@ pub fn grpc_error_response(err: &ProxyError) -> Response<ResponseBody> {
     rsp
 }
 
-/// The answer to `err` for a request with these headers: gRPC or HTTP.
-pub fn error_response_for(err: &ProxyError, request: &http::HeaderMap) -> Response<ResponseBody> {
+/// The answer to `err` for this request: gRPC or HTTP.
+pub fn error_response_for(
+    err: &ProxyError,
+    request: &http::request::Parts,
+) -> Response<ResponseBody> {
     if super::error::is_grpc(request) {
         grpc_error_response(err)
     } else {

@@ -31,7 +31,7 @@ use http::request::Parts;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::attempt::{attempt, Outgoing};
+use super::attempt::Outgoing;
 use super::body::{Replayable, RequestBody};
 use super::error::ProxyError;
 use super::filters::{self, RequestEffects};
@@ -203,15 +203,7 @@ pub(super) async fn forward<'t>(
                         e.into()
                     });
             }
-            let result = attempt(
-                proxy,
-                live,
-                svc,
-                endpoint,
-                &mut outgoing,
-                launch.deadline.as_mut(),
-            )
-            .await;
+            let result = launch.send(proxy, live, &mut outgoing).await;
             if let Outgoing::Hyper(Some(unsent)) = outgoing {
                 // Never connected: the body is untouched and goes to the next attempt.
                 pending = Some(unsent.into_body());
@@ -368,15 +360,7 @@ async fn run<'t>(
     mut outgoing: Outgoing,
     i: u32,
 ) -> (u32, Result<Forwarded<'t>, (ProxyError, SocketAddr)>) {
-    let sent = attempt(
-        proxy,
-        live,
-        launch.svc,
-        launch.endpoint,
-        &mut outgoing,
-        launch.deadline.as_mut(),
-    )
-    .await;
+    let sent = launch.send(proxy, live, &mut outgoing).await;
     match sent {
         Ok(sent) => (i, Ok(launch.answered(sent))),
         Err((e, endpoint)) => (i, Err((e, endpoint.addr))),

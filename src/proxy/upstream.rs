@@ -5,6 +5,7 @@
 //! [`forward`]: super::forward
 //! [`retry`]: super::retry
 
+use std::future::Future;
 use std::sync::Arc;
 
 use http::header::HOST;
@@ -14,7 +15,7 @@ use http::{HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Body;
 use tokio::time::Instant;
 
-use super::attempt::Sent;
+use super::attempt::{attempt, Outgoing, Sent};
 use super::body::RequestBody;
 use super::error::ProxyError;
 use super::filters::RequestEffects;
@@ -46,6 +47,25 @@ pub(super) struct Launch<'t> {
 }
 
 impl<'t> Launch<'t> {
+    /// Send `outgoing` as this attempt: to its endpoint, under its deadline ([`attempt`]).
+    /// A plain `fn` returning `attempt`'s future, so it adds no layer to the request's future.
+    #[inline]
+    pub fn send<'a>(
+        &'a mut self,
+        proxy: &'a Proxy,
+        live: &'a Live,
+        outgoing: &'a mut Outgoing,
+    ) -> impl Future<Output = Result<Sent<'t>, (ProxyError, &'t Endpoint)>> + 'a {
+        attempt(
+            proxy,
+            live,
+            self.svc,
+            self.endpoint,
+            outgoing,
+            self.deadline.as_mut(),
+        )
+    }
+
     #[inline]
     pub fn answered(self, sent: Sent<'t>) -> Forwarded<'t> {
         Forwarded { launch: self, sent }
